@@ -1,0 +1,77 @@
+"""napari reader for NIfTI volumes (.nii, .nii.gz): one layer per channel, geometry kept.
+
+napari's built-in reader also claims these extensions and fails on them, so this plugin
+records itself as the preferred reader (:func:`prefer_this_reader`) whenever it runs.
+"""
+
+from __future__ import annotations
+
+import os
+
+from napari_autofocus.nifti import is_nifti_path, load_nifti, strip_nifti_suffix
+
+PLUGIN_NAME = "napari-autofocus"
+READER_PATTERNS = ("*.nii", "*.nii.gz")
+
+
+def napari_get_reader(path):
+    """Return a reader for NIfTI paths, ``None`` (declined) for anything else."""
+    paths = [path] if isinstance(path, str | os.PathLike) else list(path)
+    if not paths or not all(is_nifti_path(p) and not os.path.isdir(p) for p in paths):
+        return None
+    return read_nifti
+
+
+def read_nifti(path):
+    """Layer data tuples for one or several NIfTI files; raises NiftiError with a clear message."""
+    paths = [path] if isinstance(path, str | os.PathLike) else list(path)
+    layers = []
+    for p in paths:
+        layers.extend(volume_layer_data(load_nifti(p), strip_nifti_suffix(p)))
+    prefer_this_reader()
+    return layers
+
+
+def volume_layer_data(volume, name: str) -> list[tuple]:
+    """napari LayerData tuples for a NiftiVolume: labels, or one image layer per channel."""
+    base = volume.geometry.layer_kwargs()
+    if volume.is_label:
+        return [(volume.data, {**base, "name": name}, "labels")]
+    channels = volume.channels
+    layers = []
+    for index, channel in enumerate(channels):
+        if len(channels) > 1:
+            channel_name = volume.channel_names[index] if volume.channel_names else f"channel {index}"
+            layer_name = f"{name} [{channel_name}]"
+        else:
+            layer_name = f"{name} [{volume.channel_names[0]}]" if volume.channel_names else name
+        metadata = {**base["metadata"], "channel": index, "channel_name": _channel_name(volume, index)}
+        kwargs = {**base, "name": layer_name, "metadata": metadata, "colormap": "gray"}
+        if len(channels) > 1:
+            kwargs["visible"] = index == 0
+        layers.append((channel, kwargs, "image"))
+    return layers
+
+
+def _channel_name(volume, index: int) -> str | None:
+    return volume.channel_names[index] if index < len(volume.channel_names) else None
+
+
+def prefer_this_reader() -> None:
+    """Make this plugin napari's reader for *.nii/*.nii.gz unless the user chose another that works.
+
+    Without it, File > Open and drag-and-drop ask napari's built-in reader, which fails on NIfTI.
+    """
+    try:
+        from napari.settings import get_settings
+    except ImportError:  # napari not installed: nothing to configure
+        return
+    plugins = get_settings().plugins
+    current = dict(plugins.extension2reader)
+    changed = False
+    for pattern in READER_PATTERNS:
+        if current.get(pattern) in (None, "napari", "builtins"):
+            current[pattern] = PLUGIN_NAME
+            changed = True
+    if changed:
+        plugins.extension2reader = current

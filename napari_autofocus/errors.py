@@ -1,0 +1,21 @@
+"""User-facing errors: each carries a message that says what is wrong and what was expected.
+
+The CLI prints these without a traceback and the plugin shows them as notifications, so the
+message must stand on its own.
+"""
+
+
+class AutofocusError(Exception):
+    """Base class for errors caused by the user's input rather than by a bug."""
+
+
+class NiftiError(AutofocusError):
+    """A file that should be a NIfTI image could not be read or written."""
+
+
+class CheckpointError(AutofocusError):
+    """A model file is corrupt, of an unknown layout, or does not match the requested network."""
+
+
+class DatasetError(AutofocusError):
+    """A training/evaluation dataset folder is malformed."""

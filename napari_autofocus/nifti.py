@@ -1,0 +1,281 @@
+"""NIfTI volumes with their geometry, in the axis order napari shows best.
+
+nibabel gives voxel arrays in the file's own axis order (often x, y, z in RAS or LPS). napari
+draws axis 0 as the slider, axis 1 as rows (top to bottom) and axis 2 as columns. We reorient
+every volume to (S, P, L): slices go up, anterior is at the top of the screen and the
+patient's right is on the screen's left (the radiological convention). Volumes stored in
+different orientations then line up, and :func:`to_source_orientation` undoes the reorientation
+exactly, so a written file gets back the source affine and header.
+
+World coordinates in napari are millimetres along (S, P, L), i.e. (z, -y, -x) in RAS.
+No torch, no Qt: the reader and writer use this module directly.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import tempfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel.orientations import (
+    apply_orientation,
+    axcodes2ornt,
+    inv_ornt_aff,
+    io_orientation,
+    ornt_transform,
+)
+
+from napari_autofocus.errors import NiftiError
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+# Voxel-axis codes of the reoriented array before the final transpose to napari's (S, P, L).
+_LPS_ORNT = axcodes2ornt(("L", "P", "S"))
+# Layer names that mark an integer volume as a label map rather than an intensity image.
+_LABEL_HINTS = ("label", "seg", "mask", "gt", "truth", "annot")
+
+
+def is_nifti_path(path: str | os.PathLike) -> bool:
+    name = str(path).lower()
+    return name.endswith(NIFTI_SUFFIXES)
+
+
+def strip_nifti_suffix(path: str | os.PathLike) -> str:
+    name = Path(path).name
+    for suffix in (".nii.gz", ".nii"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+@dataclass
+class NiftiGeometry:
+    """Everything needed to show a volume in napari and to write it back in its source geometry."""
+
+    source_affine: np.ndarray  # 4x4 voxel -> RAS mm of the file as stored
+    source_shape: tuple[int, ...]  # spatial shape of the file as stored
+    header: nib.Nifti1Header | nib.Nifti2Header | None = None
+    path: str | None = None
+
+    @property
+    def to_display(self) -> np.ndarray:
+        """Orientation transform from the source voxel axes to (L, P, S)."""
+        return ornt_transform(io_orientation(self.source_affine), _LPS_ORNT)
+
+    @property
+    def display_affine(self) -> np.ndarray:
+        """voxel (L, P, S order, before the transpose) -> RAS mm."""
+        return self.source_affine @ inv_ornt_aff(self.to_display, self.source_shape[:3])
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm along napari's axes (S, P, L)."""
+        zooms = np.sqrt((self.display_affine[:3, :3] ** 2).sum(axis=0))
+        return tuple(float(z) for z in zooms[::-1])
+
+    @property
+    def origin(self) -> tuple[float, float, float]:
+        """World position (mm, napari axes S, P, L) of the first voxel."""
+        x, y, z = self.display_affine[:3, 3]
+        return (float(z), float(-y), float(-x))
+
+    @property
+    def display_shape(self) -> tuple[int, int, int]:
+        """Shape of the volume in napari's (S, P, L) order."""
+        axes = self.to_display[:, 0].astype(int)  # source axis i goes to display axis axes[i]
+        lps = [0, 0, 0]
+        for source_axis, display_axis in enumerate(axes):
+            lps[display_axis] = self.source_shape[source_axis]
+        return (lps[2], lps[1], lps[0])
+
+    @property
+    def source_axcodes(self) -> tuple[str, str, str]:
+        return nib.aff2axcodes(self.source_affine)
+
+    def layer_kwargs(self) -> dict:
+        """scale/translate/metadata for a napari layer that shows a volume of this geometry."""
+        return {
+            "scale": self.spacing,
+            "translate": self.origin,
+            "metadata": {"nifti": self},
+        }
+
+
+@dataclass
+class NiftiVolume:
+    """A volume in napari order: (S, P, L) or (C, S, P, L), plus its geometry."""
+
+    data: np.ndarray
+    geometry: NiftiGeometry
+    is_label: bool = False
+    channel_names: list[str] = field(default_factory=list)
+
+    @property
+    def channels(self) -> list[np.ndarray]:
+        return [self.data] if self.data.ndim == 3 else list(self.data)
+
+
+def to_display_orientation(array: np.ndarray, geometry: NiftiGeometry) -> np.ndarray:
+    """Source-ordered (X, Y, Z[, C]) array -> napari-ordered (S, P, L) or (C, S, P, L)."""
+    reoriented = apply_orientation(array, geometry.to_display)
+    if reoriented.ndim == 3:
+        return np.ascontiguousarray(reoriented.transpose(2, 1, 0))
+    return np.ascontiguousarray(np.moveaxis(reoriented, 3, 0).transpose(0, 3, 2, 1))
+
+
+def to_source_orientation(array: np.ndarray, geometry: NiftiGeometry) -> np.ndarray:
+    """Inverse of :func:`to_display_orientation` for a 3D (S, P, L) array."""
+    if array.ndim != 3:
+        raise NiftiError(f"expected a 3D array to write, got shape {array.shape}")
+    lps = array.transpose(2, 1, 0)
+    back = ornt_transform(_LPS_ORNT, io_orientation(geometry.source_affine))
+    return np.ascontiguousarray(apply_orientation(lps, back))
+
+
+def check_nifti_file(path: str | os.PathLike) -> None:
+    """Raise a NiftiError that says what is wrong when ``path`` is not a readable NIfTI file."""
+    path = Path(path)
+    if not path.exists():
+        raise NiftiError(f"{path}: no such file")
+    if path.is_dir():
+        raise NiftiError(f"{path}: is a folder, expected a .nii or .nii.gz file")
+    try:
+        if path.name.lower().endswith(".gz"):
+            with gzip.open(path, "rb") as fh:
+                head = fh.read(348)
+        else:
+            with open(path, "rb") as fh:
+                head = fh.read(348)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise NiftiError(
+            f"{path}: cannot decompress ({exc}); expected a gzip-compressed NIfTI file. "
+            "The file is probably truncated or damaged."
+        ) from None
+    if len(head) < 348:
+        raise NiftiError(f"{path}: only {len(head)} bytes of header; a NIfTI header has 348 or 540 bytes")
+    sizeof_hdr_le = int.from_bytes(head[:4], "little")
+    sizeof_hdr_be = int.from_bytes(head[:4], "big")
+    if {sizeof_hdr_le, sizeof_hdr_be}.isdisjoint({348, 540}):
+        raise NiftiError(f"{path}: not a NIfTI file (header size field is not 348 or 540)")
+
+
+def load_nifti(path: str | os.PathLike) -> NiftiVolume:
+    """Read a 3D or 4D (multi-channel, channel last) NIfTI file into napari order.
+
+    Raises NiftiError with the file name and the problem for anything that is not a readable
+    3D/4D NIfTI volume; never returns partial data.
+    """
+    path = Path(path)
+    check_nifti_file(path)
+    try:
+        img = nib.load(str(path))
+        if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+            raise NiftiError(f"{path}: {type(img).__name__} is not a NIfTI image")
+        raw = np.asanyarray(img.dataobj)
+    except NiftiError:
+        raise
+    except (OSError, EOFError, zlib.error, ValueError, nib.filebasedimages.ImageFileError) as exc:
+        raise NiftiError(
+            f"{path}: cannot read the voxel data ({exc}); the file is truncated or damaged"
+        ) from None
+
+    if raw.ndim == 5 and raw.shape[3] == 1:  # NIfTI vector images store channels in the 5th dim
+        raw = raw[:, :, :, 0, :]
+    if raw.ndim == 4 and raw.shape[3] == 1:
+        raw = raw[..., 0]
+    if raw.ndim not in (3, 4):
+        raise NiftiError(f"{path}: expected a 3D volume or a 4D multi-channel volume, got shape {raw.shape}")
+    geometry = NiftiGeometry(
+        source_affine=np.asarray(img.affine, dtype=float),
+        source_shape=tuple(int(s) for s in raw.shape[:3]),
+        header=img.header.copy(),
+        path=str(path),
+    )
+    is_label = _looks_like_labels(path, img, raw)
+    if not is_label and not np.issubdtype(raw.dtype, np.floating) or raw.dtype == np.float64:
+        raw = raw.astype(np.float32)
+    data = to_display_orientation(raw, geometry)
+    return NiftiVolume(
+        data=data, geometry=geometry, is_label=is_label, channel_names=_channel_names(path, data)
+    )
+
+
+def _looks_like_labels(path: Path, img, raw: np.ndarray) -> bool:
+    if raw.ndim != 3 or not np.issubdtype(raw.dtype, np.integer):
+        return False
+    name = path.name.lower()
+    in_label_folder = path.parent.name.lower().startswith("labels")
+    return in_label_folder or any(hint in name for hint in _LABEL_HINTS)
+
+
+def _channel_names(path: Path, data: np.ndarray) -> list[str]:
+    """Channel names from a Decathlon/nnU-Net ``dataset.json`` next to the images folder, if any."""
+    from napari_autofocus.datasets import channel_names_for
+
+    n = data.shape[0] if data.ndim == 4 else 1
+    names = channel_names_for(path, n)
+    return names or ([f"channel {i}" for i in range(n)] if n > 1 else [])
+
+
+def geometry_from_layer(scale, translate, shape) -> NiftiGeometry:
+    """Geometry for a layer that was not read from a NIfTI file: built from napari scale/translate."""
+    s, p, l = (float(v) for v in scale[-3:])
+    ts, tp, tl = (float(v) for v in translate[-3:])
+    # source axes are written as (L, P, S) -> RAS affine with negative x and y.
+    affine = np.array(
+        [[-l, 0, 0, -tl], [0, -p, 0, -tp], [0, 0, s, ts], [0, 0, 0, 1]],
+        dtype=float,
+    )
+    return NiftiGeometry(source_affine=affine, source_shape=tuple(int(v) for v in shape[::-1]))
+
+
+def save_nifti(
+    path: str | os.PathLike,
+    data: np.ndarray,
+    geometry: NiftiGeometry,
+    *,
+    is_label: bool = False,
+    overwrite: bool = True,
+) -> str:
+    """Write a napari-ordered 3D array with the source affine and header; atomic (temp + rename)."""
+    path = Path(path)
+    if not is_nifti_path(path):
+        path = path.with_name(path.name + ".nii.gz")
+    if path.exists() and not overwrite:
+        raise NiftiError(f"{path} exists; refusing to overwrite it")
+    data = np.asarray(data)
+    expected = tuple(geometry.source_shape[:3])
+    source = to_source_orientation(data, geometry)
+    if source.shape != expected:
+        raise NiftiError(
+            f"cannot write {path.name}: the array has shape {data.shape} but its geometry is for a "
+            f"{expected} volume"
+        )
+    if is_label:
+        source = source.astype(
+            np.uint8 if source.max(initial=0) < 256 and source.min(initial=0) >= 0 else np.int16
+        )
+    elif source.dtype == np.float64 or source.dtype == np.float16:
+        source = source.astype(np.float32)
+    header = geometry.header.copy() if geometry.header is not None else None
+    img = nib.Nifti1Image(source, geometry.source_affine, header=header)
+    img.set_data_dtype(source.dtype)
+    if header is not None:
+        img.header.set_slope_inter(1.0, 0.0)
+        img.set_qform(geometry.source_affine, code=int(header["qform_code"]) or 1)
+        img.set_sform(geometry.source_affine, code=int(header["sform_code"]) or 1)
+    img.header["dim"][0] = 3
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="".join(path.suffixes), dir=path.parent)
+    os.close(fd)
+    try:
+        nib.save(img, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return str(path)

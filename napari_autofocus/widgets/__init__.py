@@ -1,0 +1,1 @@
+"""Dock widgets: thin Qt views over the Qt-free modules of napari_autofocus."""

@@ -1,0 +1,58 @@
+"""The npe2 manifest: every python_name imports, npe2 finds and validates the installed plugin."""
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_every_python_name_in_the_manifest_imports():
+    manifest = yaml.safe_load((REPO / "napari.yaml").read_text())
+    for command in manifest["contributions"]["commands"]:
+        module_name, attribute = command["python_name"].split(":")
+        module = importlib.import_module(module_name)
+        assert callable(getattr(module, attribute)), command["python_name"]
+
+
+def test_package_manifest_is_the_root_manifest():
+    packaged = REPO / "napari_autofocus" / "napari.yaml"
+    assert packaged.read_text() == (REPO / "napari.yaml").read_text()
+
+
+def test_npe2_validates_the_installed_plugin_with_imports():
+    npe2 = Path(sys.executable).parent / "npe2"
+    result = subprocess.run(
+        [str(npe2), "validate", "--imports", "napari-autofocus"], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "valid" in result.stdout
+
+
+@pytest.mark.slow
+def test_wheel_ships_manifest_sample_data_and_both_packages(tmp_path):
+    import zipfile
+
+    result = subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path), str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    [wheel] = tmp_path.glob("napari_autofocus-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "napari_autofocus/napari.yaml" in names
+    assert "napari_autofocus/sample_data/phantom/imagesTr/phantom_09000.nii.gz" in names
+    assert "src_training/cli.py" in names
+    manifest = zipfile.ZipFile(wheel).read("napari_autofocus/napari.yaml").decode()
+    assert manifest == (REPO / "napari.yaml").read_text()
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert (
+        "napari-autofocus = napari_autofocus:napari.yaml"
+        in zipfile.ZipFile(wheel).read(entry_points).decode()
+    )
