@@ -1,0 +1,142 @@
+"""Model cards: what a model file says about itself, readable without torch.
+
+Every model file we write is one ``.safetensors`` file whose header metadata carries a JSON model
+card (architecture, options, channels in order, class names, normalisation, geometry, provenance).
+The napari plugin lists and describes models from the card alone, so this module imports only the
+standard library and parses the safetensors header itself: 8 bytes little-endian header length,
+then a JSON object whose ``__metadata__`` holds string values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from napari_autofocus.errors import CheckpointError
+
+FORMAT_NAME = "napari-autofocus-model"
+FORMAT_VERSION = "1"
+# A header larger than this is not one of ours (ours are a few kB); refuse rather than read GBs.
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+@dataclass
+class ModelCard:
+    """Self-description of a trained model.
+
+    ``modalities`` are the input channel names in channel order; ``class_names`` maps the label
+    value (as a string, JSON keys are strings) to a name; ``regions`` maps evaluation regions to
+    label values (e.g. BraTS whole/core/enhancing); ``normalization`` describes the intensity
+    preprocessing the model expects; ``receptive_field`` and ``margin`` (voxels per side lost by
+    valid convolutions) are filled from the network when saving.
+    """
+
+    arch: str
+    in_channels: int
+    num_classes: int
+    options: dict = field(default_factory=dict)
+    dilations: list[int] = field(default_factory=list)
+    autofocus_layers: list[str] = field(default_factory=list)
+    modalities: list[str] = field(default_factory=list)
+    class_names: dict[str, str] = field(default_factory=dict)
+    regions: dict[str, list[int]] = field(default_factory=dict)
+    normalization: dict = field(default_factory=dict)
+    spacing: list[float] | None = None
+    receptive_field: int | None = None
+    margin: int | None = None
+    provenance: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    description: str = ""
+    format_version: str = FORMAT_VERSION
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelCard:
+        """Build from a dict; keys this version does not know are kept in ``extra``."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        missing = [k for k in ("arch", "in_channels", "num_classes") if k not in data]
+        if missing:
+            raise CheckpointError(f"model card lacks required field(s) {missing}")
+        kwargs = {k: v for k, v in data.items() if k in known}
+        extra = dict(kwargs.pop("extra", None) or {})
+        extra.update({k: v for k, v in data.items() if k not in known})
+        card = cls(**kwargs, extra=extra)
+        card.class_names = {str(k): str(v) for k, v in card.class_names.items()}
+        return card
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelCard:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"model card is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise CheckpointError("model card JSON is not an object")
+        return cls.from_dict(data)
+
+    def replace(self, **changes) -> ModelCard:
+        """A copy with some fields changed (unknown field names raise TypeError)."""
+        return dataclasses.replace(self, **changes)
+
+
+def read_header(path: str | Path) -> tuple[dict, int]:
+    """The JSON header of a safetensors file and the byte offset where tensor data starts."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(8)
+            if len(head) != 8:
+                raise CheckpointError(f"{path}: too short to be a safetensors model file")
+            (length,) = struct.unpack("<Q", head)
+            if length > MAX_HEADER_BYTES:
+                raise CheckpointError(
+                    f"{path}: not a safetensors model file (implausible header size {length})"
+                )
+            raw = fh.read(length)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read model file: {exc.strerror or exc}") from None
+    if len(raw) != length:
+        raise CheckpointError(
+            f"{path}: truncated safetensors header (expected {length} bytes, got {len(raw)})"
+        )
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise CheckpointError(f"{path}: not a safetensors model file (header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: not a safetensors model file (header is not a JSON object)")
+    return header, 8 + length
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file, after checking it is one of our model files."""
+    header, _ = read_header(path)
+    meta = header.get("__metadata__") or {}
+    if meta.get("format") != FORMAT_NAME:
+        raise CheckpointError(
+            f"{path}: a safetensors file but not a napari-autofocus model (metadata 'format' is "
+            f"{meta.get('format')!r}, expected {FORMAT_NAME!r})"
+        )
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: model file format version {version!r} is not supported (expected {FORMAT_VERSION})"
+        )
+    if "model_card" not in meta:
+        raise CheckpointError(f"{path}: model file has no model card")
+    return meta
+
+
+def read_card(path: str | Path) -> ModelCard:
+    """Read the model card from a model file's header without torch and without loading weights."""
+    return ModelCard.from_json(read_metadata(path)["model_card"])

@@ -1,0 +1,267 @@
+"""Saving and loading models: our safetensors files and the reference ``.pth.tar`` checkpoints.
+
+Our format is one ``.safetensors`` file: the state dict plus header metadata ``format``,
+``format_version``, ``model_card`` (JSON, see :mod:`napari_autofocus.card`) and ``content_sha256``.
+The hash covers every tensor (name, dtype, shape, bytes, in sorted key order) so a damaged or
+edited file is refused instead of silently producing wrong segmentations.
+
+Loading never unpickles arbitrary objects (safetensors has no code; reference files go through
+``torch.load(weights_only=True)``) and never loads part of a model: keys and shapes are checked
+before any tensor is copied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from napari_autofocus.card import FORMAT_NAME, FORMAT_VERSION, ModelCard, read_metadata
+from napari_autofocus.errors import AutofocusError, CheckpointError
+
+from . import reference
+from .networks import build_network, canonical_arch
+
+_ST_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+_CARD_FIELDS = set(ModelCard.__dataclass_fields__)
+
+
+def content_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over (name, dtype, shape, raw little-endian bytes) of every tensor, sorted by name."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        header = f"{name}\0{_ST_DTYPES.get(t.dtype, str(t.dtype))}\0{list(t.shape)}\0"
+        h.update(header.encode("utf-8"))
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+# -- cards ------------------------------------------------------------------------------------------
+
+
+def card_for(model: torch.nn.Module, card: ModelCard | None = None, **fields) -> ModelCard:
+    """A card for ``model``: given card/fields, with identity and geometry taken from the model."""
+    if not hasattr(model, "arch") or not hasattr(model, "options"):
+        raise CheckpointError(
+            "save_model needs a network built by build_network (it has no 'arch'/'options')"
+        )
+    unknown = sorted(set(fields) - _CARD_FIELDS)
+    if unknown:
+        raise TypeError(f"unknown model card field(s) {unknown}")
+    if card is None:
+        card = ModelCard(arch=model.arch, in_channels=model.in_channels, num_classes=model.num_classes)
+    elif canonical_arch(card.arch) != model.arch:
+        raise CheckpointError(f"card says arch {card.arch!r} but the model is {model.arch}")
+    card = card.replace(**fields)
+    geometry = model.autofocus_geometry()
+    dilations = geometry[0]["rates"] if geometry else list(model.options.get("dilations", []))
+    return card.replace(
+        arch=model.arch,
+        in_channels=model.in_channels,
+        num_classes=model.num_classes,
+        options=json.loads(json.dumps(model.options)),
+        dilations=list(dilations),
+        autofocus_layers=[g["name"] for g in geometry],
+        receptive_field=model.receptive_field,
+        margin=model.margin,
+    )
+
+
+def _apply_hints(card: ModelCard, hints: dict, path: Path) -> ModelCard:
+    """Identity hints must agree with the file; descriptive hints override the card."""
+    unknown = sorted(set(hints) - _CARD_FIELDS)
+    if unknown:
+        raise TypeError(f"unknown load_model hint(s) {unknown}; hints are model card fields")
+    hints = dict(hints)
+    if "arch" in hints:
+        wanted = canonical_arch(hints.pop("arch"))
+        if wanted != canonical_arch(card.arch):
+            raise CheckpointError(
+                f"{path}: holds a {canonical_arch(card.arch)} model, not the requested {wanted}"
+            )
+    for key in ("in_channels", "num_classes"):
+        if key in hints and int(hints.pop(key)) != getattr(card, key):
+            raise CheckpointError(f"{path}: model has {key}={getattr(card, key)}, not the requested value")
+    return card.replace(**hints)
+
+
+# -- saving -----------------------------------------------------------------------------------------
+
+
+def save_model(
+    model: torch.nn.Module, path: str | Path, card: ModelCard | None = None, **card_fields
+) -> ModelCard:
+    """Write ``model`` and its card to ``path`` atomically (temp file + rename); returns the card."""
+    path = Path(path)
+    card = card_for(model, card, **card_fields)
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    metadata = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "model_card": card.to_json(),
+        "content_sha256": content_sha256(tensors),
+    }
+    data = st_save(tensors, metadata=metadata)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return card
+
+
+# -- loading ----------------------------------------------------------------------------------------
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    with path.open("rb") as fh:
+        head = fh.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 2**32
+
+
+def _strict_load(model: torch.nn.Module, state: dict, path: Path) -> None:
+    """Load all-or-nothing: compare keys and shapes first, naming what differs."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    problems = []
+    if missing:
+        problems.append(f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+    if unexpected:
+        problems.append(f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
+    for key in sorted(set(expected) & set(state)):
+        value = state[key]
+        if not isinstance(value, torch.Tensor):
+            problems.append(f"{key} is a {type(value).__name__}, not a tensor")
+        elif tuple(value.shape) != tuple(expected[key].shape):
+            problems.append(
+                f"shape mismatch for {key}: file {tuple(value.shape)}, model {tuple(expected[key].shape)}"
+            )
+    if problems:
+        raise CheckpointError(f"{path}: does not match a {model.arch} network: " + "; ".join(problems[:10]))
+    model.load_state_dict(state, strict=True)
+
+
+def _load_ours(path: Path, hints: dict) -> tuple[torch.nn.Module, ModelCard]:
+    meta = read_metadata(path)
+    card = _apply_hints(ModelCard.from_json(meta["model_card"]), hints, path)
+    raw = path.read_bytes()
+    try:
+        tensors = st_load(raw)
+    except Exception as exc:  # safetensors raises its own error types for damaged files
+        raise CheckpointError(f"{path}: damaged or truncated model file ({exc})") from None
+    if content_sha256(tensors) != meta.get("content_sha256"):
+        raise CheckpointError(f"{path}: content hash mismatch: the file was modified or damaged")
+    try:
+        model = build_network(card.arch, card.in_channels, card.num_classes, **card.options)
+    except AutofocusError as exc:
+        raise CheckpointError(f"{path}: model card describes a network we cannot build: {exc}") from None
+    _strict_load(model, tensors, path)
+    return model, card
+
+
+def _read_reference(path: Path) -> dict:
+    expected = (
+        "one of our .safetensors model files, or a reference checkpoint written by torch.save "
+        "(a dict with 'state_dict', or a bare state dict)"
+    )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's pickle-protocol notes are noise here
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        lines = [line.strip() for line in str(exc).splitlines()]
+        detail = next((line for line in lines if "Unsupported" in line), "not a tensors-only pickle")
+        raise CheckpointError(
+            f"{path}: refused: it holds objects other than tensors and plain containers ({detail}); "
+            f"expected {expected}. Arbitrary pickled objects are never loaded, as they could run code"
+        ) from None
+    except Exception as exc:
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc}); expected {expected}"
+        ) from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        state = obj["state_dict"]
+    elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        state = obj
+    else:
+        raise CheckpointError(f"{path}: loaded, but it holds no state dict; expected {expected}")
+    return {"state": state, "epoch": obj.get("epoch") if isinstance(obj, dict) else None}
+
+
+def reference_card(model, path: Path, epoch=None) -> ModelCard:
+    """Card defaults for a model trained with the reference code on BRATS 2015."""
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    card = ModelCard(
+        arch=model.arch,
+        in_channels=model.in_channels,
+        num_classes=model.num_classes,
+        modalities=list(reference.REFERENCE_MODALITIES) if model.in_channels == 4 else [],
+        class_names=dict(reference.REFERENCE_CLASS_NAMES) if model.num_classes == 5 else {},
+        regions={k: list(v) for k, v in reference.REFERENCE_REGIONS.items()}
+        if model.num_classes == 5
+        else {},
+        normalization={
+            "scheme": "zscore",
+            "roi": "nonzero",
+            "statistics": "deepmedic-robust",
+            "outside_value": None,
+        },
+        provenance={"source": "reference", "file": path.name, "sha256": sha, "epoch": epoch},
+        description=f"{model.arch} imported from an authors' reference checkpoint ({path.name})",
+    )
+    return card_for(model, card)
+
+
+def _load_reference(path: Path, hints: dict) -> tuple[torch.nn.Module, ModelCard]:
+    content = _read_reference(path)
+    state = reference.strip_prefix(content["state"])
+    arch = reference.detect_arch(state)
+    if "arch" in hints and canonical_arch(hints["arch"]) != arch:
+        raise CheckpointError(
+            f"{path}: requested arch {canonical_arch(hints['arch'])} but the checkpoint holds {arch}"
+        )
+    in_channels, num_classes = reference.detect_sizes(state)
+    model = build_network(arch, in_channels, num_classes)
+    _strict_load(model, reference.reference_to_ours(state), path)
+    card = _apply_hints(reference_card(model, path, content["epoch"]), hints, path)
+    return model, card
+
+
+def load_model(path: str | Path, **hints) -> tuple[torch.nn.Module, ModelCard]:
+    """Load a model file (ours or a reference ``.pth.tar``) in eval mode, with its card.
+
+    ``hints`` are model card fields: ``arch``/``in_channels``/``num_classes`` must agree with the
+    file, the others (modalities, class_names, ...) override the card.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such model file")
+    model, card = _load_ours(path, hints) if _looks_like_safetensors(path) else _load_reference(path, hints)
+    return model.eval(), card
