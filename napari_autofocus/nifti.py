@@ -241,7 +241,11 @@ def save_nifti(
     is_label: bool = False,
     overwrite: bool = True,
 ) -> str:
-    """Write a napari-ordered 3D array with the source affine and header; atomic (temp + rename)."""
+    """Write a napari-ordered 3D (or channel-first 4D) array in the source geometry, atomically.
+
+    The affine, orientation and header of the source come back; a 4D array becomes a 4D file with
+    channels last (the Decathlon convention). The file appears complete or not at all.
+    """
     path = Path(path)
     if not is_nifti_path(path):
         path = path.with_name(path.name + ".nii.gz")
@@ -249,8 +253,11 @@ def save_nifti(
         raise NiftiError(f"{path} exists; refusing to overwrite it")
     data = np.asarray(data)
     expected = tuple(geometry.source_shape[:3])
-    source = to_source_orientation(data, geometry)
-    if source.shape != expected:
+    if data.ndim == 4:  # (C, S, P, L) -> a 4D file with channels last
+        source = np.stack([to_source_orientation(channel, geometry) for channel in data], axis=-1)
+    else:
+        source = to_source_orientation(data, geometry)
+    if source.shape[:3] != expected:
         raise NiftiError(
             f"cannot write {path.name}: the array has shape {data.shape} but its geometry is for a "
             f"{expected} volume"
@@ -268,7 +275,6 @@ def save_nifti(
         img.header.set_slope_inter(1.0, 0.0)
         img.set_qform(geometry.source_affine, code=int(header["qform_code"]) or 1)
         img.set_sform(geometry.source_affine, code=int(header["sform_code"]) or 1)
-    img.header["dim"][0] = 3
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="".join(path.suffixes), dir=path.parent)
     os.close(fd)
@@ -279,3 +285,29 @@ def save_nifti(
         Path(tmp).unlink(missing_ok=True)
         raise
     return str(path)
+
+
+def load_multichannel(paths: list[str | os.PathLike]) -> tuple[np.ndarray, NiftiGeometry]:
+    """One 4D file, or one 3D file per channel, as a (C, S, P, L) float32 array plus geometry.
+
+    Per-channel files must share shape and affine (checked, with the offending file named).
+    """
+    if not paths:
+        raise NiftiError("no input image given")
+    volumes = [load_nifti(p) for p in paths]
+    if len(volumes) == 1:
+        volume = volumes[0]
+        data = volume.data if volume.data.ndim == 4 else volume.data[None]
+        return data.astype(np.float32, copy=False), volume.geometry
+    first = volumes[0]
+    for path, volume in zip(paths[1:], volumes[1:], strict=True):
+        if volume.data.ndim != 3:
+            raise NiftiError(f"{path}: expected one 3D file per channel, got a {volume.data.ndim}D volume")
+        if volume.data.shape != first.data.shape:
+            raise NiftiError(
+                f"{path}: shape {volume.data.shape} differs from {paths[0]} ({first.data.shape})"
+            )
+        if not np.allclose(volume.geometry.source_affine, first.geometry.source_affine, atol=1e-3):
+            raise NiftiError(f"{path}: its affine differs from {paths[0]}'s; the channels are not aligned")
+    data = np.stack([v.data for v in volumes]).astype(np.float32, copy=False)
+    return data, first.geometry

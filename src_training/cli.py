@@ -14,12 +14,14 @@ from napari_autofocus.errors import AutofocusError
 
 # (command, module, one-line help). Order is the order shown in --help.
 COMMANDS = [
+    ("predict", "predict", "segment NIfTI scans with a model file (labels, attention maps)"),
     ("summary", "summary", "parameters, receptive field, margin and output size per architecture"),
     ("import-reference", "import_reference", "convert an authors' .pth.tar checkpoint into our model file"),
     ("phantom", "phantom", "write a synthetic dataset whose labels depend on structure size"),
 ]
 
 EPILOG = """examples:
+  python -m src_training predict --model afn6.safetensors --input case.nii.gz --out pred/ --attention
   python -m src_training summary
   python -m src_training summary --arch AFN6 --patch 75 --json
   python -m src_training import-reference AFN6_390_checkpoint.pth.tar --out afn6.safetensors

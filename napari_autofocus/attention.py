@@ -1,0 +1,85 @@
+"""Maps derived from autofocus attention, for reading what scale the network used where.
+
+All inputs are (K, D, H, W) attention arrays on the image grid (NaN where not computed) and the
+layer's K dilation rates. NumPy only: the napari explorer recomputes these without torch.
+
+- arg-max rate: the dilation rate with the largest weight;
+- expected rate: sum_k a_k r_k, a continuous "how far this layer looks";
+- normalised entropy: H(a) / log K, 0 = one rate chosen, 1 = all rates equal;
+- zoom: the effective receptive field along the network, RF = RF_min + sum_l (k-1)(E_l[r] - r_min,l),
+  in voxels and millimetres. Each layer's expected rate is read at the same voxel; it is an
+  interpretable summary of how much context the network drew on there, not an exact gradient RF.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+
+def argmax_rate(attention: np.ndarray, rates: Sequence[int]) -> np.ndarray:
+    """(D, H, W) int16 map of the rate with the largest weight; 0 where attention is NaN."""
+    valid = ~np.isnan(attention[0])
+    index = np.argmax(np.nan_to_num(attention.astype(np.float32), nan=-1.0), axis=0)
+    out = np.asarray(rates, dtype=np.int16)[index]
+    out[~valid] = 0
+    return out
+
+
+def argmax_index(attention: np.ndarray) -> np.ndarray:
+    """(D, H, W) uint8 map of 1 + the branch index with the largest weight (0 = not computed)."""
+    valid = ~np.isnan(attention[0])
+    index = np.argmax(np.nan_to_num(attention.astype(np.float32), nan=-1.0), axis=0).astype(np.uint8) + 1
+    index[~valid] = 0
+    return index
+
+
+def expected_rate(attention: np.ndarray, rates: Sequence[int]) -> np.ndarray:
+    """(D, H, W) float32: sum_k a_k * r_k (NaN where not computed)."""
+    r = np.asarray(rates, dtype=np.float32).reshape(-1, *([1] * (attention.ndim - 1)))
+    return (attention.astype(np.float32) * r).sum(axis=0)
+
+
+def normalized_entropy(attention: np.ndarray) -> np.ndarray:
+    """(D, H, W) float32 in [0, 1]: entropy of the attention divided by log K."""
+    a = np.clip(attention.astype(np.float32), 1e-12, 1.0)
+    entropy = -(a * np.log(a)).sum(axis=0) / np.log(attention.shape[0])
+    entropy[np.isnan(attention[0])] = np.nan
+    return np.clip(entropy, 0.0, 1.0, where=~np.isnan(entropy), out=entropy)
+
+
+def zoom_voxels(
+    attention: Mapping[str, np.ndarray],
+    rates: Mapping[str, Sequence[int]],
+    receptive_field_min: int,
+    kernel_size: int = 3,
+) -> np.ndarray:
+    """(D, H, W) effective receptive field in voxels from all given autofocus layers.
+
+    Layers not given count at their smallest rate (their contribution is in ``receptive_field_min``).
+    """
+    total = None
+    for name, a in attention.items():
+        extra = (kernel_size - 1) * (expected_rate(a, rates[name]) - min(rates[name]))
+        total = extra if total is None else total + extra
+    if total is None:
+        raise ValueError("zoom needs the attention of at least one autofocus layer")
+    return receptive_field_min + total
+
+
+def zoom_mm(zoom: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    """Receptive-field edge in mm: voxels times the geometric-mean voxel size."""
+    return zoom * float(np.prod(spacing)) ** (1 / 3)
+
+
+def mean_attention_per_class(
+    attention: np.ndarray, labels: np.ndarray, classes: Sequence[int]
+) -> dict[int, np.ndarray]:
+    """Mean weight per rate inside each class (classes absent from ``labels`` are left out)."""
+    out = {}
+    for value in classes:
+        inside = (labels == value) & ~np.isnan(attention[0])
+        if inside.any():
+            out[int(value)] = attention[:, inside].astype(np.float64).mean(axis=1)
+    return out

@@ -1,0 +1,19 @@
+"""Whole-volume inference: exact tiling for valid convolutions, attention maps on the image grid."""
+
+from napari_autofocus.inference.engine import (
+    DEFAULT_MEMORY_BUDGET_GIB,
+    Cancelled,
+    Prediction,
+    make_plan,
+    predict_volume,
+    resolve_device,
+)
+
+__all__ = [
+    "DEFAULT_MEMORY_BUDGET_GIB",
+    "Cancelled",
+    "Prediction",
+    "make_plan",
+    "predict_volume",
+    "resolve_device",
+]

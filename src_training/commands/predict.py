@@ -1,0 +1,188 @@
+"""``python -m src_training predict``: segment NIfTI scans with a model file, NIfTI out.
+
+Inputs: one 4D file, one 3D file per modality (in the model card's order), or a folder of cases
+(Decathlon 4D files, or nnU-Net ``<case>_0000.nii.gz`` per channel). Outputs per case, in the
+source geometry (affine and header): labels, optionally probabilities, every autofocus layer's
+attention (4D, one volume per rate) and derived maps, and a JSON of parameters and versions.
+Each case is written to a temporary folder first and moved into place when complete, so a failed
+or interrupted run leaves no half-written output; existing files are not overwritten without --force.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from napari_autofocus.errors import AutofocusError
+from napari_autofocus.nifti import is_nifti_path, strip_nifti_suffix
+
+_CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+def register(subparsers, name: str, help_text: str) -> None:
+    parser = subparsers.add_parser(
+        name,
+        help=help_text,
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  python -m src_training predict --model afn6.safetensors --input case.nii.gz --out pred "
+        "--attention\n"
+        "  python -m src_training predict --model afn6.safetensors --input flair.nii.gz t1.nii.gz t1c.nii.gz "
+        "t2.nii.gz --out pred/\n"
+        "  python -m src_training predict --model afn6.safetensors --input imagesTs/ --out predTs/",
+    )
+    parser.add_argument("--model", required=True, help="model file (.safetensors) or a reference .pth.tar")
+    parser.add_argument("--arch", help="architecture of a reference checkpoint, if it cannot be inferred")
+    parser.add_argument(
+        "--input", required=True, nargs="+", help="4D file, one file per modality, or a folder"
+    )
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--attention", action="store_true", help="write attention and derived maps")
+    parser.add_argument("--probabilities", action="store_true", help="write class probabilities (4D)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 or mps (default auto)")
+    parser.add_argument("--mode", choices=["fast", "reference"], default="fast", help="tiling (default fast)")
+    parser.add_argument("--memory-gib", type=float, default=2.0, help="activation memory budget per tile")
+    parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    parser.set_defaults(func=run)
+
+
+def find_cases(inputs: list[str]) -> dict[str, list[Path]]:
+    """Case name -> channel files, from files or one folder."""
+    paths = [Path(p) for p in inputs]
+    if len(paths) == 1 and paths[0].is_dir():
+        files = sorted(
+            p for p in paths[0].iterdir() if is_nifti_path(p) and not p.name.startswith((".", "_"))
+        )
+        if not files:
+            raise AutofocusError(f"{paths[0]}: no .nii or .nii.gz files in this folder")
+        cases: dict[str, list[Path]] = {}
+        for f in files:
+            match = _CHANNEL_FILE.match(strip_nifti_suffix(f))
+            cases.setdefault(match["case"] if match else strip_nifti_suffix(f), []).append(f)
+        return cases
+    for p in paths:
+        if not p.is_file():
+            raise AutofocusError(f"{p}: no such file")
+        if not is_nifti_path(p):
+            raise AutofocusError(f"{p}: not a .nii or .nii.gz file")
+    name = strip_nifti_suffix(paths[0])
+    match = _CHANNEL_FILE.match(name)
+    return {match["case"] if match and len(paths) > 1 else name: paths}
+
+
+def run(args) -> int:
+    from napari_autofocus.nets import load_model
+
+    cases = find_cases(args.input)
+    out = Path(args.out)
+    hints = {"arch": args.arch} if args.arch else {}
+    model, card = load_model(args.model, **hints)
+    out.mkdir(parents=True, exist_ok=True)
+    for index, (case, files) in enumerate(cases.items(), 1):
+        existing = sorted(out.glob(f"{case}_*"))
+        if existing and not args.force:
+            raise AutofocusError(f"{existing[0]} exists; use --force to overwrite outputs for case {case}")
+        print(f"[{index}/{len(cases)}] {case}: {len(files)} file(s)", flush=True)
+        predict_case(model, card, case, files, out, args)
+    return 0
+
+
+def predict_case(model, card, case: str, files: list[Path], out: Path, args) -> list[Path]:
+    """Predict one case into a temporary folder, then move the finished files into ``out``."""
+    from napari_autofocus.inference import predict_volume
+    from napari_autofocus.nifti import load_multichannel
+    from napari_autofocus.normalization import normalize, padding_value
+
+    image, geometry = load_multichannel(files)
+    if image.shape[0] != card.in_channels:
+        names = ", ".join(card.modalities) or f"{card.in_channels} channels"
+        raise AutofocusError(
+            f"{case}: the model expects {card.in_channels} input channel(s) ({names}) but got "
+            f"{image.shape[0]}; give one 4D file or one file per modality in that order"
+        )
+    normalized = normalize(image, card.normalization)
+
+    def progress(done: int, total: int) -> None:
+        print(f"  tile {done}/{total}", end="\r" if done < total else "\n", flush=True)
+
+    prediction = predict_volume(
+        model,
+        normalized,
+        mode=args.mode,
+        device=args.device,
+        probabilities=args.probabilities,
+        attention=args.attention,
+        pad_value=padding_value(card.normalization),
+        memory_budget_gib=args.memory_gib,
+        progress=progress,
+    )
+    with tempfile.TemporaryDirectory(prefix=f".{case}-", dir=out) as tmp:
+        written = write_prediction(
+            Path(tmp), case, prediction, geometry, card, args, model.receptive_field_min
+        )
+        final = []
+        for path in written:
+            target = out / path.name
+            shutil.move(str(path), target)
+            final.append(target)
+    print(
+        f"  {prediction.tiles_run} tiles in {prediction.seconds:.1f} s on {prediction.device}, "
+        f"peak memory {prediction.peak_memory_gib:.2f} GiB -> {len(final)} files"
+    )
+    return final
+
+
+def write_prediction(folder: Path, case: str, prediction, geometry, card, args, rf_min: int) -> list[Path]:
+    from napari_autofocus import __version__
+    from napari_autofocus.attention import (
+        argmax_rate,
+        expected_rate,
+        normalized_entropy,
+        zoom_mm,
+        zoom_voxels,
+    )
+    from napari_autofocus.nifti import save_nifti
+
+    written = [Path(save_nifti(folder / f"{case}_labels.nii.gz", prediction.labels, geometry, is_label=True))]
+    if prediction.probabilities is not None:
+        written.append(
+            Path(save_nifti(folder / f"{case}_probabilities.nii.gz", prediction.probabilities, geometry))
+        )
+    for name, attention in prediction.attention.items():
+        rates = prediction.rates[name]
+        written.append(Path(save_nifti(folder / f"{case}_attention_{name}.nii.gz", attention, geometry)))
+        derived = {
+            "expected_rate": expected_rate(attention, rates),
+            "argmax_rate": argmax_rate(attention, rates),
+            "entropy": normalized_entropy(attention),
+        }
+        for kind, array in derived.items():
+            path = folder / f"{case}_{name}_{kind}.nii.gz"
+            written.append(Path(save_nifti(path, array, geometry, is_label=kind == "argmax_rate")))
+    if prediction.attention:
+        zoom = zoom_voxels(prediction.attention, prediction.rates, rf_min)
+        written.append(
+            Path(save_nifti(folder / f"{case}_zoom_mm.nii.gz", zoom_mm(zoom, geometry.spacing), geometry))
+        )
+    info = {
+        "case": case,
+        "model": str(args.model),
+        "model_card": card.to_dict(),
+        "mode": prediction.mode,
+        "device": prediction.device,
+        "tile_size": list(prediction.tile_size),
+        "tiles_run": prediction.tiles_run,
+        "seconds": round(prediction.seconds, 3),
+        "peak_memory_gib": round(prediction.peak_memory_gib, 3),
+        "outputs": [p.name for p in written],
+        "napari_autofocus_version": __version__,
+        "torch_version": __import__("torch").__version__,
+    }
+    info_path = folder / f"{case}_prediction.json"
+    info_path.write_text(json.dumps(info, indent=2) + "\n")
+    return [*written, info_path]

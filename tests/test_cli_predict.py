@@ -1,0 +1,78 @@
+"""``python -m src_training predict``: NIfTI in, NIfTI out in the source geometry."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from napari_autofocus.nets import build_network, save_model
+from src_training.cli import main
+
+AFFINE = np.array([[-1.5, 0, 0, 90.0], [0, 1.5, 0, -120.0], [0, 0, 2.0, -60.0], [0, 0, 0, 1]])
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    model = build_network("AFN2", 2, 3, channels=(4, 4, 4, 4, 4, 4, 4, 4))
+    path = tmp_path / "tiny.safetensors"
+    save_model(model, path, modalities=["T1-like", "T2-like"], class_names={"0": "bg", "1": "a", "2": "b"})
+    return path
+
+
+def _case(tmp_path, name="case", shape=(21, 18, 15)):
+    data = np.random.default_rng(0).normal(100, 20, size=(*shape, 2)).astype(np.float32)
+    path = tmp_path / f"{name}.nii.gz"
+    nib.save(nib.Nifti1Image(data, AFFINE), str(path))
+    return path
+
+
+def test_predict_writes_labels_attention_and_json_in_the_source_geometry(tmp_path, model_file, capsys):
+    case = _case(tmp_path)
+    out = tmp_path / "out"
+    args = ["predict", "--model", str(model_file), "--input", str(case), "--out", str(out), "--attention"]
+    assert main(args) == 0
+    labels = nib.load(out / "case_labels.nii.gz")
+    assert labels.shape == (21, 18, 15)
+    np.testing.assert_allclose(labels.affine, AFFINE)
+    attention = nib.load(out / "case_attention_AF1.nii.gz")
+    assert attention.shape == (21, 18, 15, 4)
+    np.testing.assert_allclose(attention.get_fdata().sum(-1), 1.0, atol=2e-3)  # float16 storage
+    for name in ("AF2_expected_rate", "AF1_argmax_rate", "AF1_entropy", "zoom_mm"):
+        img = nib.load(out / f"case_{name}.nii.gz")
+        assert img.shape == (21, 18, 15)
+        np.testing.assert_allclose(img.affine, AFFINE)
+    zoom = nib.load(out / "case_zoom_mm.nii.gz").get_fdata()
+    assert zoom.min() >= 29 * (1.5 * 1.5 * 2.0) ** (1 / 3) - 1e-3
+    info = json.loads((out / "case_prediction.json").read_text())
+    assert info["model_card"]["arch"] == "AFN2" and "case_labels.nii.gz" in info["outputs"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp folder left
+
+
+def test_predict_refuses_to_overwrite_and_explains_channel_mismatch(tmp_path, model_file, capsys):
+    case = _case(tmp_path)
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(model_file), "--input", str(case), "--out", str(out)]) == 0
+    before = (out / "case_labels.nii.gz").read_bytes()
+    assert main(["predict", "--model", str(model_file), "--input", str(case), "--out", str(out)]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert (out / "case_labels.nii.gz").read_bytes() == before
+    single = tmp_path / "single.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((20, 20, 20), np.float32), AFFINE), str(single))
+    args = ["predict", "--model", str(model_file), "--input", str(single), "--out", str(tmp_path / "o2")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "expects 2 input channel(s) (T1-like, T2-like) but got 1" in err
+    assert not list((tmp_path / "o2").glob("single_*"))
+
+
+def test_predict_a_folder_of_nnunet_cases(tmp_path, model_file):
+    folder = tmp_path / "imagesTs"
+    folder.mkdir()
+    for case in ("a", "b"):
+        for c in range(2):
+            data = np.random.default_rng(c).normal(size=(16, 16, 16)).astype(np.float32)
+            nib.save(nib.Nifti1Image(data, AFFINE), str(folder / f"{case}_{c:04d}.nii.gz"))
+    out = tmp_path / "pred"
+    assert main(["predict", "--model", str(model_file), "--input", str(folder), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.glob("*_labels.nii.gz")) == ["a_labels.nii.gz", "b_labels.nii.gz"]
