@@ -18,6 +18,8 @@ COMMANDS = [
     ("summary", "summary", "parameters, receptive field, margin and output size per architecture"),
     ("import-reference", "import_reference", "convert an authors' .pth.tar checkpoint into our model file"),
     ("phantom", "phantom", "write a synthetic dataset whose labels depend on structure size"),
+    ("train", "train", "train a network on a Decathlon / nnU-Net v2 folder (run folder + model file)"),
+    ("evaluate", "evaluate", "score predictions (or a model's predictions) per case, class and region"),
 ]
 
 EPILOG = """examples:
@@ -26,6 +28,11 @@ EPILOG = """examples:
   python -m src_training summary --arch AFN6 --patch 75 --json
   python -m src_training import-reference AFN6_390_checkpoint.pth.tar --out afn6.safetensors
   python -m src_training phantom --out data/phantom --cases 20 --seed 0
+  python -m src_training train --data data/phantom --arch AFN1 --out runs/afn1 --epochs 50
+  python -m src_training train --out runs/afn1 --resume
+  torchrun --standalone --nproc_per_node=2 -m src_training train --data Task01_BrainTumour --out runs/ddp
+  python -m src_training evaluate --model runs/afn1/model.safetensors --data data/phantom --out eval/afn1
+  python -m src_training evaluate --pred preds/ --labels Task01_BrainTumour/labelsTr --regions msd --out eval/
 """
 
 

@@ -1,0 +1,202 @@
+"""``python -m src_training evaluate``: score a model on a labelled dataset, or score existing predictions.
+
+Two modes:
+- ``--model FILE --data DATASET --out DIR``: preprocess every labelled case as the model card says,
+  predict the whole volume (``napari_autofocus.inference.predict_volume``), write
+  ``DIR/predictions/<case>.nii.gz`` with the source affine, and score;
+- ``--pred DIR --labels DIR``: score prediction files against label files matched by case name.
+Both write ``metrics.json`` and ``metrics.csv`` (to ``--out``, or next to the predictions) and print
+a table whose header states the metric conventions.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from napari_autofocus.errors import AutofocusError, DatasetError
+
+EXAMPLES = """examples:
+  python -m src_training evaluate --model runs/afn6/model.safetensors --data Task01_BrainTumour \\
+      --out eval/afn6 --regions msd
+  python -m src_training evaluate --pred eval/afn6/predictions --labels Task01_BrainTumour/labelsTr \\
+      --regions msd --hd-empty penalty
+"""
+
+
+def register(subparsers, name: str, help_text: str) -> None:
+    p = subparsers.add_parser(
+        name,
+        help=help_text,
+        description="Dice, HD95 (pooled symmetric surface distances, mm), sensitivity and specificity per "
+        "case, per class and per region, with mean and std over cases.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", help="model file (.safetensors) to predict with; needs --data")
+    p.add_argument("--data", help="dataset folder (Decathlon / nnU-Net v2 raw) with labels")
+    p.add_argument("--cases", help="comma-separated case names to evaluate (default: all labelled cases)")
+    p.add_argument("--pred", help="folder of predicted label maps (<case>.nii.gz); needs --labels")
+    p.add_argument("--labels", help="folder of ground-truth label maps (<case>.nii.gz)")
+    p.add_argument("--out", help="folder for predictions and metrics (default: --pred folder)")
+    p.add_argument(
+        "--regions",
+        default="auto",
+        help="brats2015, brats2017, msd, dataset, none, or auto (= dataset.json / model card regions)",
+    )
+    p.add_argument(
+        "--hd-empty",
+        choices=["nan", "penalty"],
+        default="nan",
+        help="HD95 when exactly one mask is empty: NaN (default) or the image diagonal in mm",
+    )
+    p.add_argument("--device", default="auto", help="inference device for --model (auto/cpu/cuda/mps)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from src_training.evaluation import format_table, report, write_report
+
+    if args.model:
+        if not args.data or not args.out:
+            raise AutofocusError("--model needs --data (labelled dataset) and --out (where to write)")
+        cases, settings = _predict_and_score(args)
+        out = Path(args.out)
+    elif args.pred and args.labels:
+        cases, settings = _score_folders(args)
+        out = Path(args.out or args.pred)
+    else:
+        raise AutofocusError("give either --model FILE --data DATASET --out DIR, or --pred DIR --labels DIR")
+    result = report(cases, settings)
+    json_path, csv_path = write_report(result, out)
+    print(format_table(result))
+    print(f"\nwrote {json_path} and {csv_path}")
+    return 0
+
+
+def _wanted_cases(dataset, names: str | None):
+    cases = [c for c in dataset.cases if c.label is not None]
+    if names:
+        wanted = [n.strip() for n in names.split(",") if n.strip()]
+        cases = [dataset.case(n) for n in wanted]
+    if not cases:
+        raise DatasetError(f"{dataset.root}: no labelled cases to evaluate")
+    return cases
+
+
+def _predict_and_score(args):
+    from napari_autofocus.inference import predict_volume
+    from napari_autofocus.nets import load_model
+    from napari_autofocus.nifti import save_nifti
+    from napari_autofocus.normalization import padding_value
+    from src_training.data import check_geometry, check_label_values, open_dataset, read_case
+    from src_training.evaluation import choose_regions, class_structures, score_case
+    from src_training.preprocess import preprocess_arrays, resample_labels_to
+
+    model, card = load_model(args.model)
+    dataset = open_dataset(args.data)
+    cases = _wanted_cases(dataset, args.cases)
+    check_geometry(dataset, cases)
+    if len(dataset.modalities) != card.in_channels:
+        raise AutofocusError(
+            f"{args.model} expects {card.in_channels} channel(s) ({card.modalities}); {args.data} has "
+            f"{len(dataset.modalities)} ({dataset.modalities})"
+        )
+    class_names = {int(k): v for k, v in card.class_names.items()} or dataset.class_names
+    classes = class_structures(class_names)
+    regions = choose_regions(args.regions, card.regions or dataset.regions)
+    target = card.provenance.get("resampled_to_spacing")
+    pred_dir = Path(args.out) / "predictions"
+    results = []
+    for case in cases:
+        raw = read_case(case, len(dataset.modalities))
+        problem = check_label_values(case.name, case.label, raw.label, dataset.label_values)
+        if problem:
+            raise DatasetError(problem)
+        image, _, _, _ = preprocess_arrays(raw.image, raw.spacing, card.normalization, target)
+        pred = predict_volume(model, image, device=args.device, pad_value=padding_value(card.normalization))
+        labels = resample_labels_to(np.asarray(pred.labels), raw.label.shape)
+        save_nifti(pred_dir / f"{case.name}.nii.gz", labels, raw.geometry, is_label=True)
+        results.append(score_case(case.name, labels, raw.label, raw.spacing, classes, regions, args.hd_empty))
+        print(f"{case.name}: " + ", ".join(f"{k} {v['dice']:.3f}" for k, v in results[-1]["classes"].items()))
+    settings = {
+        "mode": "model",
+        "model": str(args.model),
+        "data": str(args.data),
+        "regions": regions,
+        "classes": classes,
+        "hd_empty": args.hd_empty,
+        "predictions": str(pred_dir),
+    }
+    return results, settings
+
+
+def _nifti_files(folder: Path) -> dict[str, Path]:
+    from napari_autofocus.nifti import strip_nifti_suffix
+
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: no such folder")
+    files = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.endswith((".nii", ".nii.gz")) and not path.name.startswith("."):
+            files[strip_nifti_suffix(path)] = path
+    return files
+
+
+def _score_folders(args):
+    from napari_autofocus.errors import NiftiError
+    from napari_autofocus.nifti import load_nifti
+    from src_training.data import open_dataset
+    from src_training.evaluation import choose_regions, class_structures, score_case
+
+    preds, truths = _nifti_files(Path(args.pred)), _nifti_files(Path(args.labels))
+    if args.cases:
+        wanted = {n.strip() for n in args.cases.split(",")}
+        truths = {k: v for k, v in truths.items() if k in wanted}
+    missing = sorted(set(truths) - set(preds))
+    if not truths:
+        raise DatasetError(f"{args.labels}: no label files (.nii/.nii.gz)")
+    if missing:
+        raise DatasetError(
+            f"{args.pred}: no prediction for {len(missing)} labelled case(s): {', '.join(missing[:10])}"
+        )
+    dataset = open_dataset(args.data) if args.data else None
+    loaded, problems, values = {}, [], set()
+    for name, truth_path in truths.items():
+        try:
+            truth, pred = load_nifti(truth_path), load_nifti(preds[name])
+        except NiftiError as exc:
+            problems.append(f"case {name}: {exc}")
+            continue
+        if truth.data.shape != pred.data.shape:
+            problems.append(
+                f"case {name}: prediction shape {pred.data.shape} differs from label shape {truth.data.shape}"
+            )
+        elif not np.allclose(truth.geometry.source_affine, pred.geometry.source_affine, atol=1e-3):
+            problems.append(
+                f"case {name}: prediction and label have different affines (not on the same grid)"
+            )
+        else:
+            t, p = np.round(truth.data).astype(np.int64), np.round(pred.data).astype(np.int64)
+            loaded[name] = (p, t, truth.geometry.spacing)
+            values |= set(np.unique(t).tolist()) | set(np.unique(p).tolist())
+    if problems:
+        raise DatasetError(f"{len(problems)} problem(s):\n  " + "\n  ".join(problems))
+    if dataset is not None:
+        class_names = dataset.class_names
+    else:
+        class_names = {v: f"class {v}" for v in sorted(values | {0})}
+    classes = class_structures(class_names)
+    regions = choose_regions(args.regions, dataset.regions if dataset else None)
+    results = [score_case(n, p, t, s, classes, regions, args.hd_empty) for n, (p, t, s) in loaded.items()]
+    settings = {
+        "mode": "folders",
+        "pred": str(args.pred),
+        "labels": str(args.labels),
+        "regions": regions,
+        "classes": classes,
+        "hd_empty": args.hd_empty,
+    }
+    return results, settings

@@ -1,0 +1,190 @@
+"""Training settings: defaults < preset < ``--config`` JSON file < command-line flags.
+
+Every resolved value is written to ``<run>/config.json``, so a run folder says exactly how its
+model was trained and ``--resume`` continues with the same settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from napari_autofocus.errors import AutofocusError
+from napari_autofocus.normalization import DEFAULT_NORMALIZATION
+
+PRESETS: dict[str, dict] = {
+    # The authors' train.py: RMSprop, per-iteration poly LR, plain cross-entropy, 50/50 fg/bg patches.
+    "brats-reference": {
+        "optimizer": "rmsprop",
+        "lr": 1e-3,
+        "rmsprop_alpha": 0.9,
+        "eps": 1e-4,
+        "momentum": 0.6,
+        "weight_decay": 1e-4,
+        "schedule": "poly",
+        "poly_power": 0.9,
+        "loss": "ce",
+        "batch_size": 10,
+        "patch_size": 75,
+        "sampling": "fg-bg",
+    },
+    # The paper's pelvic setting: Adam 1e-3, then 1e-4 for the last third, soft Dice, per-class sampling.
+    "paper-adam-dice": {
+        "optimizer": "adam",
+        "lr": 1e-3,
+        "eps": 1e-8,
+        "momentum": 0.0,
+        "weight_decay": 0.0,
+        "schedule": "step",
+        "step_at": 2 / 3,
+        "step_factor": 0.1,
+        "loss": "dice",
+        "batch_size": 7,
+        "patch_size": 75,
+        "sampling": "per-class",
+    },
+}
+OPTIMIZERS = ("rmsprop", "adam", "sgd")
+SCHEDULES = ("poly", "step", "constant")
+# Settings that may differ from config.json when resuming (they do not change what is computed).
+RESUME_MUTABLE = {
+    "epochs", "val_every", "workers", "device", "resume", "force", "stop_after_epochs",
+    "tensorboard", "cache", "debug_checksums", "config",
+}  # fmt: skip
+
+
+@dataclass
+class TrainConfig:
+    data: str = ""
+    out: str = ""
+    arch: str = "AFN1"
+    channels: list[int] | None = None  # 8 trunk widths; None = the paper's
+    preset: str = "brats-reference"
+    epochs: int = 100
+    iters_per_epoch: int = 50
+    patch_size: int = 75
+    batch_size: int = 10
+    lr: float = 1e-3
+    optimizer: str = "rmsprop"
+    momentum: float = 0.6
+    weight_decay: float = 1e-4
+    rmsprop_alpha: float = 0.9
+    eps: float = 1e-4
+    schedule: str = "poly"
+    poly_power: float = 0.9
+    step_at: float = 2 / 3
+    step_factor: float = 0.1
+    loss: str = "ce"
+    dice_include_background: bool = False
+    sampling: str = "fg-bg"
+    fg_fraction: float = 0.5
+    flip_axes: list[int] = field(default_factory=lambda: [0, 1, 2])
+    intensity_scale: float = 0.0
+    intensity_shift: float = 0.0
+    normalization: dict = field(default_factory=lambda: dict(DEFAULT_NORMALIZATION))
+    spacing: list[float] | None = None  # resample to this voxel size (mm, napari axis order)
+    val_cases: str | None = None  # a count ("4") or comma-separated case names
+    fold: int | None = None
+    num_folds: int = 5
+    val_every: int = 1
+    regions: str | None = None  # region convention for the card and validation report
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"
+    channels_last: bool = False
+    workers: int = 2
+    cache: str | None = None
+    tensorboard: bool = False
+    debug_checksums: bool = False
+    stop_after_epochs: int | None = None
+    resume: bool = False
+    force: bool = False
+    config: str | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        checks = [
+            (
+                self.optimizer in OPTIMIZERS,
+                f"--optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}",
+            ),
+            (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {self.schedule!r}"),
+            (
+                self.loss in ("ce", "dice", "ce+dice"),
+                f"--loss must be ce, dice or ce+dice, got {self.loss!r}",
+            ),
+            (
+                self.sampling in ("fg-bg", "per-class"),
+                f"--sampling must be fg-bg or per-class, not {self.sampling!r}",
+            ),
+            (self.amp in ("auto", "on", "off"), f"--amp must be auto, on or off, got {self.amp!r}"),
+            (
+                self.device in ("auto", "cpu", "cuda", "mps"),
+                f"--device must be auto/cpu/cuda/mps, not {self.device!r}",
+            ),
+            (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
+            (self.iters_per_epoch >= 1, f"--iters-per-epoch must be >= 1, got {self.iters_per_epoch}"),
+            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
+            (self.val_every >= 0, f"--val-every must be >= 0 (0 = never), got {self.val_every}"),
+            (self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),
+            (bool(self.data), "--data is required"),
+            (bool(self.out), "--out is required"),
+        ]
+        problems = [msg for ok, msg in checks if not ok]
+        if problems:
+            raise AutofocusError("; ".join(problems))
+
+
+def _read_file(path: str | Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise AutofocusError(f"--config {path}: cannot read ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise AutofocusError(f"--config {path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise AutofocusError(f"--config {path}: expected a JSON object of settings")
+    return data
+
+
+def resolve(flags: dict, base: dict | None = None) -> TrainConfig:
+    """Merge defaults, preset, ``--config`` file (or ``base``, e.g. a run's config.json) and flags."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    file_values = dict(base or {})
+    if flags.get("config"):
+        file_values.update(_read_file(flags["config"]))
+    unknown = sorted(set(file_values) - known)
+    if unknown:
+        raise AutofocusError(
+            f"unknown setting(s) {unknown} in the configuration file; known: {sorted(known)}"
+        )
+    preset = flags.get("preset") or file_values.get("preset") or TrainConfig.preset
+    if preset not in PRESETS:
+        raise AutofocusError(f"unknown --preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    values = TrainConfig().to_dict()
+    values.update(PRESETS[preset])
+    values.update(file_values)
+    values.update({k: v for k, v in flags.items() if k in known})
+    values["preset"] = preset
+    config = TrainConfig(**values)
+    config.validate()
+    return config
+
+
+def check_resume_changes(saved: dict, flags: dict) -> None:
+    """Refuse flags that would make a resumed run compute something else than the saved one."""
+    changed = [
+        f"--{k.replace('_', '-')} ({saved.get(k)!r} -> {v!r})"
+        for k, v in flags.items()
+        if k not in RESUME_MUTABLE and k in saved and saved[k] != v
+    ]
+    if changed:
+        raise AutofocusError(
+            "--resume continues a run with its saved config.json; these flags would change it: "
+            + ", ".join(changed)
+            + ". Start a new run folder instead."
+        )

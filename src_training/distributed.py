@@ -1,0 +1,102 @@
+"""Multi-process training under ``torchrun``: process group, device per rank, DDP wrapping.
+
+torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; without them we run as a single process. The
+backend is NCCL on CUDA and gloo otherwise (CPU tests/CI). SyncBatchNorm is used only on CUDA:
+on CPU DDP refuses it ("SyncBatchNorm layers only work with GPU modules"). Each rank samples its
+own patches (different seeds), so nothing but gradients and a few metrics cross processes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def env_info() -> DistInfo:
+    return DistInfo(
+        rank=int(os.environ.get("RANK", 0)),
+        world_size=int(os.environ.get("WORLD_SIZE", 1)),
+        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+    )
+
+
+def select_device(name: str, info: DistInfo) -> torch.device:
+    """``auto`` picks CUDA (this rank's local GPU), then MPS, then CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            name = "cuda"
+        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            name = "mps"
+        else:
+            name = "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            from napari_autofocus.errors import AutofocusError
+
+            raise AutofocusError("--device cuda requested but torch sees no CUDA device")
+        torch.cuda.set_device(info.local_rank % torch.cuda.device_count())
+        return torch.device("cuda", info.local_rank % torch.cuda.device_count())
+    return torch.device(name)
+
+
+def init(info: DistInfo, device: torch.device) -> None:
+    """Join the process group (no-op for a single process)."""
+    if info.enabled and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        # Validation runs on every rank in parallel but can take long on big cases: generous timeout.
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(hours=2))
+
+
+def wrap(model: torch.nn.Module, info: DistInfo, device: torch.device) -> torch.nn.Module:
+    if not info.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    if device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return DistributedDataParallel(model, device_ids=[device.index])
+    return DistributedDataParallel(model)
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if info.enabled and dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def broadcast_flag(value: bool, info: DistInfo, device: torch.device) -> bool:
+    """Rank 0's boolean, on every rank (e.g. 'stop now')."""
+    if not (info.enabled and dist.is_initialized()):
+        return value
+    t = torch.tensor([1 if value else 0], device=device if device.type == "cuda" else "cpu")
+    dist.broadcast(t, src=0)
+    return bool(t.item())
+
+
+def cleanup(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()
