@@ -10,7 +10,8 @@ from napari_autofocus.errors import AutofocusError
 
 PLUGIN = "napari-autofocus"
 # Widgets docked by the demo, in order (display names from napari.yaml).
-DEMO_WIDGETS = ("Scan info",)
+DEMO_WIDGETS = ("Segment", "Attention explorer")
+DEMO_WAIT_SECONDS = 300
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,15 +26,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def open_demo(viewer) -> None:
-    """Load the sample and dock the plugin's widgets into an existing viewer."""
+def open_demo(viewer):
+    """Load the sample, dock the plugin's widgets and, when a bundled model exists, segment with it.
+
+    Returns the Segment widget; its run (if any) goes on in a background worker.
+    """
     viewer.open_sample(PLUGIN, "phantom")
-    for name in DEMO_WIDGETS:
-        viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    widgets = [viewer.window.add_plugin_dock_widget(PLUGIN, name)[1] for name in DEMO_WIDGETS]
     images = [layer for layer in viewer.layers if type(layer).__name__ == "Image"]
     if images:
         viewer.layers.selection.active = images[0]
     viewer.reset_view()
+    segment = widgets[0]
+    entry = getattr(getattr(segment, "picker", None), "entry", None)
+    if entry is not None and entry.source == "bundled" and not segment.problems():
+        segment.run()
+    return segment
+
+
+def wait_for_run(segment, seconds: float = DEMO_WAIT_SECONDS) -> None:
+    """Process Qt events until the Segment widget's background run (if any) has ended."""
+    import time
+
+    from qtpy.QtWidgets import QApplication
+
+    deadline = time.monotonic() + seconds
+    runner = getattr(segment, "runner", None)
+    while runner is not None and runner.running and time.monotonic() < deadline:
+        QApplication.processEvents()
+        time.sleep(0.02)
+    for _ in range(5):
+        QApplication.processEvents()
 
 
 def run_demo(screenshot: str | None) -> int:
@@ -58,7 +81,8 @@ def run_demo(screenshot: str | None) -> int:
 
         viewer = napari.Viewer(title="napari-autofocus demo", show=True)
         viewer.window._qt_window.resize(1500, 950)
-        open_demo(viewer)
+        segment = open_demo(viewer)
+        wait_for_run(segment)
         for _ in range(5):
             QApplication.processEvents()
         viewer.window.screenshot(path=screenshot, flash=False, canvas_only=False)

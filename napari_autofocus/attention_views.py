@@ -1,0 +1,94 @@
+"""What the attention explorer shows, computed from a cached result without the network.
+
+One fixed hue per rate position (the same in the weight layers, the arg-max layer and the charts),
+layer names such as ``AF3 · r=6``, the voxel readout under the cursor and the per-structure means.
+NumPy only; the widget turns these into napari layers and matplotlib bars.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from napari_autofocus import attention as maps
+
+# Hues by rate position (smallest rate first): blue, green, orange, red, then violet, cyan, yellow, pink.
+RATE_HUES = (
+    (0.20, 0.45, 1.00),
+    (0.15, 0.85, 0.25),
+    (1.00, 0.60, 0.05),
+    (1.00, 0.15, 0.25),
+    (0.65, 0.30, 1.00),
+    (0.10, 0.85, 0.90),
+    (0.95, 0.90, 0.10),
+    (1.00, 0.45, 0.75),
+)
+SEP = " · "
+
+
+def rate_hue(index: int) -> tuple[float, float, float]:
+    return RATE_HUES[index % len(RATE_HUES)]
+
+
+def weight_layer_name(layer: str, rate: int) -> str:
+    return f"{layer}{SEP}r={rate}"
+
+
+def derived_layer_name(layer: str, kind: str) -> str:
+    """``kind``: "arg-max rate", "expected rate", "entropy"; ``layer`` may be "all" for zoom."""
+    return f"{layer}{SEP}{kind}"
+
+
+def argmax_colors(rates: Sequence[int]) -> dict[int | None, tuple]:
+    """Colours for an arg-max-index labels layer: value k+1 gets the hue of rate k, 0 is clear."""
+    colors: dict[int | None, tuple] = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0)}
+    for k in range(len(rates)):
+        colors[k + 1] = (*rate_hue(k), 1.0)
+    return colors
+
+
+def derived_map(attention: np.ndarray, rates: Sequence[int], kind: str) -> np.ndarray:
+    """One per-layer derived map: arg-max index (labels), expected rate or entropy."""
+    if kind == "arg-max rate":
+        return maps.argmax_index(attention)
+    if kind == "expected rate":
+        return maps.expected_rate(attention, rates)
+    if kind == "entropy":
+        return maps.normalized_entropy(attention)
+    raise ValueError(f"unknown derived map {kind!r}")
+
+
+def zoom_mm_map(result) -> np.ndarray:
+    """Effective receptive field (mm) from every autofocus layer of a result."""
+    voxels = maps.zoom_voxels(result.attention, result.rates, result.receptive_field_min)
+    return maps.zoom_mm(voxels, result.scale[-3:]).astype(np.float32)
+
+
+def voxel_readout(result, index: Sequence[int]) -> dict | None:
+    """K weights of every autofocus layer and the zoom in mm at one voxel; None outside or not computed."""
+    index = tuple(int(round(i)) for i in index)
+    shape = result.labels.shape
+    if len(index) != 3 or any(i < 0 or i >= n for i, n in zip(index, shape, strict=True)):
+        return None
+    weights = {name: a[(slice(None), *index)].astype(np.float32) for name, a in result.attention.items()}
+    if not weights or any(np.isnan(w).any() for w in weights.values()):
+        return None
+    extra = sum(2 * (float(np.dot(w, result.rates[n])) - min(result.rates[n])) for n, w in weights.items())
+    zoom_voxels = result.receptive_field_min + extra
+    spacing = float(np.prod(result.scale[-3:])) ** (1 / 3)
+    return {
+        "index": index,
+        "label": int(result.labels[index]),
+        "weights": weights,
+        "zoom_voxels": zoom_voxels,
+        "zoom_mm": zoom_voxels * spacing,
+    }
+
+
+def structure_means(
+    result, labels: np.ndarray, classes: Iterable[int], layers: Sequence[str]
+) -> dict[str, dict[int, np.ndarray]]:
+    """Layer -> class -> mean weight per rate, inside each class of ``labels``."""
+    classes = list(classes)
+    return {name: maps.mean_attention_per_class(result.attention[name], labels, classes) for name in layers}

@@ -1,0 +1,124 @@
+"""Where the plugin finds models: bundled files, recently used files, and any file the user picks.
+
+Listing reads only model cards (:func:`napari_autofocus.card.read_card`), so the model menu opens
+without importing torch. A reference ``.pth.tar`` has no card; describing one loads it (torch).
+The recent list is a small JSON file in the user's config directory; ``NAPARI_AUTOFOCUS_CONFIG_DIR``
+moves it (tests point it at a temporary folder).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from napari_autofocus.card import ModelCard, read_card
+from napari_autofocus.errors import AutofocusError
+
+BUNDLED_DIR = Path(__file__).resolve().parent / "sample_data" / "models"
+RECENT_FILE = "recent_models.json"
+MAX_RECENT = 8
+# The architectures of napari_autofocus.nets.ARCHITECTURES, repeated so the menu needs no torch
+# (a test checks they agree). "auto" lets the reference importer detect it from the weights.
+ARCH_CHOICES = ("auto", "BASIC", "AFN1", "AFN2", "AFN3", "AFN4", "AFN5", "AFN6", "ASPP_C", "ASPP_S", "DM")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One choice in a model menu."""
+
+    path: str
+    source: str  # "bundled" | "recent" | "file"
+    arch: str = "auto"  # only used for reference checkpoints
+
+    @property
+    def label(self) -> str:
+        tag = {"bundled": "bundled", "recent": "recent"}.get(self.source, "file")
+        arch = f", {self.arch}" if is_reference_checkpoint(self.path) and self.arch != "auto" else ""
+        return f"{model_name(self.path)} ({tag}{arch})"
+
+
+def model_name(path: str | os.PathLike) -> str:
+    """A short display name: the file name without model suffixes."""
+    name = Path(path).name
+    for suffix in (".safetensors", ".pth.tar", ".pth", ".pt", ".tar"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def is_reference_checkpoint(path: str | os.PathLike) -> bool:
+    """A torch.save checkpoint (the authors' format), which needs an architecture to be known."""
+    return not str(path).endswith(".safetensors")
+
+
+def bundled_models(folder: Path = BUNDLED_DIR) -> list[ModelEntry]:
+    """Model files shipped with the plugin (none is fine)."""
+    if not folder.is_dir():
+        return []
+    return [ModelEntry(str(p), "bundled") for p in sorted(folder.glob("*.safetensors"))]
+
+
+def config_dir() -> Path:
+    """The plugin's settings folder (created on first write)."""
+    override = os.environ.get("NAPARI_AUTOFOCUS_CONFIG_DIR")
+    if override:
+        return Path(override)
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir("napari-autofocus", appauthor=False))
+
+
+def recent_models() -> list[ModelEntry]:
+    """Recently used model files that still exist, newest first."""
+    path = config_dir() / RECENT_FILE
+    try:
+        items = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    entries = []
+    for item in items if isinstance(items, list) else []:
+        if isinstance(item, dict) and Path(str(item.get("path", ""))).is_file():
+            entries.append(ModelEntry(str(item["path"]), "recent", str(item.get("arch", "auto"))))
+    return entries
+
+
+def remember_model(path: str | os.PathLike, arch: str = "auto") -> None:
+    """Put a model file at the top of the recent list (best effort: an unwritable config is ignored)."""
+    path = str(Path(path).resolve())
+    items = [{"path": e.path, "arch": e.arch} for e in recent_models() if e.path != path]
+    items = [{"path": path, "arch": arch}, *items][:MAX_RECENT]
+    folder = config_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / RECENT_FILE).write_text(json.dumps(items, indent=1))
+    except OSError:
+        pass
+
+
+def available_models() -> list[ModelEntry]:
+    """Bundled models, then recent ones not already listed."""
+    bundled = bundled_models()
+    seen = {str(Path(e.path).resolve()) for e in bundled}
+    return bundled + [e for e in recent_models() if str(Path(e.path).resolve()) not in seen]
+
+
+def describe(path: str | os.PathLike, arch: str = "auto") -> ModelCard:
+    """The card of a model file; a reference checkpoint is loaded (torch) to build its card."""
+    if not Path(path).is_file():
+        raise AutofocusError(f"{path}: no such model file")
+    if not is_reference_checkpoint(path):
+        return read_card(path)
+    from napari_autofocus.nets import load_model
+
+    hints = {} if arch == "auto" else {"arch": arch}
+    return load_model(path, **hints)[1]
+
+
+def summary(card: ModelCard) -> str:
+    """One line about a model for the widgets."""
+    classes = ", ".join(card.class_names.get(str(i), str(i)) for i in range(card.num_classes))
+    layers = f", autofocus {'/'.join(card.autofocus_layers)}" if card.autofocus_layers else ""
+    rf = f", RF {card.receptive_field}" if card.receptive_field else ""
+    return f"{card.arch}{layers}{rf}; {card.in_channels} channel(s); classes: {classes}"

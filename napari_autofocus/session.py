@@ -1,0 +1,202 @@
+"""One segmentation run and its result: what the widgets hand to the worker and get back.
+
+:class:`SegmentationResult` keeps everything the explorer, the counterfactual view and the export
+need (labels, probabilities, every autofocus layer's attention, the rates, geometry, provenance and
+the loaded model), so looking at attention never re-runs the network. :func:`run_model` is the
+worker's body: it loads the model (torch is imported here, not before), normalises the inputs as
+the card says and predicts. No Qt.
+"""
+
+from __future__ import annotations
+
+import datetime
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from napari_autofocus import __version__
+from napari_autofocus.card import ModelCard
+from napari_autofocus.errors import AutofocusError
+from napari_autofocus.model_library import is_reference_checkpoint, model_name
+from napari_autofocus.nifti import NiftiGeometry
+from napari_autofocus.normalization import normalize, padding_value
+
+RESULT_KEY = "autofocus_result"  # layer.metadata key of the labels layer that owns a result
+
+
+@dataclass
+class RunRequest:
+    """What to run: a model file, where, and which outputs."""
+
+    model_path: str
+    arch: str = "auto"
+    device: str = "auto"
+    probabilities: bool = False
+    override: tuple[str, object] | None = None  # (autofocus layer name, attention_override value)
+
+    @property
+    def model_name(self) -> str:
+        return model_name(self.model_path)
+
+
+@dataclass
+class SegmentationResult:
+    """A model's output on one volume, aligned with the input layers' grid."""
+
+    request: RunRequest
+    card: ModelCard
+    labels: np.ndarray
+    probabilities: np.ndarray | None
+    attention: dict[str, np.ndarray]
+    rates: dict[str, tuple[int, ...]]
+    receptive_field_min: int
+    input_layers: list[str]
+    inputs: list[np.ndarray]  # the raw layer arrays (references, not copies) for re-runs
+    scale: tuple[float, ...]
+    translate: tuple[float, ...]
+    geometry: NiftiGeometry | None
+    device: str
+    seconds: float
+    affine: np.ndarray | None = None  # the input layer's napari affine (display)
+    created: str = field(default_factory=lambda: datetime.datetime.now().isoformat(timespec="seconds"))
+    model: object = field(default=None, repr=False)  # the loaded torch module, reused by re-runs
+
+    @property
+    def name(self) -> str:
+        return self.request.model_name
+
+    def class_name(self, value: int) -> str:
+        return self.card.class_names.get(str(value), f"class {value}")
+
+    def provenance(self) -> dict:
+        """JSON-friendly record of how this result was made."""
+        return {
+            "model": self.request.model_path,
+            "model_name": self.name,
+            "arch": self.card.arch,
+            "model_card": self.card.to_dict(),
+            "options": {
+                "device": self.request.device,
+                "device_used": self.device,
+                "probabilities": self.request.probabilities,
+                "arch_hint": self.request.arch,
+                "attention_override": list(self.request.override) if self.request.override else None,
+            },
+            "inputs": list(self.input_layers),
+            "seconds": round(self.seconds, 3),
+            "created": self.created,
+            "napari_autofocus": __version__,
+        }
+
+
+def load(request: RunRequest):
+    """(model, card) for a request; torch is imported here."""
+    from napari_autofocus.nets import load_model
+
+    hints = {}
+    if is_reference_checkpoint(request.model_path) and request.arch != "auto":
+        hints["arch"] = request.arch
+    return load_model(request.model_path, **hints)
+
+
+def stack_inputs(inputs: Sequence[np.ndarray], card: ModelCard) -> np.ndarray:
+    """(C, D, H, W) float32 normalised as the card says."""
+    if len(inputs) != card.in_channels:
+        raise AutofocusError(f"the model expects {card.in_channels} input channel(s), got {len(inputs)}")
+    shapes = {np.shape(a) for a in inputs}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 3:
+        raise AutofocusError(f"inputs must be 3D volumes of one shape, got shapes {sorted(shapes)}")
+    return normalize(np.stack([np.asarray(a, dtype=np.float32) for a in inputs]), card.normalization)
+
+
+def predict(
+    model,
+    card: ModelCard,
+    image: np.ndarray,
+    request: RunRequest,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: threading.Event | None = None,
+):
+    """``predict_volume`` with the card's padding and the request's attention override."""
+    from napari_autofocus.inference import predict_volume
+
+    module = None
+    if request.override is not None:
+        layer, value = request.override
+        module = autofocus_module(model, layer)
+        module.attention_override = value
+    try:
+        return predict_volume(
+            model,
+            image,
+            device=request.device,
+            probabilities=request.probabilities,
+            attention=True,
+            pad_value=padding_value(card.normalization),
+            progress=progress,
+            cancel=cancel,
+        )
+    finally:
+        if module is not None:
+            module.attention_override = None
+
+
+def autofocus_module(model, layer: str):
+    """The AutofocusConv behind an attention name such as "AF2"."""
+    for geometry in model.autofocus_geometry():
+        if geometry["name"] == layer:
+            return model.get_submodule(geometry["module"])
+    names = [g["name"] for g in model.autofocus_geometry()]
+    raise AutofocusError(f"this model has no autofocus layer {layer!r} (it has {', '.join(names) or 'none'})")
+
+
+def run_model(
+    request: RunRequest,
+    inputs: Sequence[np.ndarray],
+    *,
+    input_layers: Sequence[str],
+    scale: Sequence[float],
+    translate: Sequence[float],
+    geometry: NiftiGeometry | None,
+    progress: Callable[[int, int], None] | None = None,
+    status: Callable[[str], None] | None = None,
+    cancel: threading.Event | None = None,
+    model=None,
+    card: ModelCard | None = None,
+) -> SegmentationResult:
+    """Load (unless given), normalise, predict; the worker's whole job."""
+    from napari_autofocus.inference import Cancelled, resolve_device
+
+    if model is None:
+        model, card = load(request)
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("cancelled before the network ran")
+    image = stack_inputs(inputs, card)
+    device = str(resolve_device(request.device))
+    if status is not None:
+        status(device)
+    prediction = predict(model, card, image, request, progress, cancel)
+    return SegmentationResult(
+        request=request,
+        card=card,
+        labels=prediction.labels,
+        probabilities=prediction.probabilities,
+        attention=prediction.attention,
+        rates=prediction.rates,
+        receptive_field_min=int(model.receptive_field_min),
+        input_layers=list(input_layers),
+        inputs=list(inputs),
+        scale=tuple(float(s) for s in scale),
+        translate=tuple(float(t) for t in translate),
+        geometry=geometry,
+        device=prediction.device,
+        seconds=prediction.seconds,
+        model=model,
+    )
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for CPU and GPU out-of-memory errors, whatever library raised them."""
+    return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()

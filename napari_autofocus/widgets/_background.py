@@ -1,0 +1,106 @@
+"""Run a job in a napari worker thread with activity-dock progress, a device status and Cancel.
+
+The job is a plain function ``job(progress, status, cancel)``; ``progress(done, total)`` and
+``status(text)`` may be called from the worker thread: they are relayed to the GUI thread by Qt
+signals, where a :class:`napari.utils.progress` bar is updated. Errors become notifications, so a
+failed or cancelled run leaves the viewer usable.
+"""
+
+from __future__ import annotations
+
+import threading
+import traceback
+
+from napari.qt.threading import create_worker
+from napari.utils import progress as napari_progress
+from qtpy.QtCore import QObject, Signal
+
+from napari_autofocus.errors import AutofocusError
+from napari_autofocus.session import is_out_of_memory
+from napari_autofocus.widgets import _common
+
+
+class BackgroundRun(QObject):
+    """One job at a time; ``succeeded(result)`` then ``ended()`` (also after errors or Cancel)."""
+
+    progressed = Signal(int, int, str)
+    status_changed = Signal(str)
+    succeeded = Signal(object)
+    ended = Signal()
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self.worker = None
+        self.cancel_event = threading.Event()
+        self._bars: dict[str, napari_progress] = {}
+        self.progressed.connect(self._show_progress)
+        self.last_error: str | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def start(self, job, description: str) -> bool:
+        """Start ``job`` unless one is running; returns whether it started."""
+        if self.running:
+            _common.warning("A run is already in progress; wait for it or press Cancel.")
+            return False
+        self.cancel_event = threading.Event()
+        self.last_error = None
+        self._description = description
+        cancel = self.cancel_event
+
+        def report(done: int, total: int, what: str = description) -> None:
+            self.progressed.emit(done, total, what)
+
+        def work():
+            return job(report, self.status_changed.emit, cancel)
+
+        self.worker = create_worker(work, _start_thread=False, _ignore_errors=True)
+        self.worker.returned.connect(self.succeeded.emit)
+        self.worker.errored.connect(self._failed)
+        self.worker.finished.connect(self._finished)
+        self.worker.start()
+        return True
+
+    def cancel(self) -> None:
+        if self.running:
+            self.cancel_event.set()
+            self.status_changed.emit("cancelling…")
+
+    def _show_progress(self, done: int, total: int, what: str) -> None:
+        bar = self._bars.get(what)
+        if bar is None:
+            bar = self._bars[what] = napari_progress(total=total, desc=what)
+        if bar.total != total:
+            bar.total = total
+        if done > bar.n:
+            bar.update(done - bar.n)
+
+    def _failed(self, exc: Exception) -> None:
+        from napari_autofocus.inference import Cancelled
+
+        if isinstance(exc, Cancelled) or self.cancel_event.is_set():
+            message = f"{self._description}: cancelled; nothing was added."
+            _common.info(message)
+        elif is_out_of_memory(exc):
+            message = (
+                f"{self._description}: out of memory. Try the CPU device, close other programs, or crop the "
+                "volume."
+            )
+            _common.error(message)
+        elif isinstance(exc, AutofocusError):
+            message = f"{self._description}: {exc}"
+            _common.error(message)
+        else:
+            traceback.print_exception(type(exc), exc, exc.__traceback__)
+            message = f"{self._description} failed: {type(exc).__name__}: {exc}"
+            _common.error(message)
+        self.last_error = message
+
+    def _finished(self) -> None:
+        for bar in self._bars.values():
+            bar.close()
+        self._bars.clear()
+        self.worker = None
+        self.ended.emit()

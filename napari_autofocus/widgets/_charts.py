@@ -1,0 +1,122 @@
+"""Small matplotlib charts for the dock widgets, styled to read on napari's dark theme."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.figure import Figure
+
+from napari_autofocus.attention_views import rate_hue
+
+BACKGROUND = "#262930"
+FOREGROUND = "#e6e6e6"
+
+
+class ChartCanvas(FigureCanvasQTAgg):
+    """A matplotlib figure that fits in a dock widget."""
+
+    def __init__(self, width: float = 4.0, height: float = 2.2) -> None:
+        self.figure = Figure(figsize=(width, height), dpi=90, facecolor=BACKGROUND, layout="constrained")
+        super().__init__(self.figure)
+        self.setMinimumHeight(int(height * 80))
+
+    def axes(self, n: int = 1) -> list:
+        self.figure.clear()
+        axes = self.figure.subplots(1, n, squeeze=False, sharey=True)[0]
+        for ax in axes:
+            style(ax)
+        return list(axes)
+
+    def message(self, text: str) -> None:
+        ax = self.axes(1)[0]
+        ax.axis("off")
+        ax.text(0.5, 0.5, text, ha="center", va="center", color=FOREGROUND, wrap=True, fontsize=9)
+        self.draw_idle()
+
+
+def style(ax) -> None:
+    ax.set_facecolor(BACKGROUND)
+    ax.tick_params(colors=FOREGROUND, labelsize=8)
+    for spine in ax.spines.values():
+        spine.set_color("#888888")
+    ax.title.set_color(FOREGROUND)
+    ax.xaxis.label.set_color(FOREGROUND)
+    ax.yaxis.label.set_color(FOREGROUND)
+
+
+def grouped_bars(ax, groups: Sequence[str], series: Sequence[tuple[str, Sequence[float], tuple]]) -> None:
+    """Bars for each group, one colour per series (name, values per group, colour)."""
+    n = max(len(series), 1)
+    width = 0.8 / n
+    x = np.arange(len(groups))
+    for i, (name, values, color) in enumerate(series):
+        ax.bar(x + (i - (n - 1) / 2) * width, values, width, label=name, color=color)
+    ax.set_xticks(x, groups)
+
+
+def draw_voxel_weights(canvas: ChartCanvas, readout: Mapping, rates: Mapping[str, Sequence[int]]) -> None:
+    """The K weights of every autofocus layer at one voxel."""
+    ax = canvas.axes(1)[0]
+    layers = list(readout["weights"])
+    k = max(len(rates[name]) for name in layers)
+    series = []
+    for i in range(k):
+        values = [float(readout["weights"][n][i]) if i < len(rates[n]) else 0.0 for n in layers]
+        label = f"r={rates[layers[0]][i]}" if i < len(rates[layers[0]]) else f"rate {i + 1}"
+        series.append((label, values, rate_hue(i)))
+    grouped_bars(ax, layers, series)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("weight")
+    z, y, x = readout["index"]
+    ax.set_title(f"voxel ({z}, {y}, {x}): zoom {readout['zoom_mm']:.0f} mm", fontsize=9)
+    legend(ax)
+    canvas.draw_idle()
+
+
+def draw_structure_means(
+    canvas: ChartCanvas,
+    means: Mapping[str, Mapping[int, np.ndarray]],
+    rates: Mapping[str, Sequence[int]],
+    class_name,
+) -> None:
+    """Per autofocus layer: mean weight per rate inside each class."""
+    layers = [n for n in means if means[n]]
+    if not layers:
+        canvas.message("No labelled voxels to average over.")
+        return
+    axes = canvas.axes(len(layers))
+    for ax, name in zip(axes, layers, strict=True):
+        classes = sorted(means[name])
+        series = [
+            (f"r={r}", [float(means[name][c][i]) for c in classes], rate_hue(i))
+            for i, r in enumerate(rates[name])
+        ]
+        grouped_bars(ax, [class_name(c) for c in classes], series)
+        ax.set_title(name, fontsize=9)
+        ax.set_ylim(0, 1)
+        ax.tick_params(axis="x", labelrotation=20)
+    axes[0].set_ylabel("mean weight")
+    legend(axes[-1])
+    canvas.draw_idle()
+
+
+def draw_dice_bars(canvas: ChartCanvas, table) -> None:
+    """Dice per structure, one colour per model."""
+    ax = canvas.axes(1)[0]
+    series = [
+        (model, np.nan_to_num(values, nan=0.0), rate_hue(i)) for i, (model, values) in enumerate(table.rows)
+    ]
+    grouped_bars(ax, table.columns, series)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("Dice")
+    ax.tick_params(axis="x", labelrotation=20)
+    legend(ax)
+    canvas.draw_idle()
+
+
+def legend(ax) -> None:
+    leg = ax.legend(fontsize=7, frameon=False, loc="upper right", ncols=2)
+    for text in leg.get_texts():
+        text.set_color(FOREGROUND)

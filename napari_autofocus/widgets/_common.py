@@ -1,0 +1,89 @@
+"""Helpers shared by the dock widgets: notifications, layer lookups, layer menus that stay current."""
+
+from __future__ import annotations
+
+from napari.layers import Image, Labels
+from napari.utils import notifications
+from qtpy.QtWidgets import QComboBox
+
+from napari_autofocus.inputs import LayerInfo
+from napari_autofocus.session import RESULT_KEY
+
+NONE = "(none)"
+
+
+# Notifications go through the module attribute so tests can patch napari.utils.notifications.show_*.
+def error(message: str) -> None:
+    notifications.show_error(message)
+
+
+def info(message: str) -> None:
+    notifications.show_info(message)
+
+
+def warning(message: str) -> None:
+    notifications.show_warning(message)
+
+
+def image_layers(viewer) -> list[Image]:
+    return [layer for layer in viewer.layers if isinstance(layer, Image)]
+
+
+def layer_info(layer) -> LayerInfo:
+    return LayerInfo(layer.name, tuple(layer.data.shape), layer.metadata.get("channel_name"))
+
+
+def result_layers(viewer) -> list[Labels]:
+    """Labels layers that carry a segmentation result (newest last)."""
+    return [layer for layer in viewer.layers if isinstance(layer, Labels) and RESULT_KEY in layer.metadata]
+
+
+def truth_layers(viewer) -> list[Labels]:
+    """Labels layers that are not outputs of this plugin; ground-truth-marked ones first."""
+    layers = [
+        layer
+        for layer in viewer.layers
+        if isinstance(layer, Labels)
+        and "autofocus" not in layer.metadata
+        and RESULT_KEY not in layer.metadata
+    ]
+    return sorted(layers, key=lambda layer: layer.metadata.get("role") != "ground truth")
+
+
+def set_items(
+    combo: QComboBox, items: list[str], keep: str | None = None, default: str | None = None
+) -> None:
+    """Replace a combo's items without emitting for each one; keep the current choice when possible."""
+    current = keep if keep is not None else combo.currentText()
+    combo.blockSignals(True)
+    combo.clear()
+    combo.addItems(items)
+    if current in items:
+        combo.setCurrentText(current)
+    elif default in items:
+        combo.setCurrentText(default)
+    combo.blockSignals(False)
+    if combo.currentText() != current:
+        combo.currentTextChanged.emit(combo.currentText())
+
+
+def watch_layers(viewer, callback) -> None:
+    """Call ``callback`` whenever layers are added, removed or renamed."""
+    viewer.layers.events.inserted.connect(callback)
+    viewer.layers.events.removed.connect(callback)
+    viewer.layers.events.reordered.connect(callback)
+
+
+def source_placement(layer) -> dict:
+    """Where a result computed from ``layer`` belongs: scale, translate, affine and NIfTI geometry."""
+    from napari_autofocus.nifti import NiftiGeometry, geometry_from_layer
+
+    geometry = layer.metadata.get("nifti")
+    if not isinstance(geometry, NiftiGeometry):
+        geometry = geometry_from_layer(layer.scale, layer.translate, layer.data.shape)
+    return {
+        "scale": tuple(layer.scale),
+        "translate": tuple(layer.translate),
+        "affine": layer.affine.affine_matrix.copy(),
+        "geometry": geometry,
+    }

@@ -1,0 +1,86 @@
+"""Put a result into the viewer: labels with class names, optional probabilities, provenance.
+
+Outputs sit on the input's grid (scale, translate, affine, NIfTI geometry) and are tagged in
+``metadata["autofocus"]`` with the model and the widget that made them, so running a model again
+replaces its previous layers instead of piling them up.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from napari_autofocus.session import RESULT_KEY, SegmentationResult
+
+TAG = "autofocus"
+
+
+def placement(result: SegmentationResult) -> dict:
+    """scale/translate/affine kwargs that put a layer on the result's input grid."""
+    kwargs = {"scale": result.scale, "translate": result.translate}
+    if result.affine is not None:
+        kwargs["affine"] = result.affine
+    return kwargs
+
+
+def base_metadata(result: SegmentationResult, owner: str, kind: str) -> dict:
+    meta = {TAG: {"owner": owner, "kind": kind, "model": result.request.model_path, **result.provenance()}}
+    if result.geometry is not None:
+        meta["nifti"] = result.geometry
+    return meta
+
+
+def remove_outputs(viewer, owner: str, model: str | None = None) -> None:
+    """Remove the layers a widget made earlier (for one model, or all of them)."""
+    for layer in list(viewer.layers):
+        tag = layer.metadata.get(TAG) if isinstance(layer.metadata, dict) else None
+        if tag and tag.get("owner") == owner and (model is None or tag.get("model") == model):
+            viewer.layers.remove(layer)
+
+
+def class_features(result: SegmentationResult) -> pd.DataFrame:
+    """napari Labels features: one row per label value with its class name (shown on hover)."""
+    values = list(range(result.card.num_classes))
+    return pd.DataFrame({"index": values, "class": [result.class_name(v) for v in values]})
+
+
+def add_labels(viewer, result: SegmentationResult, owner: str, name: str | None = None):
+    """The result's labels layer, owning the result in its metadata (the explorer reads it there)."""
+    metadata = base_metadata(result, owner, "labels")
+    metadata[RESULT_KEY] = result
+    layer = viewer.add_labels(
+        result.labels,
+        name=name or f"{result.name} labels",
+        metadata=metadata,
+        features=class_features(result),
+        opacity=0.6,
+        **placement(result),
+    )
+    return layer
+
+
+def add_probabilities(viewer, result: SegmentationResult, owner: str) -> list:
+    if result.probabilities is None:
+        return []
+    layers = []
+    for value, p in enumerate(result.probabilities):
+        if value == 0:
+            continue
+        layers.append(
+            viewer.add_image(
+                np.asarray(p, dtype=np.float32),
+                name=f"{result.name} p({result.class_name(value)})",
+                metadata=base_metadata(result, owner, "probability"),
+                colormap="magma",
+                contrast_limits=(0.0, 1.0),
+                blending="additive",
+                visible=False,
+                **placement(result),
+            )
+        )
+    return layers
+
+
+def legend(result: SegmentationResult) -> str:
+    """'0 background · 1 small lesion · …' for the widget."""
+    return " · ".join(f"{v} {result.class_name(v)}" for v in range(result.card.num_classes))

@@ -1,0 +1,226 @@
+"""Compare models: run several on the same volume, view them side by side, score them against truth."""
+
+from __future__ import annotations
+
+import numpy as np
+from qtpy.QtCore import Qt, Signal
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_autofocus._reader import prefer_this_reader
+from napari_autofocus.compare import dice_table, disagreement
+from napari_autofocus.errors import AutofocusError
+from napari_autofocus.inputs import input_problems, match_modalities, modality_names
+from napari_autofocus.model_library import available_models, describe, model_name
+from napari_autofocus.session import RunRequest, run_model
+from napari_autofocus.widgets import _charts, _common, _outputs, _table
+from napari_autofocus.widgets._background import BackgroundRun
+from napari_autofocus.widgets.model_picker import FILE_FILTER
+
+OWNER = "compare"
+DISAGREEMENT = "model disagreement"
+
+
+def grid_of(viewer):
+    """The grid model: ``viewer.canvas.grid`` since napari 0.9, ``viewer.grid`` before."""
+    canvas = getattr(viewer, "canvas", None)
+    return canvas.grid if canvas is not None and hasattr(canvas, "grid") else viewer.grid
+
+
+class CompareWidget(QWidget):
+    run_finished = Signal()
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__()
+        prefer_this_reader()
+        self.viewer = napari_viewer
+        self.table_data = None
+        self.models = QListWidget()
+        self.models.setMaximumHeight(110)
+        self.add_button = QPushButton("Add model file…")
+        self.truth_combo = QComboBox()
+        self.device = QComboBox()
+        self.device.addItems(("auto", "CPU", "CUDA", "MPS"))
+        self.run_button = QPushButton("Run all")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.status = QLabel("Tick two or more models; each runs on the same image layers.")
+        self.status.setWordWrap(True)
+        self.table = _table.make_table()
+        self.chart = _charts.ChartCanvas(4.0, 2.3)
+        self.csv_button = QPushButton("Export table as CSV…")
+        self.csv_button.setEnabled(False)
+        self.runner = BackgroundRun(self)
+
+        form = QFormLayout()
+        form.addRow("ground truth", self.truth_combo)
+        form.addRow("device", self.device)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.addWidget(QLabel("models"))
+        layout.addWidget(self.models)
+        layout.addWidget(self.add_button)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.status)
+        layout.addWidget(self.table)
+        layout.addWidget(self.chart)
+        layout.addWidget(self.csv_button)
+
+        for entry in available_models():
+            self.add_model_file(entry.path, checked=False)
+        self.add_button.clicked.connect(self._browse)
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.runner.cancel)
+        self.csv_button.clicked.connect(self._save_csv)
+        self.runner.succeeded.connect(self._on_done)
+        self.runner.ended.connect(self._on_ended)
+        _common.watch_layers(napari_viewer, self._refresh)
+        self._refresh()
+
+    def add_model_file(self, path: str, checked: bool = True) -> None:
+        for i in range(self.models.count()):
+            if self.models.item(i).data(Qt.ItemDataRole.UserRole) == str(path):
+                self.models.item(i).setCheckState(
+                    Qt.CheckState.Checked if checked else Qt.CheckState.Unchecked
+                )
+                return
+        item = QListWidgetItem(model_name(path))
+        item.setData(Qt.ItemDataRole.UserRole, str(path))
+        item.setToolTip(str(path))
+        item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+        item.setCheckState(Qt.CheckState.Checked if checked else Qt.CheckState.Unchecked)
+        self.models.addItem(item)
+
+    def chosen(self) -> list[str]:
+        return [
+            self.models.item(i).data(Qt.ItemDataRole.UserRole)
+            for i in range(self.models.count())
+            if self.models.item(i).checkState() == Qt.CheckState.Checked
+        ]
+
+    def _browse(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Add a model file", "", FILE_FILTER)
+        if path:
+            self.add_model_file(path)
+
+    def _refresh(self, *_) -> None:
+        names = [_common.NONE] + [layer.name for layer in _common.truth_layers(self.viewer)]
+        _common.set_items(self.truth_combo, names, default=names[1] if len(names) > 1 else None)
+
+    def _plan(self) -> list[tuple[str, object, list[str]]]:
+        """(path, card, layer names) per chosen model; raises AutofocusError explaining any problem."""
+        paths = self.chosen()
+        if len(paths) < 2:
+            raise AutofocusError("Compare needs at least two models: tick them in the list or add files.")
+        layers = [_common.layer_info(layer) for layer in _common.image_layers(self.viewer)]
+        plan = []
+        for path in paths:
+            card = describe(path)
+            mapping = match_modalities(modality_names(card.modalities, card.in_channels), layers)
+            problems = input_problems(mapping, layers)
+            if problems:
+                raise AutofocusError(f"{model_name(path)}: {' '.join(problems)}")
+            plan.append((path, card, list(mapping.values())))
+        shapes = {tuple(self.viewer.layers[names[0]].data.shape) for _, _, names in plan}
+        if len(shapes) > 1:
+            raise AutofocusError(f"The models would read volumes of different shapes {sorted(shapes)}.")
+        return plan
+
+    def run(self) -> None:
+        try:
+            plan = self._plan()
+        except AutofocusError as exc:
+            _common.error(str(exc))
+            return
+        place = _common.source_placement(self.viewer.layers[plan[0][2][0]])
+        inputs = {
+            names_key: [np.asarray(self.viewer.layers[n].data) for n in names_key]
+            for names_key in {tuple(names) for _, _, names in plan}
+        }
+        device = self.device.currentText().lower()
+        truth_name = self.truth_combo.currentText()
+        truth = np.asarray(self.viewer.layers[truth_name].data) if truth_name in self.viewer.layers else None
+
+        def job(progress, status, cancel):
+            results = []
+            for path, _card, names in plan:
+                what = f"Compare: {model_name(path)}"
+                result = run_model(
+                    RunRequest(path, device=device),
+                    inputs[tuple(names)],
+                    input_layers=names,
+                    scale=place["scale"],
+                    translate=place["translate"],
+                    geometry=place["geometry"],
+                    progress=lambda d, t, w=what: progress(d, t, w),
+                    status=status,
+                    cancel=cancel,
+                )
+                result.affine = place["affine"]
+                results.append(result)
+            table = None
+            if truth is not None and truth.shape == results[0].labels.shape:
+                table = dice_table(
+                    {r.name: r.labels for r in results}, {r.name: r.card for r in results}, truth
+                )
+            return results, disagreement([r.labels for r in results]), table
+
+        if self.runner.start(job, f"Compare {len(plan)} models"):
+            self.run_button.setEnabled(False)
+            self.cancel_button.setEnabled(True)
+            self.status.setText(f"Running {len(plan)} models…")
+
+    def _on_done(self, outcome) -> None:
+        results, disagree, table = outcome
+        _outputs.remove_outputs(self.viewer, OWNER)
+        for result in results:
+            _outputs.add_labels(self.viewer, result, OWNER, name=f"{result.name} (compare)")
+        layer = self.viewer.add_labels(
+            disagree,
+            name=DISAGREEMENT,
+            metadata=_outputs.base_metadata(results[0], OWNER, "disagreement"),
+            **_outputs.placement(results[0]),
+        )
+        layer.metadata[_outputs.TAG]["model"] = None
+        grid_of(self.viewer).enabled = True
+        self.table_data = table
+        share = float(np.count_nonzero(disagree)) / disagree.size
+        self.status.setText(f"{len(results)} models; they disagree on {100 * share:.1f}% of voxels.")
+        if table is None:
+            _table.fill(self.table, ["model"], [[r.name] for r in results])
+            self.chart.message("Open a ground-truth labels layer to score the models.")
+            self.csv_button.setEnabled(False)
+            return
+        _table.fill(self.table, ["model", *table.columns], [[m, *v] for m, v in table.rows])
+        _charts.draw_dice_bars(self.chart, table)
+        self.csv_button.setEnabled(True)
+
+    def _on_ended(self) -> None:
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        self.run_finished.emit()
+
+    def _save_csv(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save Dice table", "dice.csv", "CSV (*.csv)")
+        if path:
+            self.export_csv(path)
+
+    def export_csv(self, path: str) -> None:
+        if self.table_data is None:
+            _common.error("No Dice table yet: run the comparison with a ground-truth layer.")
+            return
+        written = self.table_data.to_csv(path)
+        _common.info(f"Saved the Dice table to {written}.")

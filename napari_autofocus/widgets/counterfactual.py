@@ -1,0 +1,165 @@
+"""Counterfactuals: force one autofocus layer's attention, re-segment, show what changed."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import QComboBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+
+from napari_autofocus._reader import prefer_this_reader
+from napari_autofocus.counterfactual import compare_to_reference, override_choices
+from napari_autofocus.session import RESULT_KEY, run_model
+from napari_autofocus.widgets import _common, _outputs, _table
+from napari_autofocus.widgets._background import BackgroundRun
+
+OWNER = "counterfactual"
+
+
+class CounterfactualWidget(QWidget):
+    run_finished = Signal()
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__()
+        prefer_this_reader()
+        self.viewer = napari_viewer
+        self.report = None
+        self.result_combo = QComboBox()
+        self.layer_combo = QComboBox()
+        self.mode_combo = QComboBox()
+        self.reference_combo = QComboBox()
+        self.reference_combo.setToolTip(
+            "Dice against this labels layer, or against the unmodified prediction"
+        )
+        self.run_button = QPushButton("Re-segment")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.status = QLabel("Force a layer's attention to see how much its choice of scale matters.")
+        self.status.setWordWrap(True)
+        self.table = _table.make_table()
+        self.runner = BackgroundRun(self)
+
+        form = QFormLayout()
+        form.addRow("result", self.result_combo)
+        form.addRow("autofocus layer", self.layer_combo)
+        form.addRow("force", self.mode_combo)
+        form.addRow("Dice against", self.reference_combo)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.status)
+        layout.addWidget(self.table)
+        layout.addStretch(1)
+
+        self.result_combo.currentTextChanged.connect(self._on_result)
+        self.layer_combo.currentTextChanged.connect(self._on_layer)
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.runner.cancel)
+        self.runner.succeeded.connect(self._on_done)
+        self.runner.ended.connect(self._on_ended)
+        _common.watch_layers(napari_viewer, self._refresh)
+        self._refresh()
+
+    @property
+    def result(self):
+        name = self.result_combo.currentText()
+        return self.viewer.layers[name].metadata.get(RESULT_KEY) if name in self.viewer.layers else None
+
+    def _refresh(self, *_) -> None:
+        results = [
+            layer.name
+            for layer in _common.result_layers(self.viewer)
+            if (layer.metadata.get(_outputs.TAG) or {}).get("owner") != OWNER
+        ]
+        _common.set_items(self.result_combo, results, default=results[-1] if results else None)
+        refs = [_common.NONE] + [layer.name for layer in _common.truth_layers(self.viewer)]
+        _common.set_items(self.reference_combo, refs, default=refs[1] if len(refs) > 1 else None)
+        if self.layer_combo.count() == 0:
+            self._on_result()
+
+    def _on_result(self, *_) -> None:
+        result = self.result
+        _common.set_items(self.layer_combo, list(result.attention) if result else [])
+        self._on_layer()
+
+    def _on_layer(self, *_) -> None:
+        result, layer = self.result, self.layer_combo.currentText()
+        choices = override_choices(result.rates[layer]) if result and layer in result.rates else []
+        self._choices = dict(choices)
+        _common.set_items(self.mode_combo, [label for label, _ in choices])
+
+    def run(self) -> None:
+        result = self.result
+        if result is None:
+            _common.error("Counterfactuals need a segmentation: run Segment first.")
+            return
+        if not result.attention:
+            _common.error(f"{result.name} has no autofocus layer to force.")
+            return
+        layer, label = self.layer_combo.currentText(), self.mode_combo.currentText()
+        request = dataclasses.replace(
+            result.request, override=(layer, self._choices[label]), probabilities=False
+        )
+        ref_name = self.reference_combo.currentText()
+        truth = np.asarray(self.viewer.layers[ref_name].data) if ref_name in self.viewer.layers else None
+        if truth is not None and truth.shape != result.labels.shape:
+            _common.error(f"'{ref_name}' has shape {truth.shape}, not the result's {result.labels.shape}.")
+            return
+        classes = {v: result.class_name(v) for v in range(result.card.num_classes)}
+
+        def job(progress, status, cancel):
+            modified = run_model(
+                request,
+                result.inputs,
+                input_layers=result.input_layers,
+                scale=result.scale,
+                translate=result.translate,
+                geometry=result.geometry,
+                progress=progress,
+                status=status,
+                cancel=cancel,
+                model=result.model,
+                card=result.card,
+            )
+            modified.affine = result.affine
+            return modified, compare_to_reference(result.labels, modified.labels, classes, truth)
+
+        self._what = f"{layer} {label}"
+        if self.runner.start(job, f"Counterfactual ({result.name}, {self._what})"):
+            self.run_button.setEnabled(False)
+            self.cancel_button.setEnabled(True)
+            self.status.setText(f"Re-segmenting with {self._what}…")
+
+    def _on_done(self, outcome) -> None:
+        modified, report = outcome
+        self.report = report
+        model = modified.request.model_path
+        _outputs.remove_outputs(self.viewer, OWNER, model)
+        _outputs.add_labels(
+            self.viewer, modified, OWNER, name=f"{modified.name} counterfactual labels"
+        ).visible = False
+        self.viewer.add_labels(
+            report.changed,
+            name=f"{modified.name} changed voxels",
+            metadata=_outputs.base_metadata(modified, OWNER, "changed voxels"),
+            features={"index": [0, 1], "change": ["unchanged", "changed"]},
+            **_outputs.placement(modified),
+        )
+        _table.fill(
+            self.table,
+            ["class", f"Dice before (vs {report.reference})", "Dice after", "Δ Dice"],
+            [[name, before, after, after - before] for name, before, after in report.rows],
+        )
+        self.status.setText(
+            f"{self._what}: {report.changed_voxels} voxel(s) changed label; mean Dice change "
+            f"{report.mean_delta:+.3f} against the {report.reference}."
+        )
+
+    def _on_ended(self) -> None:
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        self.run_finished.emit()

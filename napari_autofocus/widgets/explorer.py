@@ -1,0 +1,279 @@
+"""Attention explorer: the cached attention of a result as colour layers, a voxel readout and charts.
+
+Everything here reads the :class:`~napari_autofocus.session.SegmentationResult` stored on a labels
+layer; switching layers, rates or maps only changes which napari layers are shown, never re-runs
+the network.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from napari.utils.colormaps import Colormap, DirectLabelColormap
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_autofocus._reader import prefer_this_reader
+from napari_autofocus.attention_views import (
+    argmax_colors,
+    derived_layer_name,
+    derived_map,
+    rate_hue,
+    structure_means,
+    voxel_readout,
+    weight_layer_name,
+    zoom_mm_map,
+)
+from napari_autofocus.session import RESULT_KEY
+from napari_autofocus.widgets import _charts, _common
+from napari_autofocus.widgets._outputs import TAG, placement
+
+OWNER = "explorer"
+MAPS = ("weights", "arg-max rate", "expected rate", "entropy", "zoom")
+DEFAULT_MAPS = ("weights", "arg-max rate", "zoom")
+PREDICTED = "predicted labels"
+
+
+class ExplorerWidget(QWidget):
+    def __init__(self, napari_viewer) -> None:
+        super().__init__()
+        prefer_this_reader()
+        self.viewer = napari_viewer
+        self._last_index = None
+        self.result_combo = QComboBox()
+        self.layer_list = QListWidget()
+        self.rate_list = QListWidget()
+        for lst in (self.layer_list, self.rate_list):
+            lst.setMaximumHeight(90)
+        self.map_boxes = {name: QCheckBox(name) for name in MAPS}
+        for name, box in self.map_boxes.items():
+            box.setChecked(name in DEFAULT_MAPS)
+        self.classes_combo = QComboBox()
+        self.readout = QLabel("Move the mouse over the image for the weights under the cursor.")
+        self.readout.setWordWrap(True)
+        self.voxel_chart = _charts.ChartCanvas(4.0, 2.0)
+        self.structure_chart = _charts.ChartCanvas(4.0, 2.3)
+        self._build_layout()
+
+        self.result_combo.currentTextChanged.connect(self._on_result)
+        self.layer_list.itemChanged.connect(self.update_view)
+        self.rate_list.itemChanged.connect(self.update_view)
+        for box in self.map_boxes.values():
+            box.toggled.connect(self.update_view)
+        self.classes_combo.currentTextChanged.connect(self.update_structure_chart)
+        _common.watch_layers(napari_viewer, self._refresh_results)
+        napari_viewer.cursor.events.position.connect(self._on_cursor)
+        self._refresh_results()
+
+    def _build_layout(self) -> None:
+        form = QFormLayout()
+        form.addRow("result", self.result_combo)
+        choose = QGridLayout()
+        choose.addWidget(QLabel("autofocus layers"), 0, 0)
+        choose.addWidget(QLabel("dilation rates"), 0, 1)
+        choose.addWidget(self.layer_list, 1, 0)
+        choose.addWidget(self.rate_list, 1, 1)
+        maps = QGroupBox("maps")
+        grid = QGridLayout(maps)
+        for i, box in enumerate(self.map_boxes.values()):
+            grid.addWidget(box, i // 3, i % 3)
+        readout = QGroupBox("under the cursor")
+        QVBoxLayout(readout).addWidget(self.voxel_chart)
+        readout.layout().addWidget(self.readout)
+        structures = QGroupBox("mean attention per structure")
+        s = QVBoxLayout(structures)
+        classes = QFormLayout()
+        classes.addRow("classes from", self.classes_combo)
+        s.addLayout(classes)
+        s.addWidget(self.structure_chart)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(choose)
+        layout.addWidget(maps)
+        layout.addWidget(readout)
+        layout.addWidget(structures)
+
+    # -- choices ---------------------------------------------------------------------------------
+    @property
+    def source_layer(self):
+        name = self.result_combo.currentText()
+        return self.viewer.layers[name] if name in self.viewer.layers else None  # noqa: SIM401 (no .get)
+
+    @property
+    def result(self):
+        layer = self.source_layer
+        return layer.metadata.get(RESULT_KEY) if layer is not None else None
+
+    def _refresh_results(self, *_) -> None:
+        names = [layer.name for layer in _common.result_layers(self.viewer)]
+        default = names[-1] if names else None
+        _common.set_items(self.result_combo, names, default=default)
+        truth = [PREDICTED] + [layer.name for layer in _common.truth_layers(self.viewer)]
+        _common.set_items(self.classes_combo, truth)
+        if not names:
+            self._clear_layers()
+            self.structure_chart.message("Run Segment first: the explorer shows its attention.")
+
+    def _on_result(self, *_) -> None:
+        result = self.result
+        self._fill_list(self.layer_list, list(result.attention) if result else [], checked={0})
+        rates = sorted({r for rs in (result.rates.values() if result else []) for r in rs})
+        self._fill_list(self.rate_list, [str(r) for r in rates], checked=None)
+        self._last_index = None
+        self.update_view()
+
+    @staticmethod
+    def _fill_list(widget: QListWidget, names: list[str], checked) -> None:
+        widget.blockSignals(True)
+        widget.clear()
+        for i, name in enumerate(names):
+            item = QListWidgetItem(name)
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            on = checked is None or i in checked
+            item.setCheckState(Qt.CheckState.Checked if on else Qt.CheckState.Unchecked)
+            widget.addItem(item)
+        widget.blockSignals(False)
+
+    def set_checked(self, widget: QListWidget, names) -> None:
+        """Check exactly ``names`` (used by tests and scripts)."""
+        widget.blockSignals(True)
+        for i in range(widget.count()):
+            item = widget.item(i)
+            item.setCheckState(Qt.CheckState.Checked if item.text() in names else Qt.CheckState.Unchecked)
+        widget.blockSignals(False)
+        self.update_view()
+
+    @staticmethod
+    def checked(widget: QListWidget) -> list[str]:
+        return [
+            widget.item(i).text()
+            for i in range(widget.count())
+            if widget.item(i).checkState() == Qt.CheckState.Checked
+        ]
+
+    # -- layers ----------------------------------------------------------------------------------
+    def wanted_layers(self) -> dict[str, tuple]:
+        """Layer name -> (kind, builder) for the current choices."""
+        result = self.result
+        if result is None:
+            return {}
+        rates = {int(r) for r in self.checked(self.rate_list)}
+        maps = {name for name, box in self.map_boxes.items() if box.isChecked()}
+        wanted = {}
+        for layer in self.checked(self.layer_list):
+            a, layer_rates = result.attention[layer], result.rates[layer]
+            if "weights" in maps:
+                for k, r in enumerate(layer_rates):
+                    if r in rates:
+                        wanted[weight_layer_name(layer, r)] = ("weight", (layer, k))
+            for kind in ("arg-max rate", "expected rate", "entropy"):
+                if kind in maps:
+                    wanted[derived_layer_name(layer, kind)] = (kind, (layer, a, layer_rates))
+        if "zoom" in maps and result.attention:
+            wanted[derived_layer_name("all", "zoom (mm)")] = ("zoom", None)
+        return wanted
+
+    def _explorer_layers(self) -> dict:
+        return {
+            layer.name: layer
+            for layer in self.viewer.layers
+            if (layer.metadata.get(TAG) or {}).get("owner") == OWNER
+        }
+
+    def _clear_layers(self) -> None:
+        for layer in self._explorer_layers().values():
+            self.viewer.layers.remove(layer)
+
+    def update_view(self, *_) -> None:
+        """Show the chosen maps, hide the rest; derived maps come from the cached attention."""
+        result = self.result
+        wanted = self.wanted_layers()
+        existing = self._explorer_layers()
+        for name, layer in existing.items():
+            if name not in wanted or layer.metadata[TAG].get("result") != id(result):
+                self.viewer.layers.remove(layer)
+        existing = self._explorer_layers()
+        for name, (kind, spec) in wanted.items():
+            if name not in existing:
+                self._add_layer(result, name, kind, spec)
+        self.update_structure_chart()
+
+    def _add_layer(self, result, name: str, kind: str, spec) -> None:
+        meta = {TAG: {"owner": OWNER, "kind": kind, "result": id(result), "model": result.request.model_path}}
+        kwargs = {"name": name, "metadata": meta, **placement(result)}
+        if kind == "weight":
+            layer, k = spec
+            data = result.attention[layer][k]
+            cmap = Colormap([[0, 0, 0, 1], [*rate_hue(k), 1]], name=f"autofocus-rate-{k}")
+            self.viewer.add_image(
+                data, colormap=cmap, blending="additive", contrast_limits=(0.0, 1.0), **kwargs
+            )
+        elif kind == "arg-max rate":
+            layer, a, rates = spec
+            colormap = DirectLabelColormap(color_dict=argmax_colors(rates))
+            self.viewer.add_labels(
+                derived_map(a, rates, kind), colormap=colormap, opacity=0.5, visible=False, **kwargs
+            )
+        elif kind == "zoom":
+            data = zoom_mm_map(result)
+            limits = (
+                (float(np.nanmin(data)), float(np.nanmax(data)) + 1e-3) if np.isfinite(data).any() else (0, 1)
+            )
+            self.viewer.add_image(data, colormap="viridis", contrast_limits=limits, visible=False, **kwargs)
+        else:
+            layer, a, rates = spec
+            data = derived_map(a, rates, kind)
+            limits = (0.0, 1.0) if kind == "entropy" else (float(min(rates)), float(max(rates)))
+            cmap = "magma" if kind == "entropy" else "viridis"
+            self.viewer.add_image(data, colormap=cmap, contrast_limits=limits, visible=False, **kwargs)
+
+    # -- readout and charts ------------------------------------------------------------------------
+    def _on_cursor(self, event=None) -> None:
+        layer = self.source_layer
+        if layer is None:
+            return
+        index = tuple(int(round(v)) for v in layer.world_to_data(self.viewer.cursor.position)[-3:])
+        if index != self._last_index:
+            self._last_index = index
+            self.show_voxel(index)
+
+    def show_voxel(self, index) -> dict | None:
+        """Chart the weights at a data index of the result; returns the readout."""
+        result = self.result
+        readout = voxel_readout(result, index) if result is not None else None
+        if readout is None:
+            self.readout.setText("Outside the volume (or not computed).")
+            return None
+        _charts.draw_voxel_weights(self.voxel_chart, readout, result.rates)
+        self.readout.setText(
+            f"{result.class_name(readout['label'])} · zoom {readout['zoom_mm']:.1f} mm "
+            f"({readout['zoom_voxels']:.1f} voxels)"
+        )
+        return readout
+
+    def update_structure_chart(self, *_) -> None:
+        result = self.result
+        if result is None:
+            return
+        source = self.classes_combo.currentText()
+        truth = self.viewer.layers[source] if source in self.viewer.layers else None  # noqa: SIM401
+        labels = np.asarray(truth.data) if truth is not None else result.labels
+        if labels.shape != result.labels.shape:
+            self.structure_chart.message(f"'{source}' is not on the result's grid.")
+            return
+        layers = self.checked(self.layer_list)
+        if not layers:
+            self.structure_chart.message("Choose an autofocus layer.")
+            return
+        means = structure_means(result, labels, range(result.card.num_classes), layers)
+        _charts.draw_structure_means(self.structure_chart, means, result.rates, result.class_name)

@@ -1,0 +1,116 @@
+"""A model menu: bundled models, recently used files, or a file chosen with Browse."""
+
+from __future__ import annotations
+
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+
+from napari_autofocus.errors import AutofocusError
+from napari_autofocus.model_library import (
+    ARCH_CHOICES,
+    ModelEntry,
+    available_models,
+    describe,
+    is_reference_checkpoint,
+    summary,
+)
+
+FILE_FILTER = "Model files (*.safetensors *.pth.tar *.pth *.pt *.tar);;All files (*)"
+
+
+class ModelPicker(QWidget):
+    """Emits ``changed`` after the chosen model's card is read (``card`` is None when unusable)."""
+
+    changed = Signal()
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self.entries: list[ModelEntry] = []
+        self.card = None
+        self.problem = "No model chosen: pick a bundled or recent model, or Browse for a file."
+        self.combo = QComboBox()
+        self.combo.setToolTip("Bundled models, recently used files and files chosen with Browse")
+        self.browse = QPushButton("Browse…")
+        self.arch = QComboBox()
+        self.arch.addItems(ARCH_CHOICES)
+        self.arch.setToolTip("Architecture of a reference .pth.tar checkpoint ('auto' detects it)")
+        self.arch_label = QLabel("architecture")
+        self.info = QLabel()
+        self.info.setWordWrap(True)
+        row = QHBoxLayout()
+        row.addWidget(self.combo, 1)
+        row.addWidget(self.browse)
+        arch_row = QHBoxLayout()
+        arch_row.addWidget(self.arch_label)
+        arch_row.addWidget(self.arch, 1)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(row)
+        layout.addLayout(arch_row)
+        layout.addWidget(self.info)
+        self.combo.currentIndexChanged.connect(self._on_choice)
+        self.arch.currentTextChanged.connect(self._on_choice)
+        self.browse.clicked.connect(self._browse)
+        self.refresh()
+
+    @property
+    def entry(self) -> ModelEntry | None:
+        index = self.combo.currentIndex()
+        return self.entries[index] if 0 <= index < len(self.entries) else None
+
+    @property
+    def path(self) -> str | None:
+        return self.entry.path if self.entry else None
+
+    def refresh(self, select: str | None = None) -> None:
+        """Rebuild the list; keep (or select) a path."""
+        keep = select or self.path
+        extra = [e for e in self.entries if e.source == "file"]
+        listed = available_models()
+        known = {e.path for e in listed}
+        self.entries = listed + [e for e in extra if e.path not in known]
+        self.combo.blockSignals(True)
+        self.combo.clear()
+        self.combo.addItems([e.label for e in self.entries])
+        paths = [e.path for e in self.entries]
+        self.combo.setCurrentIndex(paths.index(keep) if keep in paths else (0 if paths else -1))
+        self.combo.blockSignals(False)
+        self._on_choice()
+
+    def set_model_file(self, path: str, arch: str = "auto") -> None:
+        """Choose a file as if picked with Browse."""
+        path = str(path)
+        if path not in [e.path for e in self.entries]:
+            self.entries.append(ModelEntry(path, "file", arch))
+            self.combo.blockSignals(True)
+            self.combo.addItem(self.entries[-1].label)
+            self.combo.blockSignals(False)
+        self.arch.blockSignals(True)
+        self.arch.setCurrentText(arch)
+        self.arch.blockSignals(False)
+        self.combo.setCurrentIndex([e.path for e in self.entries].index(path))
+        self._on_choice()
+
+    def _browse(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Choose a model file", "", FILE_FILTER)
+        if path:
+            self.set_model_file(path)
+
+    def _on_choice(self, *_) -> None:
+        entry = self.entry
+        reference = entry is not None and is_reference_checkpoint(entry.path)
+        self.arch.setVisible(reference)
+        self.arch_label.setVisible(reference)
+        self.card = None
+        if entry is None:
+            self.problem = "No model chosen: pick a bundled or recent model, or Browse for a file."
+            self.info.setText(self.problem)
+        else:
+            try:
+                self.card = describe(entry.path, self.arch.currentText() if reference else "auto")
+                self.problem = None
+                self.info.setText(summary(self.card))
+            except AutofocusError as exc:
+                self.problem = str(exc)
+                self.info.setText(f"<span style='color:#e66'>{exc}</span>")
+        self.changed.emit()

@@ -1,0 +1,193 @@
+"""Segment: choose a model and the image layer for each of its channels, run it in the background."""
+
+from __future__ import annotations
+
+import numpy as np
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_autofocus._reader import prefer_this_reader
+from napari_autofocus.inputs import input_problems, match_modalities, modality_names
+from napari_autofocus.model_library import is_reference_checkpoint, remember_model
+from napari_autofocus.session import RunRequest, run_model
+from napari_autofocus.widgets import _common, _outputs
+from napari_autofocus.widgets._background import BackgroundRun
+from napari_autofocus.widgets.model_picker import ModelPicker
+
+DEVICES = ("auto", "CPU", "CUDA", "MPS")
+OWNER = "segment"
+
+
+class SegmentWidget(QWidget):
+    """Main widget. ``run_finished`` fires once a run's outputs are in the viewer, or it failed."""
+
+    run_finished = Signal()
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__()
+        prefer_this_reader()
+        self.viewer = napari_viewer
+        self.result = None
+        self.picker = ModelPicker()
+        self.channel_combos: dict[str, QComboBox] = {}
+        self.channel_form = QFormLayout()
+        self.input_problem = QLabel()
+        self.input_problem.setWordWrap(True)
+        self.input_problem.setStyleSheet("color: #e66")
+        self.device = QComboBox()
+        self.device.addItems(DEVICES)
+        self.device.setToolTip("auto: CUDA, then Apple MPS, then CPU")
+        self.probabilities = QCheckBox("add probability layers")
+        self.run_button = QPushButton("Run")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.status = QLabel("Ready.")
+        self.status.setWordWrap(True)
+        self.legend = QLabel()
+        self.legend.setWordWrap(True)
+        self.runner = BackgroundRun(self)
+        self._build_layout()
+
+        self.picker.changed.connect(self._rebuild_channels)
+        _common.watch_layers(napari_viewer, self._rebuild_channels)
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.runner.cancel)
+        self.runner.status_changed.connect(self._on_status)
+        self.runner.succeeded.connect(self._on_result)
+        self.runner.ended.connect(self._on_ended)
+        self._rebuild_channels()
+
+    def _build_layout(self) -> None:
+        model_box = QGroupBox("Model")
+        QVBoxLayout(model_box).addWidget(self.picker)
+        inputs_box = QGroupBox("Inputs (image layer per model channel)")
+        inputs = QVBoxLayout(inputs_box)
+        inputs.addLayout(self.channel_form)
+        inputs.addWidget(self.input_problem)
+        options = QFormLayout()
+        options.addRow("device", self.device)
+        options.addRow(self.probabilities)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.addWidget(model_box)
+        layout.addWidget(inputs_box)
+        layout.addLayout(options)
+        layout.addLayout(buttons)
+        layout.addWidget(self.status)
+        layout.addWidget(self.legend)
+        layout.addStretch(1)
+
+    # -- inputs ----------------------------------------------------------------------------------
+    def modalities(self) -> list[str]:
+        card = self.picker.card
+        return modality_names(card.modalities, card.in_channels) if card else []
+
+    def mapping(self) -> dict[str, str | None]:
+        return {
+            m: (None if c.currentText() in ("", _common.NONE) else c.currentText())
+            for m, c in self.channel_combos.items()
+        }
+
+    def _rebuild_channels(self, *_) -> None:
+        """One menu per model channel, pre-filled by name; the user's choices survive layer changes."""
+        previous = self.mapping()
+        layers = [_common.layer_info(layer) for layer in _common.image_layers(self.viewer)]
+        names = [layer.name for layer in layers]
+        auto = match_modalities(self.modalities(), layers)
+        while self.channel_form.rowCount():
+            self.channel_form.removeRow(0)
+        self.channel_combos = {}
+        for modality in self.modalities():
+            combo = QComboBox()
+            chosen = previous.get(modality) if previous.get(modality) in names else auto[modality]
+            _common.set_items(combo, [_common.NONE, *names], keep=chosen or _common.NONE)
+            combo.currentTextChanged.connect(self._check_inputs)
+            self.channel_combos[modality] = combo
+            self.channel_form.addRow(modality, combo)
+        self._check_inputs()
+
+    def problems(self) -> list[str]:
+        if self.picker.card is None:
+            return [self.picker.problem or "No model chosen."]
+        layers = [_common.layer_info(layer) for layer in _common.image_layers(self.viewer)]
+        return input_problems(self.mapping(), layers)
+
+    def _check_inputs(self, *_) -> None:
+        problems = self.problems() if self.picker.card is not None else []
+        self.input_problem.setText(" ".join(problems))
+        self.input_problem.setVisible(bool(problems))
+
+    # -- running ---------------------------------------------------------------------------------
+    def run(self) -> None:
+        """Validate, then start the worker; problems become error notifications."""
+        problems = self.problems()
+        if problems:
+            _common.error(" ".join(problems))
+            return
+        names = list(self.mapping().values())
+        layers = [self.viewer.layers[name] for name in names]
+        inputs = [np.asarray(layer.data) for layer in layers]
+        place = _common.source_placement(layers[0])
+        entry = self.picker.entry
+        arch = self.picker.arch.currentText() if is_reference_checkpoint(entry.path) else "auto"
+        request = RunRequest(
+            entry.path, arch, self.device.currentText().lower(), self.probabilities.isChecked()
+        )
+
+        def job(progress, status, cancel):
+            result = run_model(
+                request,
+                inputs,
+                input_layers=names,
+                scale=place["scale"],
+                translate=place["translate"],
+                geometry=place["geometry"],
+                progress=progress,
+                status=status,
+                cancel=cancel,
+            )
+            result.affine = place["affine"]
+            return result
+
+        if self.runner.start(job, f"Segment ({request.model_name})"):
+            remember_model(entry.path, arch)
+            self.run_button.setEnabled(False)
+            self.cancel_button.setEnabled(True)
+            self.status.setText(f"Loading {request.model_name}…")
+
+    def cancel(self) -> None:
+        self.runner.cancel()
+
+    def _on_status(self, text: str) -> None:
+        self.status.setText(text if text.endswith("…") else f"Running on {text}…")
+
+    def _on_result(self, result) -> None:
+        self.result = result
+        _outputs.remove_outputs(self.viewer, OWNER, result.request.model_path)
+        layer = _outputs.add_labels(self.viewer, result, OWNER)
+        _outputs.add_probabilities(self.viewer, result, OWNER)
+        self.viewer.layers.selection.active = layer
+        self.status.setText(
+            f"Done on {result.device} in {result.seconds:.1f} s: '{layer.name}' with "
+            f"{len(result.attention)} autofocus layer(s) of attention for the explorer."
+        )
+        self.legend.setText(f"Labels: {_outputs.legend(result)}")
+
+    def _on_ended(self) -> None:
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        if self.runner.last_error:
+            self.status.setText(self.runner.last_error)
+        self.run_finished.emit()

@@ -1,0 +1,48 @@
+"""Compare: two models in one worker, grid view, disagreement, Dice table checked by hand, CSV."""
+
+import csv
+
+import numpy as np
+from widget_helpers import PLUGIN, add_scan, make_model_file, run_and_wait
+
+from napari_autofocus.metrics import dice
+from napari_autofocus.widgets.compare import grid_of
+
+pytest_plugins = ["widget_helpers"]  # fixtures: model_file, notes, private_config
+
+
+def test_compare_fills_dice_table_and_exports_csv(make_napari_viewer, qtbot, tmp_path, notes):
+    viewer = add_scan(make_napari_viewer())
+    a = make_model_file(tmp_path / "model_a.safetensors", "AFN2", seed=1)
+    b = make_model_file(tmp_path / "model_b.safetensors", "AFN1", seed=2)
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Compare models")
+    widget.add_model_file(a)
+    widget.run()
+    assert any("at least two models" in m for m in notes["error"])
+
+    widget.add_model_file(b)
+    assert widget.truth_combo.currentText() == "case ground truth"
+    progress_seen = []
+    widget.runner.progressed.connect(lambda d, t, what: progress_seen.append(what))
+    run_and_wait(qtbot, widget)
+    assert set(progress_seen) == {"Compare: model_a", "Compare: model_b"}
+    assert grid_of(viewer).enabled
+    la, lb = viewer.layers["model_a (compare)"].data, viewer.layers["model_b (compare)"].data
+    np.testing.assert_array_equal(viewer.layers["model disagreement"].data > 0, la != lb)
+
+    truth = viewer.layers["case ground truth"].data
+    header = [widget.table.horizontalHeaderItem(c).text() for c in range(widget.table.columnCount())]
+    assert header == ["model", "small lesion", "large lesion", "any lesion"]
+    assert widget.table.item(0, 0).text() == "model_a"
+    assert widget.table.item(0, 2).text() == f"{dice(la == 2, truth == 2):.3f}"
+    assert widget.table.item(1, 3).text() == f"{dice(lb > 0, truth > 0):.3f}"
+    assert len(widget.chart.figure.axes[0].patches) == 2 * 3
+
+    out = tmp_path / "dice.csv"
+    widget.export_csv(str(out))
+    rows = list(csv.reader(out.open()))
+    assert rows[0] == header
+    assert abs(float(rows[2][1]) - dice(lb == 1, truth == 1)) < 1e-4
+
+    run_and_wait(qtbot, widget)  # again: replaces its layers
+    assert sum(layer.name == "model disagreement" for layer in viewer.layers) == 1

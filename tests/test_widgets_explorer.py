@@ -1,0 +1,83 @@
+"""Attention explorer: colour layers per rate, derived maps, voxel readout, charts, no re-runs."""
+
+import numpy as np
+from widget_helpers import PLUGIN, add_scan, open_segment, run_and_wait
+
+pytest_plugins = ["widget_helpers"]  # fixtures: model_file, notes, private_config
+
+
+def _segmented(make_napari_viewer, qtbot, model_file, monkeypatch):
+    import napari_autofocus.inference as inference
+
+    calls = []
+    original = inference.predict_volume
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "predict_volume", counting)
+    viewer = add_scan(make_napari_viewer())
+    segment = open_segment(viewer, model_file)
+    run_and_wait(qtbot, segment)
+    _, explorer = viewer.window.add_plugin_dock_widget(PLUGIN, "Attention explorer")
+    return viewer, explorer, calls
+
+
+def test_explorer_shows_k_colour_layers_per_autofocus_layer_without_rerunning(
+    make_napari_viewer, qtbot, model_file, monkeypatch
+):
+    viewer, explorer, calls = _segmented(make_napari_viewer, qtbot, model_file, monkeypatch)
+    assert explorer.result_combo.currentText() == "tiny_afn2 labels"
+    assert explorer.checked(explorer.layer_list) == ["AF1"]
+    names = [layer.name for layer in viewer.layers]
+    weights = [n for n in names if n.startswith("AF1 · r=")]
+    assert weights == ["AF1 · r=2", "AF1 · r=6", "AF1 · r=10", "AF1 · r=14"]
+    layer = viewer.layers["AF1 · r=6"]
+    assert layer.blending == "additive" and tuple(layer.contrast_limits) == (0.0, 1.0)
+    source = viewer.layers["case [T1-like]"]
+    np.testing.assert_allclose(layer.scale, source.scale)
+    np.testing.assert_allclose(layer.translate, source.translate)
+    assert "AF1 · arg-max rate" in viewer.layers and "all · zoom (mm)" in viewer.layers
+
+    explorer.set_checked(explorer.layer_list, ["AF1", "AF2"])
+    assert sum(x.name.startswith("AF2 · r=") for x in viewer.layers) == 4
+    explorer.set_checked(explorer.rate_list, ["2", "14"])
+    assert sorted(n for n in [x.name for x in viewer.layers] if " · r=" in n) == [
+        "AF1 · r=14",
+        "AF1 · r=2",
+        "AF2 · r=14",
+        "AF2 · r=2",
+    ]
+    explorer.map_boxes["entropy"].setChecked(True)
+    explorer.map_boxes["expected rate"].setChecked(True)
+    entropy = viewer.layers["AF2 · entropy"].data
+    assert np.nanmin(entropy) >= 0 and np.nanmax(entropy) <= 1
+    explorer.set_checked(explorer.layer_list, ["AF2"])
+    assert not any(layer.name.startswith("AF1 ·") for layer in viewer.layers)
+    assert len(calls) == 1  # every switch above used the cached attention
+
+
+def test_voxel_readout_and_structure_chart(make_napari_viewer, qtbot, model_file, monkeypatch):
+    viewer, explorer, calls = _segmented(make_napari_viewer, qtbot, model_file, monkeypatch)
+    result = explorer.result
+    source = viewer.layers["case [T1-like]"]
+    viewer.dims.ndisplay = 2
+    world = source.data_to_world((16, 18, 20))
+    viewer.cursor.position = tuple(world)
+    readout = explorer._last_index
+    assert readout == (16, 18, 20)
+    shown = explorer.show_voxel((16, 18, 20))
+    for name in ("AF1", "AF2"):
+        np.testing.assert_allclose(shown["weights"][name], result.attention[name][:, 16, 18, 20], atol=1e-3)
+        assert abs(shown["weights"][name].sum() - 1) < 1e-2
+    assert "zoom" in explorer.readout.text() and "mm" in explorer.readout.text()
+    axes = explorer.voxel_chart.figure.axes
+    assert len(axes[0].patches) == 8  # 2 layers x 4 rates
+
+    explorer.classes_combo.setCurrentText("case ground truth")
+    bars = sum(len(ax.patches) for ax in explorer.structure_chart.figure.axes)
+    assert bars == 3 * 4  # 3 classes x 4 rates for AF1
+    assert explorer.show_voxel((99, 0, 0)) is None
+    assert "Outside" in explorer.readout.text()
+    assert len(calls) == 1

@@ -1,0 +1,100 @@
+"""Segment widget: modality matching, outputs aligned with the input, Cancel, replacement, errors."""
+
+import numpy as np
+from widget_helpers import add_scan, click, open_segment, run_and_wait
+
+from napari_autofocus.session import RESULT_KEY
+
+pytest_plugins = ["widget_helpers"]  # fixtures: model_file, notes, private_config
+
+
+def test_segment_adds_aligned_labels_with_class_names_and_attention(make_napari_viewer, qtbot, model_file):
+    viewer = add_scan(make_napari_viewer())
+    widget = open_segment(viewer, model_file)
+    assert widget.mapping() == {"T1-like": "case [T1-like]", "T2-like": "case [T2-like]"}
+    widget.probabilities.setChecked(True)
+    run_and_wait(qtbot, widget)
+    labels = viewer.layers["tiny_afn2 labels"]
+    source = viewer.layers["case [T1-like]"]
+    assert labels.data.shape == source.data.shape
+    np.testing.assert_allclose(labels.scale, source.scale)
+    np.testing.assert_allclose(labels.translate, source.translate)
+    assert list(labels.features["class"]) == ["background", "small lesion", "large lesion"]
+    result = labels.metadata[RESULT_KEY]
+    assert sorted(result.attention) == ["AF1", "AF2"]
+    assert all(a.shape == (4, *source.data.shape) for a in result.attention.values())
+    assert labels.metadata["autofocus"]["model"] == model_file
+    assert labels.metadata["autofocus"]["options"]["device_used"] == "cpu"
+    assert "nifti" in labels.metadata
+    assert "tiny_afn2 p(large lesion)" in viewer.layers
+    assert "Done on cpu" in widget.status.text()
+
+    run_and_wait(qtbot, widget)  # again: replaces, does not pile up
+    assert sum(layer.name.startswith("tiny_afn2 labels") for layer in viewer.layers) == 1
+
+
+def test_cancel_stops_a_run_and_adds_nothing(make_napari_viewer, qtbot, model_file, notes):
+    viewer = add_scan(make_napari_viewer())
+    widget = open_segment(viewer, model_file)
+    with qtbot.waitSignal(widget.run_finished, timeout=30000):
+        click(qtbot, widget.run_button)
+        assert widget.cancel_button.isEnabled()
+        click(qtbot, widget.cancel_button)
+    qtbot.waitUntil(lambda: not widget.runner.running)
+    assert any("cancelled" in m for m in notes["info"])
+    assert "tiny_afn2 labels" not in viewer.layers
+    assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
+
+
+def test_mapping_is_editable_and_wrong_inputs_are_explained(make_napari_viewer, qtbot, model_file, notes):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((20, 20, 20), np.float32), name="only one")
+    widget = open_segment(viewer, model_file)
+    assert "expects 2 input channel(s)" in widget.input_problem.text()
+    click(qtbot, widget.run_button)
+    assert any("expects 2 input channel(s)" in m for m in notes["error"])
+
+    viewer.add_image(np.zeros((20, 20), np.float32), name="flat")
+    widget.channel_combos["T1-like"].setCurrentText("only one")
+    widget.channel_combos["T2-like"].setCurrentText("flat")
+    assert "segment 3D volumes" in widget.input_problem.text()
+    click(qtbot, widget.run_button)
+    assert any("3D volumes" in m for m in notes["error"])
+    assert not widget.runner.running
+
+
+def test_no_model_and_bad_model_file_are_notified(make_napari_viewer, qtbot, tmp_path, notes):
+    viewer = add_scan(make_napari_viewer())
+    _, widget = viewer.window.add_plugin_dock_widget("napari-autofocus", "Segment")
+    if widget.picker.entry is None:  # no bundled model in this checkout
+        click(qtbot, widget.run_button)
+        assert any("No model chosen" in m for m in notes["error"])
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"not a model at all")
+    widget.picker.set_model_file(str(bad))
+    click(qtbot, widget.run_button)
+    assert any("broken.safetensors" in m for m in notes["error"])
+
+
+def test_unavailable_device_is_an_error_notification(make_napari_viewer, qtbot, model_file, notes):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    viewer = add_scan(make_napari_viewer())
+    widget = open_segment(viewer, model_file)
+    widget.device.setCurrentText("CUDA")
+    run_and_wait(qtbot, widget)
+    assert any("CUDA" in m for m in notes["error"])
+    assert "tiny_afn2 labels" not in viewer.layers
+
+
+def test_recent_models_remember_a_used_file(make_napari_viewer, qtbot, model_file):
+    from napari_autofocus.model_library import recent_models
+
+    viewer = add_scan(make_napari_viewer())
+    widget = open_segment(viewer, model_file)
+    run_and_wait(qtbot, widget)
+    assert [e.path for e in recent_models()] == [model_file]
+    _, second = viewer.window.add_plugin_dock_widget("napari-autofocus", "Segment")
+    assert model_file in [e.path for e in second.picker.entries]
