@@ -10,3 +10,6 @@ os.environ.pop("QT_QPA_PLATFORM", None)  # Xvfb + xcb renders; offscreen cannot 
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO.parent / "shared" / "reference"
+
+# Shared widget-test fixtures (tiny model files, captured notifications, a private config dir).
+from widget_helpers import model_file, notes, private_config  # noqa: E402, F401

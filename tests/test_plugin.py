@@ -49,7 +49,7 @@ def test_scan_info_widget_follows_the_selection(make_napari_viewer):
 def test_demo_window_renders_the_sample_with_the_plugin_docked(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer(show=True)
     open_demo(viewer)
-    assert set(DEMO_WIDGETS) <= {key.split(" (")[0] for key in viewer.window._dock_widgets}
+    assert set(DEMO_WIDGETS) <= {key.split(" (")[0] for key in viewer.window.dock_widgets}
     canvas = viewer.screenshot(canvas_only=True, flash=False)
     # the scan is drawn: the canvas is neither black nor uniform, and shows grey tissue
     rgb = canvas[..., :3].astype(float)

@@ -8,8 +8,6 @@ from widget_helpers import PLUGIN, add_scan, make_model_file, run_and_wait
 from napari_autofocus.metrics import dice
 from napari_autofocus.widgets.compare import grid_of
 
-pytest_plugins = ["widget_helpers"]  # fixtures: model_file, notes, private_config
-
 
 def test_compare_fills_dice_table_and_exports_csv(make_napari_viewer, qtbot, tmp_path, notes):
     viewer = add_scan(make_napari_viewer())

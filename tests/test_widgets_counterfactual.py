@@ -5,8 +5,6 @@ from widget_helpers import PLUGIN, add_scan, open_segment, run_and_wait
 
 from napari_autofocus.metrics import dice
 
-pytest_plugins = ["widget_helpers"]  # fixtures: model_file, notes, private_config
-
 
 def test_forcing_one_rate_changes_labels_and_reports_dice(make_napari_viewer, qtbot, model_file, notes):
     viewer = add_scan(make_napari_viewer())

@@ -3,8 +3,6 @@
 import numpy as np
 from widget_helpers import PLUGIN, add_scan, open_segment, run_and_wait
 
-pytest_plugins = ["widget_helpers"]  # fixtures: model_file, notes, private_config
-
 
 def _segmented(make_napari_viewer, qtbot, model_file, monkeypatch):
     import napari_autofocus.inference as inference

@@ -8,8 +8,6 @@ from widget_helpers import PLUGIN, click, open_segment, run_and_wait
 
 from napari_autofocus.nifti import load_nifti
 
-pytest_plugins = ["widget_helpers"]  # fixtures: model_file, notes, private_config
-
 
 def test_export_writes_nifti_with_the_source_affine(make_napari_viewer, qtbot, model_file, tmp_path, notes):
     viewer = make_napari_viewer()

@@ -13,8 +13,6 @@ from napari_autofocus.attention_views import argmax_colors, rate_hue, voxel_read
 from napari_autofocus.card import ModelCard
 from napari_autofocus.metrics import dice
 
-pytest_plugins = ["widget_helpers"]  # fixtures: model_file, notes, private_config
-
 L = inputs.LayerInfo
 
 

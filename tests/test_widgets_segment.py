@@ -5,8 +5,6 @@ from widget_helpers import add_scan, click, open_segment, run_and_wait
 
 from napari_autofocus.session import RESULT_KEY
 
-pytest_plugins = ["widget_helpers"]  # fixtures: model_file, notes, private_config
-
 
 def test_segment_adds_aligned_labels_with_class_names_and_attention(make_napari_viewer, qtbot, model_file):
     viewer = add_scan(make_napari_viewer())
