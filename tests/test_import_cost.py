@@ -24,6 +24,14 @@ print(",".join(bad))
         ("napari_autofocus._writer", ["torch"]),
         ("napari_autofocus._sample_data", ["torch"]),
         ("napari_autofocus.widgets.scan_info", ["torch"]),
+        ("napari_autofocus.widgets.segment", ["torch"]),
+        ("napari_autofocus.widgets.explorer", ["torch"]),
+        ("napari_autofocus.widgets.compare", ["torch"]),
+        ("napari_autofocus.widgets.counterfactual", ["torch"]),
+        ("napari_autofocus.widgets.export", ["torch"]),
+        ("napari_autofocus.attention", ["torch", "napari", "qtpy"]),
+        ("napari_autofocus.metrics", ["torch", "napari", "qtpy"]),
+        ("napari_autofocus.card", ["torch", "napari", "qtpy"]),
     ],
 )
 def test_module_does_not_import(module, forbidden):

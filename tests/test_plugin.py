@@ -47,9 +47,17 @@ def test_scan_info_widget_follows_the_selection(make_napari_viewer):
 
 
 def test_demo_window_renders_the_sample_with_the_plugin_docked(make_napari_viewer, tmp_path):
+    from napari_autofocus.__main__ import wait_for_run
+    from napari_autofocus.model_library import bundled_models
+
     viewer = make_napari_viewer(show=True)
-    open_demo(viewer)
+    segment = open_demo(viewer)
+    wait_for_run(segment)
     assert set(DEMO_WIDGETS) <= {key.split(" (")[0] for key in viewer.window.dock_widgets}
+    if bundled_models():  # the demo segments the sample with the first bundled model
+        names = [layer.name for layer in viewer.layers]
+        assert any(name.endswith("labels") for name in names), names
+        assert any(" · r=" in name for name in names), names  # attention colour layers are shown
     canvas = viewer.screenshot(canvas_only=True, flash=False)
     # the scan is drawn: the canvas is neither black nor uniform, and shows grey tissue
     rgb = canvas[..., :3].astype(float)
