@@ -53,8 +53,9 @@ def is_reference_checkpoint(path: str | os.PathLike) -> bool:
     return not str(path).endswith(".safetensors")
 
 
-def bundled_models(folder: Path = BUNDLED_DIR) -> list[ModelEntry]:
+def bundled_models(folder: Path | None = None) -> list[ModelEntry]:
     """Model files shipped with the plugin (none is fine)."""
+    folder = BUNDLED_DIR if folder is None else folder
     if not folder.is_dir():
         return []
     return [ModelEntry(str(p), "bundled") for p in sorted(folder.glob("*.safetensors"))]

@@ -61,12 +61,15 @@ def test_mapping_is_editable_and_wrong_inputs_are_explained(make_napari_viewer, 
     assert not widget.runner.running
 
 
-def test_no_model_and_bad_model_file_are_notified(make_napari_viewer, qtbot, tmp_path, notes):
+def test_no_model_and_bad_model_file_are_notified(make_napari_viewer, qtbot, tmp_path, notes, monkeypatch):
+    from napari_autofocus import model_library
+
+    monkeypatch.setattr(model_library, "BUNDLED_DIR", tmp_path / "no-models")  # nothing bundled
     viewer = add_scan(make_napari_viewer())
     _, widget = viewer.window.add_plugin_dock_widget("napari-autofocus", "Segment")
-    if widget.picker.entry is None:  # no bundled model in this checkout
-        click(qtbot, widget.run_button)
-        assert any("No model chosen" in m for m in notes["error"])
+    assert widget.picker.entry is None
+    click(qtbot, widget.run_button)
+    assert any("No model chosen" in m for m in notes["error"])
     bad = tmp_path / "broken.safetensors"
     bad.write_bytes(b"not a model at all")
     widget.picker.set_model_file(str(bad))

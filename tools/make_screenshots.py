@@ -140,14 +140,10 @@ def main(argv=None) -> int:
     import os
 
     os.environ.setdefault("NAPARI_AUTOFOCUS_CONFIG_DIR", str(work / "config"))  # keep the user's recent list
-    bundled = [e.path for e in bundled_models()]
-    if bundled:
-        models = bundled[:2]
-    else:
-        models = [
-            train_model(work / "afn2_phantom.safetensors", "AFN2", args.train_seconds),
-            train_model(work / "basic_phantom.safetensors", "BASIC", args.train_seconds, seed=1),
-        ]
+    models = [str(e.path) for e in bundled_models()][:2]
+    fallbacks = [("afn2_phantom", "AFN2", 0), ("basic_phantom", "BASIC", 1)]
+    for stem, arch, seed in fallbacks[len(models) :]:  # Compare needs two models
+        models.append(train_model(work / f"{stem}.safetensors", arch, args.train_seconds, seed=seed))
 
     with display_available():
         import napari
