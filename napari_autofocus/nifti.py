@@ -280,6 +280,7 @@ def save_nifti(
     os.close(fd)
     try:
         nib.save(img, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -54,10 +54,16 @@ def test_demo_window_renders_the_sample_with_the_plugin_docked(make_napari_viewe
     segment = open_demo(viewer)
     wait_for_run(segment)
     assert set(DEMO_WIDGETS) <= {key.split(" (")[0] for key in viewer.window.dock_widgets}
-    if bundled_models():  # the demo segments the sample with the first bundled model
-        names = [layer.name for layer in viewer.layers]
-        assert any(name.endswith("labels") for name in names), names
-        assert any(" · r=" in name for name in names), names  # attention colour layers are shown
+    assert bundled_models(), "sample_data/models/ should hold the demo's model"
+    names = [layer.name for layer in viewer.layers]  # the demo segmented the sample with it
+    assert "AFN6_phantom labels" in names, names
+    assert {f"AF1 · r={r}" for r in (2, 6, 10, 14)} <= set(names), names  # attention colour layers
+    labels = viewer.layers["AFN6_phantom labels"]
+    truth = viewer.layers["phantom_09000 ground truth"]
+    assert labels.data.shape == truth.data.shape and tuple(labels.scale) == tuple(truth.scale)
+    from napari_autofocus.metrics import dice
+
+    assert dice(np.asarray(labels.data) > 0, np.asarray(truth.data) > 0) > 0.8  # a trained model, not noise
     canvas = viewer.screenshot(canvas_only=True, flash=False)
     # the scan is drawn: the canvas is neither black nor uniform, and shows grey tissue
     rgb = canvas[..., :3].astype(float)

@@ -168,11 +168,9 @@ def main(argv=None) -> int:
         shoot(viewer, out / "segment.png")
 
         dock, explorer = viewer.window.add_plugin_dock_widget(PLUGIN, "Attention explorer")
-        explorer.set_checked(
-            explorer.layer_list, ["AF1", "AF2"] if "AF2" in explorer.result.attention else ["AF1"]
-        )
-        explorer.classes_combo.setCurrentText("phantom_09000 ground truth")
         last = list(explorer.result.attention)[-1]
+        explorer.set_checked(explorer.layer_list, sorted({"AF1", last}))
+        explorer.classes_combo.setCurrentText("phantom_09000 ground truth")
         only_visible(viewer, {n.name for n in viewer.layers if n.name.startswith(f"{last} · r=")})
         viewer.cursor.position = tuple(viewer.layers[f"{name} labels"].data_to_world(voxel))
         explorer.show_voxel(voxel)
