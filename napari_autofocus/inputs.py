@@ -27,7 +27,7 @@ def _key(text: str | None) -> str:
 
 
 def modality_names(modalities: Sequence[str], in_channels: int) -> list[str]:
-    """The card's channel names, or "channel i" placeholders when the card has none."""
+    """The card's channel names, or generic names "channel i" when the card has none."""
     names = list(modalities)
     if len(names) == in_channels:
         return names
