@@ -34,7 +34,17 @@ LESION_MEAN = np.array([650.0, 1150.0])
 class PhantomConfig:
     shape: tuple[int, int, int] = (96, 96, 96)
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    small_radius: tuple[float, float] = (3.0, 8.0)  # equivalent-sphere radius in voxels
+    # "clusters": every structure is a chain/cluster of lobes of one size range; a small lesion has
+    # a few lobes, a large one many, so the tip of a large structure looks like a whole small one.
+    # "blobs": one lobulated ellipsoid per structure, sized by small_radius/large_radius (easier:
+    # a large blob's boundary curvature gives its size away inside BASIC's 29^3 view).
+    style: str = "clusters"
+    lobe_radius: tuple[float, float] = (3.0, 6.5)  # clusters: radius of each lobe in voxels
+    small_lobes: tuple[int, int] = (1, 3)  # clusters: lobes per small lesion
+    large_lobes: tuple[int, int] = (12, 22)  # clusters: lobes per large lesion
+    core_radius: tuple[float, float] = (9.0, 14.0)  # masses: solid core of a large lesion
+    mass_lobes: tuple[int, int] = (6, 14)  # masses: lobes budding off the core in chains
+    small_radius: tuple[float, float] = (3.0, 8.0)  # blobs: equivalent-sphere radius in voxels
     large_radius: tuple[float, float] = (13.0, 22.0)
     n_small: tuple[int, int] = (4, 8)
     n_large: tuple[int, int] = (2, 3)
@@ -54,7 +64,82 @@ def _soft_blob(rng, shape, centre, radius, edge_width) -> tuple[np.ndarray, tupl
     """Partial-volume membership (0..1) of a lobulated, randomly elongated blob, on its bounding box."""
     axes = radius * np.exp(rng.uniform(-0.35, 0.35, size=3))
     axes *= radius / np.cbrt(np.prod(axes))  # keep the equivalent-sphere radius
-    extent = int(np.ceil(axes.max() * 1.45)) + 2
+    box, grids = _box(shape, centre, int(np.ceil(axes.max() * 1.45)) + 2)
+    rotation, _ = np.linalg.qr(rng.standard_normal((3, 3)))
+    local = np.tensordot(rotation, np.stack(grids), axes=1)
+    rho = np.sqrt(sum((local[i] / axes[i]) ** 2 for i in range(3)))
+    # Lobulation: bumps a few voxels across whatever the blob size, so edges look alike at every size.
+    bumps = smooth_noise(rng, rho.shape, scale=1.6)
+    hard = (rho - 1.0) * radius + min(1.6, 0.3 * radius) * bumps < 0
+    return _partial_volume(hard, edge_width), box
+
+
+def grow_lobes(rng, n_lobes: int, lobe_radius: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Centres (relative to the first) and radii of ``n_lobes`` touching lobes grown as a branching chain.
+
+    Each new lobe buds off a recent lobe (or, less often, any lobe), overlapping it, and is
+    rejected when it would swallow an existing one: the result is a branching, grape-like
+    structure whose every boundary patch has the curvature of a single lobe.
+    """
+    radii = rng.uniform(*lobe_radius, size=n_lobes)
+    centres = [np.zeros(3)]
+    for index in range(1, n_lobes):
+        for _ in range(50):
+            parent = (
+                len(centres) - 1 - int(rng.integers(min(2, len(centres))))
+                if rng.random() < 0.75
+                else int(rng.integers(len(centres)))
+            )
+            direction = rng.standard_normal(3)
+            direction /= np.linalg.norm(direction)
+            step = (radii[parent] + radii[index]) * rng.uniform(0.65, 0.9)
+            candidate = centres[parent] + step * direction
+            gaps = np.linalg.norm(np.array(centres) - candidate, axis=1) - 0.9 * np.maximum(
+                radii[: len(centres)], radii[index]
+            )
+            if (gaps > 0).all():
+                break
+        centres.append(candidate)
+    return np.array(centres), radii
+
+
+def grow_mass(
+    rng, core_radius: float, n_lobes: int, lobe_radius: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """A solid core of ``core_radius`` with ``n_lobes`` lobes budding off it in branching chains."""
+    radii = np.concatenate([[core_radius], rng.uniform(*lobe_radius, size=n_lobes)])
+    centres = [np.zeros(3)]
+    for index in range(1, n_lobes + 1):
+        for _ in range(50):
+            parent = 0 if rng.random() < 0.35 or len(centres) == 1 else len(centres) - 1
+            direction = rng.standard_normal(3)
+            direction /= np.linalg.norm(direction)
+            step = (radii[parent] + radii[index]) * rng.uniform(0.7, 0.9)
+            candidate = centres[parent] + step * direction
+            gaps = np.linalg.norm(np.array(centres) - candidate, axis=1) - 0.9 * np.maximum(
+                radii[: len(centres)], radii[index]
+            )
+            if (gaps > 0).all():
+                break
+        centres.append(candidate)
+    return np.array(centres), radii
+
+
+def _soft_cluster(rng, shape, centre, offsets, radii, edge_width) -> tuple[np.ndarray, tuple[slice, ...]]:
+    """Partial-volume membership of a union of lobes (see :func:`grow_lobes`) on its bounding box."""
+    extent = int(np.ceil((np.linalg.norm(offsets, axis=1) + radii).max())) + 3
+    box, grids = _box(shape, centre, extent)
+    points = np.stack(grids, axis=-1)
+    inside = np.full(points.shape[:3], np.inf)
+    for offset, radius in zip(offsets, radii, strict=True):
+        inside = np.minimum(inside, np.linalg.norm(points - offset, axis=-1) - radius)
+    bumps = smooth_noise(rng, inside.shape, scale=1.6)
+    hard = inside + min(1.2, 0.25 * radii.min()) * bumps < 0
+    return _partial_volume(hard, edge_width), box
+
+
+def _box(shape, centre, extent: int):
+    """Bounding box of half-size ``extent`` around ``centre`` (clipped to the volume) and its offset grids."""
     box = tuple(
         slice(max(0, int(c) - extent), min(s, int(c) + extent + 1))
         for c, s in zip(centre, shape, strict=True)
@@ -62,19 +147,18 @@ def _soft_blob(rng, shape, centre, radius, edge_width) -> tuple[np.ndarray, tupl
     grids = np.meshgrid(
         *[np.arange(b.start, b.stop) - c for b, c in zip(box, centre, strict=True)], indexing="ij"
     )
-    rotation, _ = np.linalg.qr(rng.standard_normal((3, 3)))
-    local = np.tensordot(rotation, np.stack(grids), axes=1)
-    rho = np.sqrt(sum((local[i] / axes[i]) ** 2 for i in range(3)))
-    # Lobulation: bumps a few voxels across whatever the blob size, so edges look alike at every size.
-    bumps = smooth_noise(rng, rho.shape, scale=1.6)
-    hard = (rho - 1.0) * radius + min(1.6, 0.3 * radius) * bumps < 0
+    return box, grids
+
+
+def _partial_volume(hard: np.ndarray, edge_width: float) -> np.ndarray:
+    """Membership 0..1 from a hard mask reduced to its largest connected part (one structure, one label)."""
     components, n = ndimage.label(hard)
-    if n > 1:  # keep one connected structure: its label must describe all of it
+    if n > 1:
         hard = components == 1 + np.argmax(ndimage.sum_labels(hard, components, index=range(1, n + 1)))
     # Partial-volume membership from the signed distance to the final mask, so label and look agree.
     signed = ndimage.distance_transform_edt(~hard) - ndimage.distance_transform_edt(hard)
     signed -= 0.5 * np.sign(signed)  # voxel centres on either side of the edge sit half a voxel from it
-    return 1.0 / (1.0 + np.exp(signed / max(edge_width, 1e-3))), box
+    return 1.0 / (1.0 + np.exp(signed / max(edge_width, 1e-3)))
 
 
 def _roi(rng, shape) -> np.ndarray:
@@ -83,6 +167,42 @@ def _roi(rng, shape) -> np.ndarray:
     semi = np.array(shape) * np.array([0.46, 0.44, 0.47])
     rho = np.sqrt(sum((g / a) ** 2 for g, a in zip(grids, semi, strict=True)))
     return rho + 0.04 * smooth_noise(rng, shape, scale=6.0) < 1.0
+
+
+def _place_structure(rng, config, label, roi, inner, membership, labels, occupied) -> bool:
+    """Rejection-sample one structure inside the ROI, 3 voxels clear of the others; False if none fits."""
+    shape = roi.shape
+    for _ in range(60):
+        if config.style == "blobs":
+            radius = rng.uniform(*(config.large_radius if label == 2 else config.small_radius))
+            reach = radius
+        elif config.style == "masses" and label == 2:
+            core = rng.uniform(*config.core_radius)
+            n_lobes = int(rng.integers(config.mass_lobes[0], config.mass_lobes[1] + 1))
+            offsets, radii = grow_mass(rng, core, n_lobes, config.lobe_radius)
+            reach = float(np.median(np.linalg.norm(offsets, axis=1) + radii))
+        else:
+            lobes = config.large_lobes if label == 2 else config.small_lobes
+            offsets, radii = grow_lobes(rng, int(rng.integers(lobes[0], lobes[1] + 1)), config.lobe_radius)
+            offsets -= offsets.mean(axis=0)  # centre the structure on its centroid
+            reach = float(np.median(np.linalg.norm(offsets, axis=1) + radii))
+        candidates = np.argwhere(inner > reach * 0.9 + 2)
+        if len(candidates) == 0:
+            continue
+        centre = candidates[rng.integers(len(candidates))]
+        if config.style == "blobs":
+            soft, box = _soft_blob(rng, shape, centre, radius, config.edge_width)
+        else:
+            soft, box = _soft_cluster(rng, shape, centre, offsets, radii, config.edge_width)
+        hard = soft > 0.5
+        halo = ndimage.binary_dilation(hard, iterations=3)
+        if (occupied[box] & halo).any() or (hard & ~roi[box]).any():
+            continue
+        membership[box] = np.maximum(membership[box], soft)
+        labels[box][hard] = label
+        occupied[box] |= hard
+        return True
+    return False
 
 
 def make_case(seed: int, config: PhantomConfig = PhantomConfig()) -> tuple[np.ndarray, np.ndarray]:
@@ -95,24 +215,12 @@ def make_case(seed: int, config: PhantomConfig = PhantomConfig()) -> tuple[np.nd
     labels = np.zeros(shape, dtype=np.uint8)
     occupied = np.zeros(shape, dtype=bool)
 
-    plan = [(2, config.large_radius)] * int(rng.integers(config.n_large[0], config.n_large[1] + 1))
-    plan += [(1, config.small_radius)] * int(rng.integers(config.n_small[0], config.n_small[1] + 1))
-    for label, (r_lo, r_hi) in plan:
-        for _ in range(60):  # rejection sampling: inside the ROI, not touching another structure
-            radius = rng.uniform(r_lo, r_hi)
-            candidates = np.argwhere(inner > radius * 0.9 + 2)
-            if len(candidates) == 0:
-                break
-            centre = candidates[rng.integers(len(candidates))]
-            soft, box = _soft_blob(rng, shape, centre, radius, config.edge_width)
-            hard = soft > 0.5
-            halo = ndimage.binary_dilation(hard, iterations=3)
-            if (occupied[box] & halo).any() or (hard & ~roi[box]).any():
-                continue
-            membership[box] = np.maximum(membership[box], soft)
-            labels[box][hard] = label
-            occupied[box] |= hard
-            break
+    counts = {
+        label: int(rng.integers(lo, hi + 1)) for label, (lo, hi) in ((2, config.n_large), (1, config.n_small))
+    }
+    for label in (2, 1):  # large structures first: they need the room
+        for _ in range(counts[label]):
+            _place_structure(rng, config, label, roi, inner, membership, labels, occupied)
 
     channels = []
     for c in range(len(CHANNEL_NAMES)):
@@ -141,28 +249,28 @@ def write_dataset(
     config: PhantomConfig = PhantomConfig(),
     layout: str = "msd",
     prefix: str = "phantom",
+    jobs: int = 1,
 ) -> Path:
-    """Write ``cases`` phantoms (seeds ``seed``, ``seed+1``, ...) as an MSD or nnU-Net raw folder."""
+    """Write ``cases`` phantoms (seeds ``seed``, ``seed+1``, ...) as an MSD or nnU-Net raw folder.
+
+    ``jobs`` > 1 generates cases in that many processes; each case depends only on its own seed,
+    so the files are the same whatever ``jobs`` is.
+    """
     if layout not in ("msd", "nnunet"):
         raise ValueError(f"layout must be 'msd' or 'nnunet', not {layout!r}")
     out = Path(out)
     (out / "imagesTr").mkdir(parents=True, exist_ok=True)
     (out / "labelsTr").mkdir(parents=True, exist_ok=True)
     affine = affine_for(config)
-    training = []
-    for index in range(cases):
-        case = f"{prefix}_{seed + index:05d}"
-        image, labels = make_case(seed + index, config)
-        stored = np.round(image).astype(np.int16)
-        if layout == "msd":
-            _save(np.moveaxis(stored, 0, -1), affine, out / "imagesTr" / f"{case}.nii.gz")
-            image_ref = f"./imagesTr/{case}.nii.gz"
-        else:
-            for c in range(stored.shape[0]):
-                _save(stored[c], affine, out / "imagesTr" / f"{case}_{c:04d}.nii.gz")
-            image_ref = f"./imagesTr/{case}"
-        _save(labels, affine, out / "labelsTr" / f"{case}.nii.gz")
-        training.append({"image": image_ref, "label": f"./labelsTr/{case}.nii.gz"})
+    names = [f"{prefix}_{seed + index:05d}" for index in range(cases)]
+    work = [(name, seed + index, config, layout, out, affine) for index, name in enumerate(names)]
+    if jobs > 1 and cases > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=min(jobs, cases)) as pool:
+            training = list(pool.map(_write_case, *zip(*work, strict=True)))
+    else:
+        training = [_write_case(*item) for item in work]
     meta = {
         "name": "AutofocusPhantom",
         "description": "Synthetic phantoms: label decided by structure size (napari-autofocus).",
@@ -181,6 +289,20 @@ def write_dataset(
     }
     (out / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
     return out
+
+
+def _write_case(case, case_seed, config, layout, out, affine) -> dict:
+    image, labels = make_case(case_seed, config)
+    stored = np.round(image).astype(np.int16)
+    if layout == "msd":
+        _save(np.moveaxis(stored, 0, -1), affine, out / "imagesTr" / f"{case}.nii.gz")
+        image_ref = f"./imagesTr/{case}.nii.gz"
+    else:
+        for c in range(stored.shape[0]):
+            _save(stored[c], affine, out / "imagesTr" / f"{case}_{c:04d}.nii.gz")
+        image_ref = f"./imagesTr/{case}"
+    _save(labels, affine, out / "labelsTr" / f"{case}.nii.gz")
+    return {"image": image_ref, "label": f"./labelsTr/{case}.nii.gz"}
 
 
 def _save(array: np.ndarray, affine: np.ndarray, path: Path) -> None:

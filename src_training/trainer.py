@@ -434,7 +434,7 @@ class Trainer:
                 "source": "src_training train",
                 "command": command_line(self.flags),
                 "dataset": ds.name,
-                "dataset_path": str(Path(cfg.data).resolve()),
+                "dataset_path": str(cfg.data),  # as given: no machine paths in shared files
                 "train_cases": len(self.train_names),
                 "val_cases": self.val_names,
                 "seed": cfg.seed,

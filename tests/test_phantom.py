@@ -1,6 +1,7 @@
 """Phantom generator: deterministic, labelled by size, written in the dataset layouts we read."""
 
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -8,35 +9,94 @@ import pytest
 from scipy import ndimage
 
 from src_training.cli import main
-from src_training.phantom import PhantomConfig, make_case
+from src_training.phantom import PhantomConfig, grow_lobes, make_case, write_dataset
 
-SMALL = PhantomConfig(shape=(64, 64, 64), large_radius=(10.0, 13.0), small_radius=(3.0, 5.0))
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "sample_data" / "phantom"
+BLOBS = PhantomConfig(shape=(64, 64, 64), style="blobs", large_radius=(10.0, 13.0), small_radius=(3.0, 5.0))
+TINY = PhantomConfig(shape=(40, 40, 40), large_lobes=(4, 5), n_large=(1, 1), n_small=(1, 2))
+BASIC_VIEW = 29  # BASIC's receptive field edge in voxels
+
+
+def _components(labels, value):
+    components, n = ndimage.label(labels == value)
+    sizes = ndimage.sum_labels(np.ones_like(labels), components, index=range(1, n + 1))
+    extents = [max(s.stop - s.start for s in box) for box in ndimage.find_objects(components)]
+    return sizes, extents
 
 
 def test_same_seed_same_case_other_seed_other_case():
-    a_img, a_lab = make_case(3, SMALL)
-    b_img, b_lab = make_case(3, SMALL)
-    c_img, _ = make_case(4, SMALL)
+    a_img, a_lab = make_case(3, TINY)
+    b_img, b_lab = make_case(3, TINY)
+    c_img, _ = make_case(4, TINY)
     np.testing.assert_array_equal(a_img, b_img)
     np.testing.assert_array_equal(a_lab, b_lab)
     assert not np.allclose(a_img, c_img)
 
 
-def test_label_is_decided_by_structure_size_not_intensity():
-    image, labels = make_case(5, SMALL)
-    assert set(np.unique(labels)) == {0, 1, 2}
-    for value, (r_lo, r_hi) in ((1, SMALL.small_radius), (2, SMALL.large_radius)):
-        components, n = ndimage.label(labels == value)
-        sizes = ndimage.sum_labels(np.ones_like(labels), components, index=range(1, n + 1))
+def test_generator_reproduces_the_bundled_sample_bit_for_bit():
+    """The bundled models were trained on cases from this generator: changing it silently would
+    make their training data unreproducible."""
+    image, labels = make_case(9000)
+    stored = nib.load(SAMPLE / "imagesTr" / "phantom_09000.nii.gz").get_fdata()
+    np.testing.assert_array_equal(np.moveaxis(np.round(image), 0, -1), stored)
+    np.testing.assert_array_equal(labels, nib.load(SAMPLE / "labelsTr" / "phantom_09000.nii.gz").get_fdata())
+
+
+def test_cluster_labels_follow_structure_size_beyond_basics_view():
+    image = nib.load(SAMPLE / "imagesTr" / "phantom_09000.nii.gz").get_fdata()
+    labels = np.asarray(nib.load(SAMPLE / "labelsTr" / "phantom_09000.nii.gz").dataobj).astype(np.uint8)
+    small_sizes, _ = _components(labels, 1)
+    large_sizes, large_extents = _components(labels, 2)
+    assert len(small_sizes) >= 4 and len(large_sizes) >= 2
+    assert small_sizes.max() < large_sizes.min()  # the label is the size of the whole structure
+    assert min(large_extents) > BASIC_VIEW  # a large structure never fits in BASIC's view
+    assert np.all(image[labels > 0] > 0)
+
+
+def test_both_classes_look_the_same_at_equal_depth():
+    """Without bias field, texture and noise, a voxel's intensity depends only on how deep it lies
+    inside a structure (partial volume dims every thin part), never on the structure's class."""
+    clean = PhantomConfig(shape=(64, 64, 64), large_lobes=(6, 8), n_large=(1, 1), bias=0, texture=0, noise=0)
+    image, labels = make_case(2, clean)
+    depth = ndimage.distance_transform_edt(labels > 0)
+    for lo, hi in ((1, 2), (2, 3)):
+        band = (depth > lo) & (depth <= hi)
+        for channel in image:
+            small, large = channel[band & (labels == 1)].mean(), channel[band & (labels == 2)].mean()
+            assert abs(small - large) / large < 0.02
+
+
+def test_grown_lobes_touch_and_do_not_swallow_each_other():
+    centres, radii = grow_lobes(np.random.default_rng(0), 12, (3.0, 6.5))
+    assert centres.shape == (12, 3) and np.all((radii >= 3.0) & (radii <= 6.5))
+    distances = np.linalg.norm(centres[:, None] - centres[None], axis=-1)
+    np.fill_diagonal(distances, np.inf)
+    pair_sum = radii[:, None] + radii[None]
+    assert np.all((distances < pair_sum).any(axis=1))  # every lobe overlaps another: one structure
+    assert np.all(distances > 0.9 * np.maximum(radii[:, None], radii[None]) - 1e-9)
+
+
+def test_masses_have_a_solid_core_and_blobs_keep_their_radii():
+    _, labels = make_case(5, PhantomConfig(shape=(64, 64, 64), style="masses", n_large=(1, 1)))
+    depth = ndimage.distance_transform_edt(labels > 0)
+    assert depth[labels == 2].max() >= 6 > depth[labels == 1].max() - 1
+    _, labels = make_case(5, BLOBS)
+    for value, (r_lo, r_hi) in ((1, BLOBS.small_radius), (2, BLOBS.large_radius)):
+        sizes, _ = _components(labels, value)
         radii = np.cbrt(sizes * 3 / (4 * np.pi))
         assert radii.min() > 0.6 * r_lo and radii.max() < 1.3 * r_hi
-    # same appearance: away from partial-volume edges, both classes have the same mean intensity (10 %)
-    small_core = ndimage.binary_erosion(labels == 1, iterations=1)
-    large_core = ndimage.binary_erosion(labels == 2, iterations=1)
-    for channel in image:
-        small, large = channel[small_core].mean(), channel[large_core].mean()
-        assert abs(small - large) / large < 0.1
-    assert np.all(image[:, labels > 0] > 0)
+
+
+def test_parallel_generation_writes_the_same_files(tmp_path):
+    write_dataset(tmp_path / "serial", cases=2, seed=20, config=TINY)
+    write_dataset(tmp_path / "parallel", cases=2, seed=20, config=TINY, jobs=2)
+    for sub in ("imagesTr/phantom_00021.nii.gz", "labelsTr/phantom_00020.nii.gz"):
+        serial, parallel = (np.asarray(nib.load(tmp_path / d / sub).dataobj) for d in ("serial", "parallel"))
+        np.testing.assert_array_equal(serial, parallel)
+    assert (tmp_path / "serial" / "dataset.json").read_text() == (
+        tmp_path / "parallel" / "dataset.json"
+    ).read_text()
 
 
 def test_cli_writes_msd_and_nnunet_layouts(tmp_path, capsys):
@@ -76,7 +136,15 @@ def test_cli_refuses_to_write_into_a_non_empty_folder(tmp_path, capsys):
     assert (tmp_path / "keep.txt").read_text() == "mine"
 
 
-@pytest.mark.parametrize("args", [["--cases", "0"], ["--size", "8"]])
+@pytest.mark.parametrize("args", [["--cases", "0"], ["--size", "8"], ["--jobs", "0"]])
 def test_cli_rejects_bad_arguments(tmp_path, capsys, args):
     assert main(["phantom", "--out", str(tmp_path / "x"), *args]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_cli_names_the_styles_when_given_an_unknown_one(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["phantom", "--out", str(tmp_path / "x"), "--style", "cubes"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'cubes' (choose from 'clusters', 'masses', 'blobs')" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

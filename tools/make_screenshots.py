@@ -1,8 +1,8 @@
 """Render each dock widget on the phantom sample into docs/screenshots/*.png (headless-safe).
 
-Uses the first bundled model (sample_data/models/*.safetensors) when there is one; otherwise it
-trains two small models (AFN2 and BASIC, --train-seconds each on a CPU) on freshly generated phantom
-cases, so the pictures show learnt attention rather than noise. Run: ``python tools/make_screenshots.py``.
+Segments with the first bundled model (sample_data/models/*.safetensors, AFN6) and compares all
+of them, so the pictures show learnt attention rather than noise. Run: ``python tools/make_screenshots.py``
+(a few minutes on a CPU).
 """
 
 from __future__ import annotations
@@ -23,61 +23,6 @@ from napari_autofocus.model_library import bundled_models  # noqa: E402
 
 PLUGIN = "napari-autofocus"
 CLASSES = {"0": "background", "1": "small lesion", "2": "large lesion"}
-
-
-def train_model(path: Path, arch: str, seconds: float, seed: int = 0) -> str:
-    """A small network trained on random patches of new phantom cases for ``seconds``."""
-    import torch
-    import torch.nn.functional as F
-
-    from napari_autofocus.nets import build_network, save_model
-    from napari_autofocus.normalization import normalize
-    from src_training.phantom import make_case
-
-    torch.manual_seed(seed)
-    torch.set_num_threads(2)
-    cases = [make_case(100 + i) for i in range(3)]
-    spec = {"scheme": "zscore", "roi": "nonzero", "outside_value": 0.0}
-    cases = [(normalize(image, spec), labels) for image, labels in cases]
-    model = build_network(arch, 2, 3, channels=(6, 6, 8, 8, 8, 8, 10, 10))
-    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
-    weights = torch.tensor([0.5, 1.0, 1.0])
-    size, margin = 41, model.margin
-    rng = np.random.default_rng(seed)
-    started, steps = time.monotonic(), 0
-    model.train()
-    while time.monotonic() - started < seconds:
-        batch_x, batch_y = [], []
-        for _ in range(2):
-            image, labels = cases[rng.integers(len(cases))]
-            if rng.random() < 0.7:  # centre most patches on a lesion
-                points = np.argwhere(labels > 0)
-                centre = points[rng.integers(len(points))]
-            else:
-                centre = rng.integers(size // 2, np.array(labels.shape) - size // 2)
-            lo = np.clip(centre - size // 2, 0, np.array(labels.shape) - size)
-            box = tuple(slice(a, a + size) for a in lo)
-            inner = tuple(slice(a + margin, a + size - margin) for a in lo)
-            batch_x.append(image[(slice(None), *box)])
-            batch_y.append(labels[inner])
-        x = torch.from_numpy(np.stack(batch_x))
-        y = torch.from_numpy(np.stack(batch_y)).long()
-        loss = F.cross_entropy(model(x), y, weight=weights)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        steps += 1
-    print(f"trained {arch} for {steps} steps ({seconds:.0f} s), last loss {loss.item():.3f}")
-    save_model(
-        model.eval(),
-        path,
-        modalities=["T1-like", "T2-like"],
-        class_names=dict(CLASSES),
-        regions={"any lesion": [1, 2]},
-        normalization=spec,
-        description=f"{arch} trained for {seconds:.0f} s on phantom cases, for screenshots only",
-    )
-    return str(path)
 
 
 def pump(seconds: float = 0.3) -> None:
@@ -132,7 +77,6 @@ def lesion_slice(truth: np.ndarray) -> tuple[int, tuple[int, int, int]]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default=str(REPO / "docs" / "screenshots"))
-    parser.add_argument("--train-seconds", type=float, default=45.0)
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -140,10 +84,9 @@ def main(argv=None) -> int:
     import os
 
     os.environ.setdefault("NAPARI_AUTOFOCUS_CONFIG_DIR", str(work / "config"))  # keep the user's recent list
-    models = [str(e.path) for e in bundled_models()][:2]
-    fallbacks = [("afn2_phantom", "AFN2", 0), ("basic_phantom", "BASIC", 1)]
-    for stem, arch, seed in fallbacks[len(models) :]:  # Compare needs two models
-        models.append(train_model(work / f"{stem}.safetensors", arch, args.train_seconds, seed=seed))
+    models = [str(e.path) for e in bundled_models()]
+    if len(models) < 2:
+        raise SystemExit("the screenshots need the bundled models in sample_data/models/ (at least two)")
 
     with display_available():
         import napari

@@ -26,6 +26,14 @@ def register(subparsers, name: str, help_text: str) -> None:
     parser.add_argument(
         "--layout", choices=["msd", "nnunet"], default="msd", help="folder layout (default msd)"
     )
+    parser.add_argument(
+        "--style",
+        choices=["clusters", "masses", "blobs"],
+        default="clusters",
+        help="structure shapes: 'clusters' of lobes (default; size needs context beyond 29^3) or single "
+        "'blobs' (easier: a blob's curvature gives its size away)",
+    )
+    parser.add_argument("--jobs", type=int, default=1, help="generate cases in N processes (same files)")
     parser.set_defaults(func=run)
 
 
@@ -42,8 +50,10 @@ def run(args) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise DatasetError(f"{out} exists and is not empty; choose a new folder so nothing is overwritten")
-    config = PhantomConfig(shape=shape, spacing=tuple(args.spacing))
-    write_dataset(out, cases=args.cases, seed=args.seed, config=config, layout=args.layout)
+    if args.jobs < 1:
+        raise DatasetError(f"--jobs must be at least 1, got {args.jobs}")
+    config = PhantomConfig(shape=shape, spacing=tuple(args.spacing), style=args.style)
+    write_dataset(out, cases=args.cases, seed=args.seed, config=config, layout=args.layout, jobs=args.jobs)
     last = args.seed + args.cases - 1
     print(f"wrote {args.cases} case(s) to {out} ({args.layout} layout, seeds {args.seed}..{last})")
     return 0

@@ -1,0 +1,169 @@
+"""The phantom benchmark: a Table-1-style Dice table and the attention statistics behind it.
+
+Every model is run on held-out phantom cases (generated here from a seed that no training run
+uses, unless ``--data`` names a labelled dataset) exactly as ``evaluate`` runs it: the card's
+preprocessing, ``predict_volume`` in its default fast mode. Printed:
+
+1. Dice per class and mean Dice, as mean +- standard deviation over cases (like the paper's Table 1);
+2. for every autofocus model, the mean expected dilation rate (sum_k attention_k * rate_k) of each
+   autofocus layer inside ground-truth small lesions, large lesions, and lesion-free tissue
+   (inside the brain-like ROI). "Zooms out on large structures" means large > small.
+
+    python benchmarks/phantom_table.py                       # bundled models, 8 held-out cases
+    python benchmarks/phantom_table.py --cases 20 --device cuda --json results.json
+    python benchmarks/phantom_table.py --models runs/*/model.safetensors --data data/phantom_test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+HELD_OUT_SEED = 7000  # training cases use seeds 0.., the bundled sample 9000: this range is unused
+STRUCTURES = {"small lesion": 1, "large lesion": 2}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", help="model files (default: sample_data/models/*.safetensors)")
+    p.add_argument("--data", help="labelled phantom dataset folder (default: generate held-out cases)")
+    p.add_argument("--cases", type=int, default=8, help="held-out cases to generate (default 8)")
+    p.add_argument("--seed", type=int, default=HELD_OUT_SEED, help=f"first seed (default {HELD_OUT_SEED})")
+    p.add_argument("--style", default="clusters", help="phantom style of generated cases (default clusters)")
+    p.add_argument("--jobs", type=int, default=2, help="processes for generating cases (default 2)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--json", help="also write every number to this JSON file")
+    return p.parse_args(argv)
+
+
+def held_out_dataset(args, workdir: Path) -> Path:
+    from src_training.phantom import PhantomConfig, write_dataset
+
+    if args.data:
+        return Path(args.data)
+    out = workdir / f"phantom_heldout_{args.style}_{args.seed}"
+    print(f"generating {args.cases} held-out phantom cases (seeds {args.seed}..{args.seed + args.cases - 1})")
+    return write_dataset(out, args.cases, args.seed, PhantomConfig(style=args.style), jobs=args.jobs)
+
+
+def evaluate_model(path: Path, cases: list, n_channels: int, device: str) -> dict:
+    """Dice per structure per case and, for autofocus models, mean expected rates per region."""
+    from napari_autofocus.attention import expected_rate
+    from napari_autofocus.inference import predict_volume
+    from napari_autofocus.metrics import dice
+    from napari_autofocus.nets import load_model
+    from napari_autofocus.normalization import padding_value
+    from src_training.data import read_case
+    from src_training.preprocess import preprocess_arrays
+
+    model, card = load_model(path)
+    result = {"model": path.name, "arch": card.arch, "training": card.provenance, "cases": [], "rates": {}}
+    rate_sums: dict[str, dict[str, list[float]]] = {}
+    for case in cases:
+        raw = read_case(case, n_channels)
+        image, _, _, _ = preprocess_arrays(raw.image, raw.spacing, card.normalization)
+        start = time.perf_counter()
+        pred = predict_volume(
+            model, image, device=device, attention=True, pad_value=padding_value(card.normalization)
+        )
+        seconds = time.perf_counter() - start
+        truth = np.asarray(raw.label)
+        scores = {name: dice(pred.labels == value, truth == value) for name, value in STRUCTURES.items()}
+        result["cases"].append({"case": case.name, "dice": scores, "seconds": round(seconds, 2)})
+        regions = {
+            "small lesion": truth == 1,
+            "large lesion": truth == 2,
+            "tissue": (truth == 0) & (raw.image.max(axis=0) > 0),
+        }
+        for layer, maps in pred.attention.items():
+            result.setdefault("rates", {})[layer] = list(pred.rates[layer])
+            rate = expected_rate(maps, pred.rates[layer])
+            per_region = rate_sums.setdefault(layer, {name: [] for name in regions})
+            for name, mask in regions.items():
+                inside = mask & np.isfinite(rate)
+                if inside.any():
+                    per_region[name].append(float(rate[inside].mean()))
+        print(f"  {card.arch:7s} {case.name}: " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+    result["summary"] = summarise(result["cases"])
+    result["expected_rate"] = {
+        layer: {name: float(np.mean(values)) for name, values in regions.items() if values}
+        for layer, regions in rate_sums.items()
+    }
+    return result
+
+
+def summarise(cases: list[dict]) -> dict:
+    """Mean and standard deviation over cases, per structure and for the mean over structures."""
+    columns = {name: [c["dice"][name] for c in cases] for name in STRUCTURES}
+    columns["mean"] = [float(np.mean(list(c["dice"].values()))) for c in cases]
+    return {name: {"mean": float(np.mean(v)), "std": float(np.std(v))} for name, v in columns.items()}
+
+
+def dice_table(results: list[dict]) -> str:
+    header = "| model | iterations | " + " | ".join(f"Dice {n}" for n in STRUCTURES) + " | mean Dice |"
+    lines = [header, "|" + " --- |" * (3 + len(STRUCTURES))]
+    for r in sorted(results, key=lambda r: -r["summary"]["mean"]["mean"]):
+        cells = [
+            f"{r['summary'][n]['mean']:.3f} ± {r['summary'][n]['std']:.3f}" for n in [*STRUCTURES, "mean"]
+        ]
+        iterations = r["training"].get("iterations", "?")
+        lines.append(f"| {r['arch']} | {iterations} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def attention_table(results: list[dict]) -> str:
+    lines = [
+        "| model | layer | rates | small lesion | large lesion | tissue |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        for layer, regions in r["expected_rate"].items():
+            cells = [
+                f"{regions.get(n, float('nan')):.2f}" for n in ("small lesion", "large lesion", "tissue")
+            ]
+            lines.append(f"| {r['arch']} | {layer} | {r['rates'][layer]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from src_training.data import open_dataset
+
+    models = (
+        [Path(m) for m in args.models]
+        if args.models
+        else sorted((REPO / "sample_data" / "models").glob("*.safetensors"))
+    )
+    if not models:
+        raise SystemExit("no model files given or bundled")
+    with tempfile.TemporaryDirectory() as tmp:
+        dataset = open_dataset(held_out_dataset(args, Path(tmp)))
+        cases = [c for c in dataset.cases if c.label is not None]
+        results = []
+        for path in models:
+            print(f"{path.name}:")
+            result = evaluate_model(path, cases, len(dataset.modalities), args.device)
+            results.append(result)
+    source = args.data or f"{len(cases)} generated cases, seeds {args.seed}..{args.seed + len(cases) - 1}"
+    print(f"\nDice on held-out phantom cases ({source}); mean ± std over cases\n")
+    print(dice_table(results))
+    if any(r["expected_rate"] for r in results):
+        print("\nMean expected dilation rate per autofocus layer, inside each ground-truth region\n")
+        print(attention_table([r for r in results if r["expected_rate"]]))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"source": source, "results": results}, indent=2) + "\n")
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,165 @@
+"""Rebuild the bundled phantom models: data, one training run per architecture, then the benchmark.
+
+All architectures get the same budget (iterations x batch x patch, same cases, split, sampling,
+optimiser and seed) and train side by side, one process each, sharing the machine. ``--fit-seconds``
+first times a few iterations of every run (all at once, as they will run) and picks the largest
+iteration count that fits; the commands actually run are written to ``<work>/commands.sh`` so a
+run can be repeated with fixed numbers.
+
+    python tools/train_bundled_models.py --work build/bundled --device cuda --fit-seconds 300
+    python tools/train_bundled_models.py --work build/bundled --device cuda --epochs 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ARCHS = ("AFN6", "BASIC", "ASPP_C", "ASPP_S", "DM")
+# DeepMedic's valid convolutions shrink its input by 48 (and it needs a multiple of 3): 93 -> 45^3
+# labels per patch, close to the 47^3 that a 75^3 patch gives the other networks.
+PATCH = {"DM": 93}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", required=True, help="folder for data/, runs/ and the results")
+    p.add_argument("--archs", nargs="+", default=list(ARCHS))
+    p.add_argument("--device", default="auto")
+    p.add_argument("--cases", type=int, default=40, help="training phantom cases, seeds 0.. (default 40)")
+    p.add_argument("--val-cases", type=int, default=4)
+    p.add_argument("--style", default="clusters")
+    p.add_argument("--patch-size", type=int, default=75)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--iters-per-epoch", type=int, default=25)
+    p.add_argument("--epochs", type=int, help="fixed number of epochs (else --fit-seconds decides)")
+    p.add_argument("--fit-seconds", type=float, help="pick the epochs so that training takes about this long")
+    p.add_argument("--workers", type=int, default=2, help="data-loading processes per run")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes for making phantoms")
+    p.add_argument("--heldout-cases", type=int, default=10, help="held-out cases for the benchmark")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--export", help="copy every model to EXPORT/<style>_<arch>.safetensors once trained")
+    return p.parse_args(argv)
+
+
+def python_env() -> dict[str, str]:
+    """The environment for child processes: this checkout first on the import path."""
+    paths = [str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+
+
+def train_command(args, arch: str, out: str, epochs: int, iters: int, val_every: int) -> list[str]:
+    return [
+        sys.executable, "-m", "src_training", "train", "--data", "data/phantom_train", "--arch", arch,
+        "--out", out, "--preset", "paper-adam-dice", "--loss", "ce+dice",
+        "--patch-size", str(PATCH.get(arch, args.patch_size)), "--batch-size", str(args.batch_size),
+        "--epochs", str(epochs), "--iters-per-epoch", str(iters), "--sampling", "per-class",
+        "--channels-last", "--val-cases", str(args.val_cases), "--val-every", str(val_every),
+        "--workers", str(args.workers), "--device", args.device, "--seed", str(args.seed),
+        "--cache", f"cache/{arch}",
+    ]  # fmt: skip
+
+
+def run_all(commands: dict[str, list[str]], work: Path, logs: Path) -> dict[str, float]:
+    """Start every command at once; wait for all; return each one's wall time (raise if one failed)."""
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {**python_env(), "PYTHONUNBUFFERED": "1"}
+    start = time.perf_counter()
+    seconds, failed = {}, []
+    with contextlib.ExitStack() as stack:
+        procs = {}
+        for arch, cmd in commands.items():
+            log = stack.enter_context(open(logs / f"{arch}.log", "w"))
+            procs[arch] = subprocess.Popen(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+        for arch, proc in procs.items():
+            if proc.wait() != 0:
+                failed.append(arch)
+            seconds[arch] = round(time.perf_counter() - start, 1)
+    if failed:
+        tails = {a: (logs / f"{a}.log").read_text()[-2000:] for a in failed}
+        raise SystemExit(
+            f"training failed for {failed}:\n" + "\n".join(f"--- {a}\n{t}" for a, t in tails.items())
+        )
+    return seconds
+
+
+def seconds_per_iteration(args, work: Path) -> dict[str, float]:
+    """Time epoch 2 of a 2-epoch run per architecture (epoch 1 pays start-up and autotuning)."""
+    iters = 6
+    commands = {a: train_command(args, a, f"probe/{a}", 2, iters, 0) for a in args.archs}
+    run_all(commands, work, work / "logs" / "probe")
+    timing = {}
+    for arch in args.archs:
+        records = [
+            json.loads(line) for line in (work / "probe" / arch / "log.jsonl").read_text().splitlines()
+        ]
+        timing[arch] = records[-1]["time_s"] / iters
+    return timing
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    env = python_env()
+    if not (work / "data" / "phantom_train" / "dataset.json").is_file():
+        subprocess.run(
+            [sys.executable, "-m", "src_training", "phantom", "--out", "data/phantom_train", "--cases",
+             str(args.cases), "--seed", "0", "--style", args.style, "--jobs", str(args.jobs)],
+            cwd=work, env=env, check=True,
+        )  # fmt: skip
+    report = {"args": vars(args)}
+    if args.epochs:
+        epochs = args.epochs
+    elif args.fit_seconds:
+        timing = seconds_per_iteration(args, work)
+        slowest = max(timing.values())
+        epochs = max(1, int(0.9 * args.fit_seconds / slowest / args.iters_per_epoch))
+        report["seconds_per_iteration_side_by_side"] = timing
+        print(
+            "seconds per iteration, all runs side by side:",
+            json.dumps(timing),
+            "-> epochs",
+            epochs,
+            flush=True,
+        )
+    else:
+        raise SystemExit("give --epochs or --fit-seconds")
+    val_every = max(1, epochs // 2)
+    commands = {
+        a: train_command(args, a, f"runs/{a}", epochs, args.iters_per_epoch, val_every) for a in args.archs
+    }
+    (work / "commands.sh").write_text(
+        "\n".join(shlex.join(["python", *c[1:]]) for c in commands.values()) + "\n"
+    )
+    report["train_seconds"] = run_all(commands, work, work / "logs")
+    print("training wall time per run (s):", json.dumps(report["train_seconds"]), flush=True)
+    (work / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    if args.export:
+        Path(args.export).mkdir(parents=True, exist_ok=True)
+        for arch in args.archs:
+            shutil.copy(
+                work / "runs" / arch / "model.safetensors",
+                Path(args.export) / f"{args.style}_{arch}.safetensors",
+            )
+    subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "phantom_table.py"), "--models",
+         *[f"runs/{a}/model.safetensors" for a in args.archs], "--cases", str(args.heldout_cases),
+         "--style", args.style, "--jobs", str(args.jobs), "--device", args.device,
+         "--json", "benchmark.json"],
+        cwd=work, env=env, check=True,
+    )  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
