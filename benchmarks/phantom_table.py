@@ -42,6 +42,11 @@ def parse_args(argv=None):
     p.add_argument("--jobs", type=int, default=2, help="processes for generating cases (default 2)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--json", help="also write every number to this JSON file")
+    p.add_argument(
+        "--record",
+        action="store_true",
+        help="store each model's result in its model card (metrics.held_out); weights are untouched",
+    )
     return p.parse_args(argv)
 
 
@@ -134,6 +139,15 @@ def attention_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def record_in_card(path: Path, result: dict, source: str) -> None:
+    """Write the held-out summary into the model file's card (atomic rewrite; same weights and hash)."""
+    from napari_autofocus.nets import load_model, save_model
+
+    model, card = load_model(path)
+    held_out = {"data": source, "dice": result["summary"], "expected_rate": result["expected_rate"]}
+    save_model(model, path, card.replace(metrics={**card.metrics, "held_out": held_out}))
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from src_training.data import open_dataset
@@ -159,6 +173,10 @@ def main(argv=None) -> int:
     if any(r["expected_rate"] for r in results):
         print("\nMean expected dilation rate per autofocus layer, inside each ground-truth region\n")
         print(attention_table([r for r in results if r["expected_rate"]]))
+    if args.record:
+        for path, result in zip(models, results, strict=True):
+            record_in_card(path, result, source)
+        print(f"\nrecorded the held-out results in the cards of {len(models)} model file(s)")
     if args.json:
         Path(args.json).write_text(json.dumps({"source": source, "results": results}, indent=2) + "\n")
         print(f"\nwrote {args.json}")

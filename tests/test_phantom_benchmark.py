@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from napari_autofocus.card import read_card, read_metadata
 from src_training.phantom import PhantomConfig, write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,6 +37,10 @@ def _tiny_model(path: Path, arch: str, seed: int) -> str:
     return str(path)
 
 
+def content_hash(path: str) -> str:
+    return read_metadata(path)["content_sha256"]
+
+
 def test_summary_is_mean_and_spread_over_cases():
     cases = [
         {"dice": {"small lesion": 0.5, "large lesion": 1.0}},
@@ -54,12 +59,9 @@ def test_benchmark_scores_every_model_and_measures_attention(tmp_path, capsys):
     afn = _tiny_model(tmp_path / "afn.safetensors", "AFN2", 0)
     basic = _tiny_model(tmp_path / "basic.safetensors", "BASIC", 1)
     out = tmp_path / "results.json"
-    assert (
-        phantom_table.main(
-            ["--models", afn, basic, "--data", str(data), "--device", "cpu", "--json", str(out)]
-        )
-        == 0
-    )
+    before = content_hash(afn)
+    args = ["--models", afn, basic, "--data", str(data), "--device", "cpu", "--json", str(out), "--record"]
+    assert phantom_table.main(args) == 0
     printed = capsys.readouterr().out
     assert "| AFN2 |" in printed and "| BASIC |" in printed and "| AFN2 | AF2 | [2, 6, 10, 14] |" in printed
     results = {r["arch"]: r for r in json.loads(out.read_text())["results"]}
@@ -74,3 +76,8 @@ def test_benchmark_scores_every_model_and_measures_attention(tmp_path, capsys):
     for regions in rates.values():
         assert set(regions) == {"small lesion", "large lesion", "tissue"}
         assert all(2.0 <= value <= 14.0 for value in regions.values())
+    # --record: the card now carries the held-out numbers; the weights are the same
+    card = read_card(afn)
+    assert card.metrics["held_out"]["dice"] == results["AFN2"]["summary"]
+    assert card.metrics["held_out"]["data"] == str(data)
+    assert content_hash(afn) == before
