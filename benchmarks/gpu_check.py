@@ -170,8 +170,8 @@ def main(argv=None) -> int:
         except Exception as exc:  # report and go on: one failing path should not hide the others
             report[name] = {"error": f"{type(exc).__name__}: {exc}"}
         torch.cuda.empty_cache()
-        if not args.json:
-            print(f"{name}: {json.dumps(report[name])}", flush=True)
+        # each result as soon as it is known (to stderr under --json), so a run cut short still reports
+        print(f"{name}: {json.dumps(report[name])}", file=sys.stderr if args.json else sys.stdout, flush=True)
     a, b = report.get("train_amp_channels_last", {}), report.get("train_fp32_reference", {})
     if "s_per_step" in a and "s_per_step" in b:
         report["speedup_amp_channels_last"] = round(b["s_per_step"] / a["s_per_step"], 2)
