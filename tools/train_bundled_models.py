@@ -134,7 +134,7 @@ def main(argv=None) -> int:
         )
     else:
         raise SystemExit("give --epochs or --fit-seconds")
-    val_every = max(1, epochs // 2)
+    val_every = max(1, epochs // 4)
     commands = {
         a: train_command(args, a, f"runs/{a}", epochs, args.iters_per_epoch, val_every) for a in args.archs
     }
