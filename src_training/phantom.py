@@ -2,11 +2,17 @@
 
 Every lesion-like structure has the same local appearance in every channel (same contrast,
 texture and lobulated edges); what makes a voxel "small lesion" (label 1) or "large lesion"
-(label 2) is the size of the whole structure it belongs to. Structures are lobulated and
-elongated at random, so a boundary seen through a small window says little about the size of
-what lies behind it. Around them: a brain-like region of interest (background 0 outside, as in
-skull-stripped MRI), smooth tissue texture, a smooth multiplicative bias field, Gaussian noise
-and partial-volume edges.
+(label 2) is the size of the whole structure it belongs to. In the default "clusters" style
+every structure is a branching chain of touching lobes of one size range: a small lesion has
+1-3 lobes, a large one 12-22 and spans about 35-55 voxels. The tip of a large lesion therefore looks
+exactly like a whole small lesion, and what tells them apart (more lobes further along) lies
+beyond BASIC's 29^3 receptive field. Two other styles exist for the design study in the README:
+"masses" (a solid core with budding lobes) and "blobs" (one lobulated ellipsoid per lesion; its
+boundary curvature gives its size away inside a 29^3 window, so BASIC solves it).
+
+Around the lesions: a brain-like region of interest (background 0 outside, as in skull-stripped
+MRI), smooth tissue texture, a smooth multiplicative bias field, Gaussian noise and partial-volume
+edges; ``spacing`` makes the voxels anisotropic if wanted.
 
 The cases are written as a Medical Segmentation Decathlon folder (4D ``imagesTr/<case>.nii.gz``
 + ``labelsTr`` + ``dataset.json``) or an nnU-Net v2 raw folder (``<case>_0000.nii.gz`` per channel),

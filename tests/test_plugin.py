@@ -71,6 +71,24 @@ def test_demo_window_renders_the_sample_with_the_plugin_docked(make_napari_viewe
     assert (rgb.mean(axis=-1) > 60).mean() > 0.2
 
 
+def test_bundled_models_are_offered_in_segment_and_compare(make_napari_viewer):
+    """The five phantom models (AFN6 and the paper's baselines) ship with the plugin and are listed."""
+    from napari_autofocus.card import read_card
+    from napari_autofocus.model_library import bundled_models
+
+    bundled = {read_card(e.path).arch: e.path for e in bundled_models()}
+    assert set(bundled) == {"AFN6", "BASIC", "ASPP_C", "ASPP_S", "DM"}
+    for path in bundled.values():
+        held_out = read_card(path).metrics["held_out"]  # every card carries its held-out numbers
+        assert 0.5 < held_out["dice"]["mean"]["mean"] <= 1.0 and "7000" in held_out["data"]
+    viewer = make_napari_viewer()
+    _, segment = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
+    assert set(bundled.values()) <= {e.path for e in segment.picker.entries}
+    _, compare = viewer.window.add_plugin_dock_widget(PLUGIN, "Compare models")
+    listed = {compare.models.item(i).data(256) for i in range(compare.models.count())}  # UserRole
+    assert set(bundled.values()) <= listed
+
+
 @pytest.mark.slow
 def test_demo_command_writes_a_screenshot(tmp_path):
     import subprocess
