@@ -111,21 +111,24 @@ def main(argv=None) -> int:
         shoot(viewer, out / "segment.png")
 
         dock, explorer = viewer.window.add_plugin_dock_widget(PLUGIN, "Attention explorer")
-        last = list(explorer.result.attention)[-1]
-        explorer.set_checked(explorer.layer_list, sorted({"AF1", last}))
+        layers = list(explorer.result.attention)
+        first, last = layers[0], layers[-1]
+        # AF1 zooms out inside lesions; AF3 (when there is one) switches rate between the two classes
+        contrast = "AF3" if "AF3" in layers else last
+        explorer.set_checked(explorer.layer_list, sorted({first, contrast}))
         explorer.classes_combo.setCurrentText("phantom_09000 ground truth")
-        only_visible(viewer, {n.name for n in viewer.layers if n.name.startswith(f"{last} · r=")})
+        only_visible(viewer, {n.name for n in viewer.layers if n.name.startswith(f"{first} · r=")})
         viewer.cursor.position = tuple(viewer.layers[f"{name} labels"].data_to_world(voxel))
         explorer.show_voxel(voxel)
         show_only_dock(viewer, dock)
         shoot(viewer, out / "explorer.png")
 
-        only_visible(viewer, {f"{last} · arg-max rate", "phantom_09000 [T1-like]"})
-        viewer.layers[f"{last} · arg-max rate"].opacity = 0.7
+        only_visible(viewer, {f"{contrast} · arg-max rate", "phantom_09000 [T1-like]"})
+        viewer.layers[f"{contrast} · arg-max rate"].opacity = 0.7
         shoot(viewer, out / "explorer_argmax.png")
 
         dock, counter = viewer.window.add_plugin_dock_widget(PLUGIN, "Counterfactuals")
-        counter.layer_combo.setCurrentText(last)
+        counter.layer_combo.setCurrentText(first)
         counter.mode_combo.setCurrentIndex(1)  # only the smallest rate
         counter.run()
         wait(counter)
