@@ -1,8 +1,9 @@
 """The phantom benchmark: a Table-1-style Dice table and the attention statistics behind it.
 
 Every model is run on held-out phantom cases (generated here from a seed that no training run
-uses, unless ``--data`` names a labelled dataset) exactly as ``evaluate`` runs it: the card's
-preprocessing, ``predict_volume`` in its default fast mode. Printed:
+uses, unless ``--data`` names a labelled dataset) as ``evaluate`` runs it: the card's preprocessing
+(and resampling, for models trained with ``--spacing``), ``predict_volume`` in its default fast mode,
+Dice on the source grid. Printed:
 
 1. Dice per class and mean Dice, as mean +- standard deviation over cases (like the paper's Table 1);
 2. for every autofocus model, the mean expected dilation rate (sum_k attention_k * rate_k) of each
@@ -28,6 +29,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from napari_autofocus.errors import AutofocusError  # noqa: E402
+
 HELD_OUT_SEED = 7000  # training cases use seeds 0.., the bundled sample 9000: this range is unused
 STRUCTURES = {"small lesion": 1, "large lesion": 2}
 
@@ -38,7 +41,12 @@ def parse_args(argv=None):
     p.add_argument("--data", help="labelled phantom dataset folder (default: generate held-out cases)")
     p.add_argument("--cases", type=int, default=8, help="held-out cases to generate (default 8)")
     p.add_argument("--seed", type=int, default=HELD_OUT_SEED, help=f"first seed (default {HELD_OUT_SEED})")
-    p.add_argument("--style", default="clusters", help="phantom style of generated cases (default clusters)")
+    p.add_argument(
+        "--style",
+        choices=["clusters", "masses", "blobs"],
+        default="clusters",
+        help="phantom style of generated cases (default clusters)",
+    )
     p.add_argument("--jobs", type=int, default=2, help="processes for generating cases (default 2)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--json", help="also write every number to this JSON file")
@@ -68,26 +76,33 @@ def evaluate_model(path: Path, cases: list, n_channels: int, device: str) -> dic
     from napari_autofocus.nets import load_model
     from napari_autofocus.normalization import padding_value
     from src_training.data import read_case
-    from src_training.preprocess import preprocess_arrays
+    from src_training.preprocess import preprocess_arrays, resample_labels_to
 
     model, card = load_model(path)
+    if card.in_channels != n_channels:
+        raise AutofocusError(f"{path} expects {card.in_channels} channel(s); the dataset has {n_channels}")
+    target = card.provenance.get("resampled_to_spacing")  # the grid the model was trained on, if any
     result = {"model": path.name, "arch": card.arch, "training": card.provenance, "cases": [], "rates": {}}
     rate_sums: dict[str, dict[str, list[float]]] = {}
     for case in cases:
         raw = read_case(case, n_channels)
-        image, _, _, _ = preprocess_arrays(raw.image, raw.spacing, card.normalization)
+        image, _, _, _ = preprocess_arrays(raw.image, raw.spacing, card.normalization, target)
         start = time.perf_counter()
         pred = predict_volume(
             model, image, device=device, attention=True, pad_value=padding_value(card.normalization)
         )
         seconds = time.perf_counter() - start
         truth = np.asarray(raw.label)
-        scores = {name: dice(pred.labels == value, truth == value) for name, value in STRUCTURES.items()}
+        labels = resample_labels_to(np.asarray(pred.labels), truth.shape)  # Dice on the source grid
+        scores = {name: dice(labels == value, truth == value) for name, value in STRUCTURES.items()}
         result["cases"].append({"case": case.name, "dice": scores, "seconds": round(seconds, 2)})
+        # attention lives on the model's grid: bring the truth there (identity without --spacing)
+        model_truth = resample_labels_to(truth, image.shape[1:])
+        inside_roi = resample_labels_to((raw.image.max(axis=0) > 0).astype(np.uint8), image.shape[1:]) > 0
         regions = {
-            "small lesion": truth == 1,
-            "large lesion": truth == 2,
-            "tissue": (truth == 0) & (raw.image.max(axis=0) > 0),
+            "small lesion": model_truth == 1,
+            "large lesion": model_truth == 2,
+            "tissue": (model_truth == 0) & inside_roi,
         }
         for layer, maps in pred.attention.items():
             result.setdefault("rates", {})[layer] = list(pred.rates[layer])
@@ -150,24 +165,50 @@ def record_in_card(path: Path, result: dict, source: str) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    try:
+        return run(args)
+    except AutofocusError as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
+def check_models(models: list[Path], record: bool) -> None:
+    """Every model file is readable before any work starts (a bad path should not cost an hour)."""
+    from napari_autofocus.card import read_card
+
+    if not models:
+        raise AutofocusError("no model files given (--models) and none bundled in sample_data/models/")
+    for path in models:
+        if not path.is_file():
+            raise AutofocusError(f"{path}: no such model file")
+        if record and path.suffix != ".safetensors":
+            raise AutofocusError(f"{path}: --record rewrites model files and takes .safetensors files only")
+        if path.suffix == ".safetensors":
+            read_card(path)  # raises a clear CheckpointError for a file that is not one of ours
+
+
+def run(args) -> int:
     from src_training.data import open_dataset
 
+    if args.cases < 1:
+        raise AutofocusError(f"--cases must be at least 1, got {args.cases}")
     models = (
         [Path(m) for m in args.models]
         if args.models
         else sorted((REPO / "sample_data" / "models").glob("*.safetensors"))
     )
-    if not models:
-        raise SystemExit("no model files given or bundled")
+    check_models(models, args.record)
     with tempfile.TemporaryDirectory() as tmp:
         dataset = open_dataset(held_out_dataset(args, Path(tmp)))
         cases = [c for c in dataset.cases if c.label is not None]
+        if not cases:
+            raise AutofocusError(f"{dataset.root}: no labelled cases to score")
         results = []
         for path in models:
             print(f"{path.name}:")
             result = evaluate_model(path, cases, len(dataset.modalities), args.device)
             results.append(result)
-    source = args.data or f"{len(cases)} generated cases, seeds {args.seed}..{args.seed + len(cases) - 1}"
+    last = args.seed + len(cases) - 1
+    source = args.data or f"{len(cases)} generated '{args.style}' cases, seeds {args.seed}..{last}"
     print(f"\nDice on held-out phantom cases ({source}); mean ± std over cases\n")
     print(dice_table(results))
     if any(r["expected_rate"] for r in results):

@@ -4,11 +4,12 @@ Every lesion-like structure has the same local appearance in every channel (same
 texture and lobulated edges); what makes a voxel "small lesion" (label 1) or "large lesion"
 (label 2) is the size of the whole structure it belongs to. In the default "clusters" style
 every structure is a branching chain of touching lobes of one size range: a small lesion has
-1-3 lobes, a large one 12-22 and spans about 35-55 voxels. The tip of a large lesion therefore looks
-exactly like a whole small lesion, and what tells them apart (more lobes further along) lies
-beyond BASIC's 29^3 receptive field. Two other styles exist for the design study in the README:
-"masses" (a solid core with budding lobes) and "blobs" (one lobulated ellipsoid per lesion; its
-boundary curvature gives its size away inside a 29^3 window, so BASIC solves it).
+1-3 lobes (typically 7-22 voxels across), a large one 12-22 (typically 31-55 across). The tip
+of a large lesion therefore looks exactly like a whole small lesion, and what tells them apart
+(more lobes further along) lies beyond BASIC's 29^3 receptive field. Two other styles exist for
+the design study in the README: "masses" (a solid core with budding lobes) and "blobs" (one
+lobulated ellipsoid per lesion; its boundary curvature gives its size away inside a 29^3
+window, so BASIC solves it).
 
 Around the lesions: a brain-like region of interest (background 0 outside, as in skull-stripped
 MRI), smooth tissue texture, a smooth multiplicative bias field, Gaussian noise and partial-volume
@@ -30,6 +31,7 @@ import numpy as np
 from scipy import ndimage
 
 CHANNEL_NAMES = ("T1-like", "T2-like")
+STYLES = ("clusters", "masses", "blobs")
 CLASS_NAMES = {0: "background", 1: "small lesion", 2: "large lesion"}
 # Mean intensity of tissue and of every lesion, per channel (arbitrary MR-like units).
 TISSUE_MEAN = np.array([1000.0, 700.0])
@@ -58,6 +60,10 @@ class PhantomConfig:
     bias: float = 0.15  # amplitude of the smooth multiplicative bias field
     texture: float = 0.06  # amplitude of smooth tissue texture
     edge_width: float = 0.8  # partial-volume edge width in voxels
+
+    def __post_init__(self) -> None:
+        if self.style not in STYLES:
+            raise ValueError(f"phantom style must be one of {STYLES}, not {self.style!r}")
 
 
 def smooth_noise(rng: np.random.Generator, shape, scale: float) -> np.ndarray:

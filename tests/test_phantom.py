@@ -102,31 +102,28 @@ def test_parallel_generation_writes_the_same_files(tmp_path):
 def test_cli_writes_msd_and_nnunet_layouts(tmp_path, capsys):
     for layout in ("msd", "nnunet"):
         out = tmp_path / layout
-        assert (
-            main(
-                [
-                    "phantom",
-                    "--out",
-                    str(out),
-                    "--cases",
-                    "1",
-                    "--seed",
-                    "11",
-                    "--size",
-                    "48",
-                    "--layout",
-                    layout,
-                ]
-            )
-            == 0
-        )
+        args = [
+            "phantom",
+            "--out",
+            str(out),
+            "--cases",
+            "1",
+            "--seed",
+            "11",
+            "--size",
+            "64",
+            "--layout",
+            layout,
+        ]
+        assert main(args) == 0
         meta = json.loads((out / "dataset.json").read_text())
         assert meta["channel_names"] == {"0": "T1-like", "1": "T2-like"}
         assert meta["labels"] == {"background": 0, "small lesion": 1, "large lesion": 2}
+        assert meta["phantom"]["config"]["style"] == "clusters"
         label = nib.load(out / "labelsTr" / "phantom_00011.nii.gz")
-        assert label.shape == (48, 48, 48)
-    assert nib.load(tmp_path / "msd" / "imagesTr" / "phantom_00011.nii.gz").shape == (48, 48, 48, 2)
-    assert nib.load(tmp_path / "nnunet" / "imagesTr" / "phantom_00011_0001.nii.gz").shape == (48, 48, 48)
+        assert label.shape == (64, 64, 64)
+    assert nib.load(tmp_path / "msd" / "imagesTr" / "phantom_00011.nii.gz").shape == (64, 64, 64, 2)
+    assert nib.load(tmp_path / "nnunet" / "imagesTr" / "phantom_00011_0001.nii.gz").shape == (64, 64, 64)
 
 
 def test_cli_refuses_to_write_into_a_non_empty_folder(tmp_path, capsys):
@@ -136,7 +133,16 @@ def test_cli_refuses_to_write_into_a_non_empty_folder(tmp_path, capsys):
     assert (tmp_path / "keep.txt").read_text() == "mine"
 
 
-@pytest.mark.parametrize("args", [["--cases", "0"], ["--size", "8"], ["--jobs", "0"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--cases", "0"],
+        ["--size", "8"],
+        ["--jobs", "0"],
+        ["--size", "48"],
+        ["--style", "masses", "--size", "60"],
+    ],
+)
 def test_cli_rejects_bad_arguments(tmp_path, capsys, args):
     assert main(["phantom", "--out", str(tmp_path / "x"), *args]) == 2
     assert "error:" in capsys.readouterr().err
@@ -148,3 +154,8 @@ def test_cli_names_the_styles_when_given_an_unknown_one(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert "invalid choice: 'cubes' (choose from 'clusters', 'masses', 'blobs')" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_config_rejects_an_unknown_style():
+    with pytest.raises(ValueError, match="phantom style must be one of"):
+        PhantomConfig(style="cubes")

@@ -27,6 +27,9 @@ def _tiny_model(path: Path, arch: str, seed: int) -> str:
 
     torch.manual_seed(seed)
     model = build_network(arch, 2, 3, channels=(4, 4, 4, 4, 4, 4, 4, 4))
+    with torch.no_grad():  # large random weights: attention that varies in space, unlike a fresh model's
+        for parameter in model.parameters():
+            parameter.normal_(0.0, 0.5)
     save_model(
         model.eval(),
         path,
@@ -39,6 +42,32 @@ def _tiny_model(path: Path, arch: str, seed: int) -> str:
 
 def content_hash(path: str) -> str:
     return read_metadata(path)["content_sha256"]
+
+
+def expected_rates_by_hand(model_path: str, data: Path) -> dict:
+    """Mean over cases of the per-case mean of sum_k a_k r_k inside each ground-truth region."""
+    from napari_autofocus.inference import predict_volume
+    from napari_autofocus.nets import load_model
+    from src_training.data import open_dataset, read_case
+    from src_training.preprocess import preprocess_arrays
+
+    model, card = load_model(model_path)
+    per_layer: dict = {}
+    for case in open_dataset(data).cases:
+        raw = read_case(case, 2)
+        image = preprocess_arrays(raw.image, raw.spacing, card.normalization)[0]
+        pred = predict_volume(model, image, device="cpu", attention=True)
+        truth = raw.label
+        regions = {
+            "small lesion": truth == 1,
+            "large lesion": truth == 2,
+            "tissue": (truth == 0) & (raw.image.max(0) > 0),
+        }
+        for layer, maps in pred.attention.items():
+            rate = np.tensordot(np.array(pred.rates[layer], np.float32), maps.astype(np.float32), axes=1)
+            for name, mask in regions.items():
+                per_layer.setdefault(layer, {}).setdefault(name, []).append(float(rate[mask].mean()))
+    return {layer: {name: np.mean(v) for name, v in regions.items()} for layer, regions in per_layer.items()}
 
 
 def test_summary_is_mean_and_spread_over_cases():
@@ -73,11 +102,32 @@ def test_benchmark_scores_every_model_and_measures_attention(tmp_path, capsys):
     assert results["BASIC"]["expected_rate"] == {}
     rates = results["AFN2"]["expected_rate"]
     assert sorted(rates) == ["AF1", "AF2"]
-    for regions in rates.values():
-        assert set(regions) == {"small lesion", "large lesion", "tissue"}
-        assert all(2.0 <= value <= 14.0 for value in regions.values())
+    by_hand = expected_rates_by_hand(afn, data)
+    assert {(layer, name): value for layer, regions in rates.items() for name, value in regions.items()} == (
+        pytest.approx({(layer, name): v for layer, regions in by_hand.items() for name, v in regions.items()})
+    )
+    assert len({round(v, 3) for regions in rates.values() for v in regions.values()}) > 2  # not a constant
     # --record: the card now carries the held-out numbers; the weights are the same
     card = read_card(afn)
     assert card.metrics["held_out"]["dice"] == results["AFN2"]["summary"]
     assert card.metrics["held_out"]["data"] == str(data)
     assert content_hash(afn) == before
+
+
+def test_bad_input_is_a_clear_error_before_any_work(tmp_path):
+    model = _tiny_model(tmp_path / "basic.safetensors", "BASIC", 0)
+    with pytest.raises(SystemExit, match=r"error: .*nope.safetensors: no such model file"):
+        phantom_table.main(["--models", model, str(tmp_path / "nope.safetensors"), "--cases", "1"])
+    with pytest.raises(SystemExit, match="error: --cases must be at least 1, got 0"):
+        phantom_table.main(["--models", model, "--cases", "0"])
+    reference = tmp_path / "weights.pth.tar"
+    reference.write_bytes(b"not used")
+    with pytest.raises(SystemExit, match="--record rewrites model files and takes .safetensors files only"):
+        phantom_table.main(["--models", str(reference), "--record"])
+    unlabelled = write_dataset(tmp_path / "unlabelled", cases=1, seed=1, config=TINY)
+    (unlabelled / "labelsTr" / "phantom_00001.nii.gz").unlink()
+    meta = json.loads((unlabelled / "dataset.json").read_text())
+    meta["training"], meta["test"] = [], ["./imagesTr/phantom_00001.nii.gz"]
+    (unlabelled / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(SystemExit, match="error: .*(no training cases|no labelled cases)"):
+        phantom_table.main(["--models", model, "--data", str(unlabelled)])

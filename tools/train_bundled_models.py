@@ -37,7 +37,7 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto")
     p.add_argument("--cases", type=int, default=40, help="training phantom cases, seeds 0.. (default 40)")
     p.add_argument("--val-cases", type=int, default=4)
-    p.add_argument("--style", default="clusters")
+    p.add_argument("--style", choices=["clusters", "masses", "blobs"], default="clusters")
     p.add_argument("--patch-size", type=int, default=75)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--iters-per-epoch", type=int, default=25)
@@ -47,7 +47,7 @@ def parse_args(argv=None):
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes for making phantoms")
     p.add_argument("--heldout-cases", type=int, default=10, help="held-out cases for the benchmark")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--export", help="copy every model to EXPORT/<style>_<arch>.safetensors once trained")
+    p.add_argument("--export", help="copy every model to EXPORT/<arch>_phantom.safetensors once trained")
     return p.parse_args(argv)
 
 
@@ -80,10 +80,13 @@ def run_all(commands: dict[str, list[str]], work: Path, logs: Path) -> dict[str,
         for arch, cmd in commands.items():
             log = stack.enter_context(open(logs / f"{arch}.log", "w"))
             procs[arch] = subprocess.Popen(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
-        for arch, proc in procs.items():
-            if proc.wait() != 0:
-                failed.append(arch)
-            seconds[arch] = round(time.perf_counter() - start, 1)
+        while len(seconds) < len(procs):  # poll, so each run gets its own finishing time
+            for arch, proc in procs.items():
+                if arch not in seconds and proc.poll() is not None:
+                    seconds[arch] = round(time.perf_counter() - start, 1)
+                    if proc.returncode != 0:
+                        failed.append(arch)
+            time.sleep(0.5)
     if failed:
         tails = {a: (logs / f"{a}.log").read_text()[-2000:] for a in failed}
         raise SystemExit(
@@ -106,12 +109,26 @@ def seconds_per_iteration(args, work: Path) -> dict[str, float]:
     return timing
 
 
+def check_existing_data(data_json: Path, args) -> None:
+    """Reuse training data from an earlier run only when it is what this run asks for."""
+    meta = json.loads(data_json.read_text())
+    style = meta.get("phantom", {}).get("config", {}).get("style", "blobs")
+    if style != args.style or meta.get("numTraining") != args.cases:
+        raise SystemExit(
+            f"{data_json.parent} holds {meta.get('numTraining')} '{style}' cases, but this run asks for "
+            f"{args.cases} '{args.style}' cases; use another --work folder"
+        )
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     env = python_env()
-    if not (work / "data" / "phantom_train" / "dataset.json").is_file():
+    data_json = work / "data" / "phantom_train" / "dataset.json"
+    if data_json.is_file():
+        check_existing_data(data_json, args)
+    else:
         subprocess.run(
             [sys.executable, "-m", "src_training", "phantom", "--out", "data/phantom_train", "--cases",
              str(args.cases), "--seed", "0", "--style", args.style, "--jobs", str(args.jobs)],
@@ -149,7 +166,7 @@ def main(argv=None) -> int:
         for arch in args.archs:
             shutil.copy(
                 work / "runs" / arch / "model.safetensors",
-                Path(args.export) / f"{args.style}_{arch}.safetensors",
+                Path(args.export) / f"{arch}_phantom.safetensors",
             )
     subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "phantom_table.py"), "--models",

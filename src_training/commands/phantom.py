@@ -30,8 +30,8 @@ def register(subparsers, name: str, help_text: str) -> None:
         "--style",
         choices=["clusters", "masses", "blobs"],
         default="clusters",
-        help="structure shapes: 'clusters' of lobes (default; size needs context beyond 29^3) or single "
-        "'blobs' (easier: a blob's curvature gives its size away)",
+        help="structure shapes: 'clusters' of lobes (default; size needs context beyond 29^3), 'masses' "
+        "(a solid core with budding lobes) or single 'blobs' (a blob's curvature gives its size away)",
     )
     parser.add_argument("--jobs", type=int, default=1, help="generate cases in N processes (same files)")
     parser.set_defaults(func=run)
@@ -47,6 +47,11 @@ def run(args) -> int:
     if len(args.size) not in (1, 3) or min(args.size) < 32:
         raise DatasetError(f"--size takes one or three sizes of at least 32 voxels, got {args.size}")
     shape = tuple(args.size * 3 if len(args.size) == 1 else args.size)
+    if args.style != "blobs" and min(shape) < 64:
+        raise DatasetError(
+            f"--style {args.style} needs at least 64 voxels per side for its large lesions (typically "
+            f"31-55 voxels across) to fit, got {list(shape)}; use a larger --size or --style blobs"
+        )
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise DatasetError(f"{out} exists and is not empty; choose a new folder so nothing is overwritten")
