@@ -94,25 +94,13 @@ def grow_lobes(rng, n_lobes: int, lobe_radius: tuple[float, float]) -> tuple[np.
     structure whose every boundary patch has the curvature of a single lobe.
     """
     radii = rng.uniform(*lobe_radius, size=n_lobes)
-    centres = [np.zeros(3)]
-    for index in range(1, n_lobes):
-        for _ in range(50):
-            parent = (
-                len(centres) - 1 - int(rng.integers(min(2, len(centres))))
-                if rng.random() < 0.75
-                else int(rng.integers(len(centres)))
-            )
-            direction = rng.standard_normal(3)
-            direction /= np.linalg.norm(direction)
-            step = (radii[parent] + radii[index]) * rng.uniform(0.65, 0.9)
-            candidate = centres[parent] + step * direction
-            gaps = np.linalg.norm(np.array(centres) - candidate, axis=1) - 0.9 * np.maximum(
-                radii[: len(centres)], radii[index]
-            )
-            if (gaps > 0).all():
-                break
-        centres.append(candidate)
-    return np.array(centres), radii
+
+    def recent_or_any(count: int) -> int:
+        if rng.random() < 0.75:
+            return count - 1 - int(rng.integers(min(2, count)))
+        return int(rng.integers(count))
+
+    return _bud_lobes(rng, radii, recent_or_any, step=(0.65, 0.9))
 
 
 def grow_mass(
@@ -120,14 +108,28 @@ def grow_mass(
 ) -> tuple[np.ndarray, np.ndarray]:
     """A solid core of ``core_radius`` with ``n_lobes`` lobes budding off it in branching chains."""
     radii = np.concatenate([[core_radius], rng.uniform(*lobe_radius, size=n_lobes)])
+
+    def core_or_last(count: int) -> int:
+        return 0 if rng.random() < 0.35 or count == 1 else count - 1
+
+    return _bud_lobes(rng, radii, core_or_last, step=(0.7, 0.9))
+
+
+def _bud_lobes(
+    rng, radii: np.ndarray, pick_parent, step: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Place lobe 1, 2, ... of ``radii`` touching a parent chosen by ``pick_parent(count)``; lobe 0 at 0.
+
+    A lobe that would come within 0.9 of the larger radius of an existing lobe is drawn again
+    (up to 50 times; the last try is kept), so no lobe swallows another.
+    """
     centres = [np.zeros(3)]
-    for index in range(1, n_lobes + 1):
+    for index in range(1, len(radii)):
         for _ in range(50):
-            parent = 0 if rng.random() < 0.35 or len(centres) == 1 else len(centres) - 1
+            parent = pick_parent(len(centres))
             direction = rng.standard_normal(3)
             direction /= np.linalg.norm(direction)
-            step = (radii[parent] + radii[index]) * rng.uniform(0.7, 0.9)
-            candidate = centres[parent] + step * direction
+            candidate = centres[parent] + (radii[parent] + radii[index]) * rng.uniform(*step) * direction
             gaps = np.linalg.norm(np.array(centres) - candidate, axis=1) - 0.9 * np.maximum(
                 radii[: len(centres)], radii[index]
             )
