@@ -36,6 +36,10 @@ def open_demo(viewer):
     images = [layer for layer in viewer.layers if type(layer).__name__ == "Image"]
     if images:
         viewer.layers.selection.active = images[0]
+        # one dimmed grey channel: the additive attention colours on top stay readable, not white
+        images[0].opacity = 0.5
+        for other in images[1:]:
+            other.visible = False
     viewer.reset_view()
     segment = widgets[0]
     entry = getattr(getattr(segment, "picker", None), "entry", None)
