@@ -43,7 +43,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=HELD_OUT_SEED, help=f"first seed (default {HELD_OUT_SEED})")
     p.add_argument(
         "--style",
-        choices=["clusters", "masses", "blobs"],
+        choices=["clusters", "masses", "blobs", "nodules"],
         default="clusters",
         help="phantom style of generated cases (default clusters)",
     )
@@ -59,13 +59,14 @@ def parse_args(argv=None):
 
 
 def held_out_dataset(args, workdir: Path) -> Path:
-    from src_training.phantom import PhantomConfig, write_dataset
+    from src_training.phantom import PhantomConfig, default_size, write_dataset
 
     if args.data:
         return Path(args.data)
     out = workdir / f"phantom_heldout_{args.style}_{args.seed}"
     print(f"generating {args.cases} held-out phantom cases (seeds {args.seed}..{args.seed + args.cases - 1})")
-    return write_dataset(out, args.cases, args.seed, PhantomConfig(style=args.style), jobs=args.jobs)
+    config = PhantomConfig(shape=(default_size(args.style),) * 3, style=args.style)
+    return write_dataset(out, args.cases, args.seed, config, jobs=args.jobs)
 
 
 def evaluate_model(path: Path, cases: list, n_channels: int, device: str) -> dict:

@@ -11,6 +11,13 @@ the design study in the README: "masses" (a solid core with budding lobes) and "
 lobulated ellipsoid per lesion; its boundary curvature gives its size away inside a 29^3
 window, so BASIC solves it).
 
+The "nodules" style asks a different question, modelled on a cyst with a mural nodule next to a
+simple cyst: a large lesion (label 2) is a big mass, 32-42 voxels across, with a small darker
+nodule just inside its wall; look-alike masses of the same size and look but without a nodule are
+background; small lesions (label 1) are single blobs that their own curvature identifies. Only the
+nodule tells a lesion from a look-alike, and about 45% of a lesion lies more than 14 voxels from it,
+out of BASIC's view; a small lesion, by contrast, is decided by what lies within a few voxels.
+
 Around the lesions: a brain-like region of interest (background 0 outside, as in skull-stripped
 MRI), smooth tissue texture, a smooth multiplicative bias field, Gaussian noise and partial-volume
 edges; ``spacing`` makes the voxels anisotropic if wanted.
@@ -31,11 +38,13 @@ import numpy as np
 from scipy import ndimage
 
 CHANNEL_NAMES = ("T1-like", "T2-like")
-STYLES = ("clusters", "masses", "blobs")
+STYLES = ("clusters", "masses", "blobs", "nodules")
 CLASS_NAMES = {0: "background", 1: "small lesion", 2: "large lesion"}
 # Mean intensity of tissue and of every lesion, per channel (arbitrary MR-like units).
 TISSUE_MEAN = np.array([1000.0, 700.0])
 LESION_MEAN = np.array([650.0, 1150.0])
+# "nodules" style: the small mural nodule on the wall of every large lesion (darker in both channels).
+NODULE_MEAN = np.array([350.0, 850.0])
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,12 @@ class PhantomConfig:
     large_radius: tuple[float, float] = (13.0, 22.0)
     n_small: tuple[int, int] = (4, 8)
     n_large: tuple[int, int] = (2, 3)
+    # "nodules": a large lesion is a big mass (16-21 voxels in radius) with a small nodule just inside
+    # its wall; look-alike masses (same size, same look, no nodule) are background. Only the nodule
+    # tells them apart, and about 45% of a lesion lies more than 14 voxels from it.
+    mass_radius: tuple[float, float] = (16.0, 21.0)
+    nodule_radius: tuple[float, float] = (2.5, 4.0)
+    n_lookalike: tuple[int, int] = (1, 2)
     noise: float = 0.05  # Gaussian noise, as a fraction of tissue intensity
     bias: float = 0.15  # amplitude of the smooth multiplicative bias field
     texture: float = 0.06  # amplitude of smooth tissue texture
@@ -66,15 +81,25 @@ class PhantomConfig:
             raise ValueError(f"phantom style must be one of {STYLES}, not {self.style!r}")
 
 
+def default_size(style: str) -> int:
+    """Volume edge for ``style``: 112 for "nodules" (two masses 32-42 voxels across must fit), else 96."""
+    return 112 if style == "nodules" else 96
+
+
+def smallest_size(style: str) -> int:
+    """The smallest volume edge at which ``style``'s large structures fit."""
+    return {"blobs": 32, "nodules": 100}.get(style, 64)
+
+
 def smooth_noise(rng: np.random.Generator, shape, scale: float) -> np.ndarray:
     """Zero-mean, unit-std random field with features about ``scale`` voxels across."""
     field = ndimage.gaussian_filter(rng.standard_normal(shape), sigma=scale, mode="wrap")
     return (field - field.mean()) / (field.std() + 1e-8)
 
 
-def _soft_blob(rng, shape, centre, radius, edge_width) -> tuple[np.ndarray, tuple[slice, ...]]:
+def _soft_blob(rng, shape, centre, radius, edge_width, stretch=0.35) -> tuple[np.ndarray, tuple[slice, ...]]:
     """Partial-volume membership (0..1) of a lobulated, randomly elongated blob, on its bounding box."""
-    axes = radius * np.exp(rng.uniform(-0.35, 0.35, size=3))
+    axes = radius * np.exp(rng.uniform(-stretch, stretch, size=3))
     axes *= radius / np.cbrt(np.prod(axes))  # keep the equivalent-sphere radius
     box, grids = _box(shape, centre, int(np.ceil(axes.max() * 1.45)) + 2)
     rotation, _ = np.linalg.qr(rng.standard_normal((3, 3)))
@@ -183,12 +208,47 @@ def _roi(rng, shape) -> np.ndarray:
     return rho + 0.04 * smooth_noise(rng, shape, scale=6.0) < 1.0
 
 
-def _place_structure(rng, config, label, roi, inner, membership, labels, occupied) -> bool:
-    """Rejection-sample one structure inside the ROI, 3 voxels clear of the others; False if none fits."""
-    shape = roi.shape
+@dataclass
+class _Canvas:
+    """The volumes a case is drawn into, structure by structure."""
+
+    roi: np.ndarray
+    inner: np.ndarray  # distance to the ROI edge
+    membership: np.ndarray  # partial-volume lesion-look membership (lesions and look-alikes)
+    labels: np.ndarray
+    occupied: np.ndarray
+    nodule: np.ndarray  # "nodules": partial-volume nodule membership
+    lookalike: np.ndarray  # "nodules": hard masks of the look-alike masses
+
+    @classmethod
+    def empty(cls, roi: np.ndarray) -> _Canvas:
+        shape = roi.shape
+        return cls(
+            roi=roi,
+            inner=ndimage.distance_transform_edt(roi),
+            membership=np.zeros(shape, dtype=np.float32),
+            labels=np.zeros(shape, dtype=np.uint8),
+            occupied=np.zeros(shape, dtype=bool),
+            nodule=np.zeros(shape, dtype=np.float32),
+            lookalike=np.zeros(shape, dtype=bool),
+        )
+
+
+def _place_structure(rng, config, canvas: _Canvas, label: int, mass: str | None = None) -> bool:
+    """Rejection-sample one structure inside the ROI, 3 voxels clear of the others; False if none fits.
+
+    ``mass`` ("nodules" style only) makes it a big mass: a "lesion" (label 2, with a mural nodule)
+    or a "look-alike" (background).
+    """
+    shape = canvas.roi.shape
+    inner, occupied = canvas.inner, canvas.occupied
+    clearance = ndimage.distance_transform_edt(~occupied) if mass else None
     for _ in range(60):
-        if config.style == "blobs":
+        if config.style == "blobs" or (config.style == "nodules" and not mass):
             radius = rng.uniform(*(config.large_radius if label == 2 else config.small_radius))
+            reach = radius
+        elif mass:
+            radius = rng.uniform(*config.mass_radius)
             reach = radius
         elif config.style == "masses" and label == 2:
             core = rng.uniform(*config.core_radius)
@@ -200,53 +260,87 @@ def _place_structure(rng, config, label, roi, inner, membership, labels, occupie
             offsets, radii = grow_lobes(rng, int(rng.integers(lobes[0], lobes[1] + 1)), config.lobe_radius)
             offsets -= offsets.mean(axis=0)  # centre the structure on its centroid
             reach = float(np.median(np.linalg.norm(offsets, axis=1) + radii))
-        candidates = np.argwhere(inner > reach * 0.9 + 2)
+        if mass:  # near the ROI edge and clear of the others, so two or three fit
+            room = (inner > reach * 1.25 + 2) & (inner < reach * 1.25 + 8) & (clearance > reach * 1.3 + 3)
+            candidates = np.argwhere(room)
+        else:
+            candidates = np.argwhere(inner > reach * 0.9 + 2)
         if len(candidates) == 0:
             continue
         centre = candidates[rng.integers(len(candidates))]
-        if config.style == "blobs":
-            soft, box = _soft_blob(rng, shape, centre, radius, config.edge_width)
+        if config.style in ("blobs", "nodules"):
+            soft, box = _soft_blob(rng, shape, centre, radius, config.edge_width, 0.2 if mass else 0.35)
         else:
             soft, box = _soft_cluster(rng, shape, centre, offsets, radii, config.edge_width)
         hard = soft > 0.5
         halo = ndimage.binary_dilation(hard, iterations=3)
-        if (occupied[box] & halo).any() or (hard & ~roi[box]).any():
+        if (occupied[box] & halo).any() or (hard & ~canvas.roi[box]).any():
             continue
-        membership[box] = np.maximum(membership[box], soft)
-        labels[box][hard] = label
+        canvas.membership[box] = np.maximum(canvas.membership[box], soft)
+        canvas.labels[box][hard] = label
         occupied[box] |= hard
+        if mass == "lesion":
+            _add_nodule(rng, config, hard, box, canvas.nodule)
+        elif mass == "look-alike":
+            canvas.lookalike[box] |= hard
         return True
     return False
 
 
+def _add_nodule(rng, config, hard: np.ndarray, box, nodule: np.ndarray) -> None:
+    """A nodule just inside the wall of the mass ``hard`` (on ``box``), anywhere along it."""
+    radius = rng.uniform(*config.nodule_radius)
+    depth = ndimage.distance_transform_edt(hard)
+    inset = radius * 1.45 + 2  # room for the nodule's longest axis inside the wall
+    wall = (depth > inset) & (depth <= inset + 1.5)
+    candidates = np.argwhere(wall if wall.any() else depth == depth.max())
+    local = candidates[rng.integers(len(candidates))]
+    centre = np.array([b.start for b in box]) + local
+    soft, nodule_box = _soft_blob(rng, nodule.shape, centre, radius, config.edge_width)
+    nodule[nodule_box] = np.maximum(nodule[nodule_box], soft)
+
+
 def make_case(seed: int, config: PhantomConfig = PhantomConfig()) -> tuple[np.ndarray, np.ndarray]:
     """One case: image (C, X, Y, Z) float32 and labels (X, Y, Z) uint8, both in voxel order."""
+    image, labels, _ = make_case_with_parts(seed, config)
+    return image, labels
+
+
+def make_case_with_parts(seed: int, config: PhantomConfig = PhantomConfig()):
+    """:func:`make_case` and its hidden parts {"nodule": mask, "look-alike": mask} (used by "nodules")."""
     rng = np.random.default_rng(seed)
     shape = tuple(config.shape)
-    roi = _roi(rng, shape)
-    inner = ndimage.distance_transform_edt(roi)
-    membership = np.zeros(shape, dtype=np.float32)
-    labels = np.zeros(shape, dtype=np.uint8)
-    occupied = np.zeros(shape, dtype=bool)
-
+    canvas = _Canvas.empty(_roi(rng, shape))
     counts = {
         label: int(rng.integers(lo, hi + 1)) for label, (lo, hi) in ((2, config.n_large), (1, config.n_small))
     }
     for label in (2, 1):  # large structures first: they need the room
-        for _ in range(counts[label]):
-            _place_structure(rng, config, label, roi, inner, membership, labels, occupied)
+        for index in range(counts[label]):
+            if config.style == "nodules" and label == 2:
+                # first mass a lesion, second a look-alike, any further one either, at random
+                lesion = index == 0 or (index > 1 and rng.random() < 0.5)
+                _place_structure(
+                    rng, config, canvas, 2 if lesion else 0, "lesion" if lesion else "look-alike"
+                )
+            else:
+                _place_structure(rng, config, canvas, label)
 
+    membership, nodule, roi = canvas.membership, canvas.nodule, canvas.roi
     channels = []
     for c in range(len(CHANNEL_NAMES)):
         tissue = TISSUE_MEAN[c] * (1 + config.texture * smooth_noise(rng, shape, scale=3.0))
         lesion = LESION_MEAN[c] * (1 + config.texture * smooth_noise(rng, shape, scale=3.0))
         image = tissue * (1 - membership) + lesion * membership
+        if config.style == "nodules":
+            image = image * (1 - nodule) + NODULE_MEAN[c] * nodule
         image *= 1 + config.bias * smooth_noise(rng, shape, scale=20.0)
         image += config.noise * TISSUE_MEAN[c] * rng.standard_normal(shape)
         image = ndimage.gaussian_filter(image, 0.5)
         channels.append(np.where(roi, np.clip(image, 1.0, None), 0.0))
+    labels = canvas.labels
     labels[~roi] = 0
-    return np.stack(channels).astype(np.float32), labels
+    parts = {"nodule": (nodule > 0.5) & roi, "look-alike": canvas.lookalike & roi}
+    return np.stack(channels).astype(np.float32), labels, parts
 
 
 def affine_for(config: PhantomConfig) -> np.ndarray:

@@ -9,7 +9,14 @@ import pytest
 from scipy import ndimage
 
 from src_training.cli import main
-from src_training.phantom import PhantomConfig, grow_lobes, make_case, write_dataset
+from src_training.phantom import (
+    STYLES,
+    PhantomConfig,
+    grow_lobes,
+    make_case,
+    make_case_with_parts,
+    write_dataset,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_data" / "phantom"
@@ -141,6 +148,7 @@ def test_cli_refuses_to_write_into_a_non_empty_folder(tmp_path, capsys):
         ["--jobs", "0"],
         ["--size", "48"],
         ["--style", "masses", "--size", "60"],
+        ["--style", "nodules", "--size", "96"],
     ],
 )
 def test_cli_rejects_bad_arguments(tmp_path, capsys, args):
@@ -152,10 +160,63 @@ def test_cli_names_the_styles_when_given_an_unknown_one(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["phantom", "--out", str(tmp_path / "x"), "--style", "cubes"])
     assert exit_info.value.code == 2
-    assert "invalid choice: 'cubes' (choose from 'clusters', 'masses', 'blobs')" in capsys.readouterr().err
+    listed = ", ".join(f"'{style}'" for style in STYLES)  # the CLI offers every style the generator has
+    assert f"invalid choice: 'cubes' (choose from {listed})" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
 
 def test_config_rejects_an_unknown_style():
     with pytest.raises(ValueError, match="phantom style must be one of"):
         PhantomConfig(style="cubes")
+
+
+@pytest.fixture(scope="module")
+def nodule_cases():
+    config = PhantomConfig(shape=(112, 112, 112), style="nodules")
+    return [make_case_with_parts(seed, config) for seed in range(3)]
+
+
+def test_nodules_every_lesion_has_a_nodule_and_every_case_a_lookalike(nodule_cases):
+    for _, labels, parts in nodule_cases:
+        lesions, n_lesions = ndimage.label(labels == 2)
+        assert n_lesions >= 1
+        for index in range(1, n_lesions + 1):
+            assert (parts["nodule"] & (lesions == index)).sum() >= 20  # a nodule of radius 2.5-4 inside
+        assert not (parts["nodule"] & (labels != 2)).any()  # the nodule is part of the lesion
+        assert parts["look-alike"].sum() > 10_000  # at least one look-alike mass, as big as a lesion
+        assert (labels[parts["look-alike"]] == 0).all()  # look-alikes are background
+
+
+def test_nodules_lookalikes_match_lesions_in_size_and_look(nodule_cases):
+    lesion_voxels, lookalike_voxels = [], []
+    for image, labels, parts in nodule_cases:
+        body = ndimage.binary_erosion(labels == 2, iterations=2) & ~ndimage.binary_dilation(
+            parts["nodule"], iterations=3
+        )
+        lookalike = ndimage.binary_erosion(parts["look-alike"], iterations=2)
+        # the bias field varies within a case: compare against the tissue right around each mass
+        for mask, out in ((body, lesion_voxels), (lookalike, lookalike_voxels)):
+            shell = ndimage.binary_dilation(mask, iterations=8) & (labels == 0) & ~parts["look-alike"]
+            shell &= image[0] > 0
+            out.append([image[c][mask].mean() / image[c][shell].mean() for c in range(2)])
+        lesion_size = (labels == 2).sum() / ndimage.label(labels == 2)[1]
+        lookalike_size = parts["look-alike"].sum() / ndimage.label(parts["look-alike"])[1]
+        assert 0.4 < lesion_size / lookalike_size < 2.5
+    np.testing.assert_allclose(np.mean(lesion_voxels, axis=0), np.mean(lookalike_voxels, axis=0), rtol=0.06)
+
+
+def test_nodules_leave_much_of_each_lesion_out_of_basic_view_but_not_small_ones(nodule_cases):
+    far = []
+    for _, labels, parts in nodule_cases:
+        distance = ndimage.distance_transform_edt(~parts["nodule"])
+        far.append((distance[labels == 2] > BASIC_VIEW // 2).mean())
+        _, extents = _components(labels, 1)
+        assert max(extents) <= BASIC_VIEW  # a whole small lesion fits in BASIC's view
+    assert np.mean(far) > 0.3  # no nodule within BASIC's reach for a third of the lesion voxels
+
+
+def test_cli_sizes_nodules_at_112_by_default(tmp_path, capsys):
+    assert main(["phantom", "--out", str(tmp_path / "n"), "--cases", "1", "--style", "nodules"]) == 0
+    meta = json.loads((tmp_path / "n" / "dataset.json").read_text())
+    assert meta["phantom"]["config"]["shape"] == [112, 112, 112]
+    assert meta["phantom"]["config"]["style"] == "nodules"

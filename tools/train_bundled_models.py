@@ -37,7 +37,7 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto")
     p.add_argument("--cases", type=int, default=40, help="training phantom cases, seeds 0.. (default 40)")
     p.add_argument("--val-cases", type=int, default=4)
-    p.add_argument("--style", choices=["clusters", "masses", "blobs"], default="clusters")
+    p.add_argument("--style", choices=["clusters", "masses", "blobs", "nodules"], default="clusters")
     p.add_argument("--patch-size", type=int, default=75)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--iters-per-epoch", type=int, default=25)

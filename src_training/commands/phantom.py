@@ -20,7 +20,7 @@ def register(subparsers, name: str, help_text: str) -> None:
     parser.add_argument("--cases", type=int, default=10, help="number of cases (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first case; case i uses seed+i")
     parser.add_argument(
-        "--size", type=int, nargs="+", default=[96], help="volume size: N or X Y Z (default 96)"
+        "--size", type=int, nargs="+", help="volume size: N or X Y Z (default 96; 112 for --style nodules)"
     )
     parser.add_argument("--spacing", type=float, nargs=3, default=[1.0, 1.0, 1.0], help="voxel size in mm")
     parser.add_argument(
@@ -28,10 +28,12 @@ def register(subparsers, name: str, help_text: str) -> None:
     )
     parser.add_argument(
         "--style",
-        choices=["clusters", "masses", "blobs"],
+        choices=["clusters", "masses", "blobs", "nodules"],
         default="clusters",
         help="structure shapes: 'clusters' of lobes (default; size needs context beyond 29^3), 'masses' "
-        "(a solid core with budding lobes) or single 'blobs' (a blob's curvature gives its size away)",
+        "(a solid core with budding lobes), single 'blobs' (a blob's curvature gives its size away) or "
+        "'nodules' (large lesions are masses with a small nodule on the wall; look-alike masses without "
+        "one are background)",
     )
     parser.add_argument("--jobs", type=int, default=1, help="generate cases in N processes (same files)")
     parser.set_defaults(func=run)
@@ -40,17 +42,18 @@ def register(subparsers, name: str, help_text: str) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from src_training.phantom import PhantomConfig, write_dataset
+    from src_training.phantom import PhantomConfig, default_size, smallest_size, write_dataset
 
     if args.cases < 1:
         raise DatasetError(f"--cases must be at least 1, got {args.cases}")
-    if len(args.size) not in (1, 3) or min(args.size) < 32:
-        raise DatasetError(f"--size takes one or three sizes of at least 32 voxels, got {args.size}")
-    shape = tuple(args.size * 3 if len(args.size) == 1 else args.size)
-    if args.style != "blobs" and min(shape) < 64:
+    size = args.size or [default_size(args.style)]
+    if len(size) not in (1, 3) or min(size) < 32:
+        raise DatasetError(f"--size takes one or three sizes of at least 32 voxels, got {size}")
+    shape = tuple(size * 3 if len(size) == 1 else size)
+    if min(shape) < smallest_size(args.style):
         raise DatasetError(
-            f"--style {args.style} needs at least 64 voxels per side for its large lesions (typically "
-            f"31-55 voxels across) to fit, got {list(shape)}; use a larger --size or --style blobs"
+            f"--style {args.style} needs at least {smallest_size(args.style)} voxels per side for its "
+            f"large structures to fit, got {list(shape)}; use a larger --size or --style blobs"
         )
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
