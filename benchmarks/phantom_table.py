@@ -8,7 +8,8 @@ Dice on the source grid. Printed:
 1. Dice per class and mean Dice, as mean +- standard deviation over cases (like the paper's Table 1);
 2. for every autofocus model, the mean expected dilation rate (sum_k attention_k * rate_k) of each
    autofocus layer inside ground-truth small lesions, large lesions, and lesion-free tissue
-   (inside the brain-like ROI). "Zooms out on large structures" means large > small.
+   (inside the brain-like ROI); for generated "nodules" cases also inside the look-alike masses
+   (taken out of tissue). "Zooms out on large structures" means large > small.
 
     python benchmarks/phantom_table.py                       # bundled models, 8 held-out cases
     python benchmarks/phantom_table.py --cases 20 --device cuda --json results.json
@@ -59,17 +60,26 @@ def parse_args(argv=None):
 
 
 def held_out_dataset(args, workdir: Path) -> Path:
-    from src_training.phantom import PhantomConfig, default_size, write_dataset
+    from src_training.phantom import PhantomConfig, write_dataset
 
     if args.data:
         return Path(args.data)
     out = workdir / f"phantom_heldout_{args.style}_{args.seed}"
     print(f"generating {args.cases} held-out phantom cases (seeds {args.seed}..{args.seed + args.cases - 1})")
-    config = PhantomConfig(shape=(default_size(args.style),) * 3, style=args.style)
-    return write_dataset(out, args.cases, args.seed, config, jobs=args.jobs)
+    return write_dataset(out, args.cases, args.seed, PhantomConfig(style=args.style), jobs=args.jobs)
 
 
-def evaluate_model(path: Path, cases: list, n_channels: int, device: str) -> dict:
+def hidden_parts(args, cases: list) -> dict[str, dict]:
+    """Look-alike masks of generated "nodules" cases, by case name (regenerated from the seed in the name)."""
+    from src_training.phantom import PhantomConfig, make_case_with_parts
+
+    if args.data or args.style != "nodules":
+        return {}
+    config = PhantomConfig(style=args.style)
+    return {case.name: make_case_with_parts(int(case.name.rsplit("_", 1)[1]), config)[2] for case in cases}
+
+
+def evaluate_model(path: Path, cases: list, n_channels: int, device: str, parts=None) -> dict:
     """Dice per structure per case and, for autofocus models, mean expected rates per region."""
     from napari_autofocus.attention import expected_rate
     from napari_autofocus.inference import predict_volume
@@ -105,6 +115,12 @@ def evaluate_model(path: Path, cases: list, n_channels: int, device: str) -> dic
             "large lesion": model_truth == 2,
             "tissue": (model_truth == 0) & inside_roi,
         }
+        if parts and case.name in parts:
+            lookalike = (
+                resample_labels_to(parts[case.name]["look-alike"].astype(np.uint8), image.shape[1:]) > 0
+            )
+            regions["look-alike"] = lookalike
+            regions["tissue"] &= ~lookalike
         for layer, maps in pred.attention.items():
             result.setdefault("rates", {})[layer] = list(pred.rates[layer])
             rate = expected_rate(maps, pred.rates[layer])
@@ -142,15 +158,16 @@ def dice_table(results: list[dict]) -> str:
 
 
 def attention_table(results: list[dict]) -> str:
+    names = ["small lesion", "large lesion", "tissue"]
+    if any("look-alike" in regions for r in results for regions in r["expected_rate"].values()):
+        names.insert(2, "look-alike")
     lines = [
-        "| model | layer | rates | small lesion | large lesion | tissue |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| model | layer | rates | " + " | ".join(names) + " |",
+        "| --- | --- | --- |" + " --- |" * len(names),
     ]
     for r in results:
         for layer, regions in r["expected_rate"].items():
-            cells = [
-                f"{regions.get(n, float('nan')):.2f}" for n in ("small lesion", "large lesion", "tissue")
-            ]
+            cells = [f"{regions.get(n, float('nan')):.2f}" for n in names]
             lines.append(f"| {r['arch']} | {layer} | {r['rates'][layer]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -203,10 +220,11 @@ def run(args) -> int:
         cases = [c for c in dataset.cases if c.label is not None]
         if not cases:
             raise AutofocusError(f"{dataset.root}: no labelled cases to score")
+        parts = hidden_parts(args, cases)
         results = []
         for path in models:
             print(f"{path.name}:")
-            result = evaluate_model(path, cases, len(dataset.modalities), args.device)
+            result = evaluate_model(path, cases, len(dataset.modalities), args.device, parts)
             results.append(result)
     last = args.seed + len(cases) - 1
     source = args.data or f"{len(cases)} generated '{args.style}' cases, seeds {args.seed}..{last}"

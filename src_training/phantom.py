@@ -47,9 +47,19 @@ LESION_MEAN = np.array([650.0, 1150.0])
 NODULE_MEAN = np.array([350.0, 850.0])
 
 
+def default_size(style: str) -> int:
+    """Volume edge for ``style``: 112 for "nodules" (two masses 32-42 voxels across must fit), else 96."""
+    return 112 if style == "nodules" else 96
+
+
+def smallest_size(style: str) -> int:
+    """The smallest volume edge at which ``style``'s large structures fit."""
+    return {"blobs": 32, "nodules": 112}.get(style, 64)
+
+
 @dataclass(frozen=True)
 class PhantomConfig:
-    shape: tuple[int, int, int] = (96, 96, 96)
+    shape: tuple[int, int, int] | None = None  # default: default_size(style) per side
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
     # "clusters": every structure is a chain/cluster of lobes of one size range; a small lesion has
     # a few lobes, a large one many, so the tip of a large structure looks like a whole small one.
@@ -65,12 +75,12 @@ class PhantomConfig:
     large_radius: tuple[float, float] = (13.0, 22.0)
     n_small: tuple[int, int] = (4, 8)
     n_large: tuple[int, int] = (2, 3)
-    # "nodules": a large lesion is a big mass (16-21 voxels in radius) with a small nodule just inside
-    # its wall; look-alike masses (same size, same look, no nodule) are background. Only the nodule
-    # tells them apart, and about 45% of a lesion lies more than 14 voxels from it.
+    # "nodules": n_large masses (16-21 voxels in radius; two, a third when it fits) of which one or two,
+    # drawn at random, are lesions with a small nodule just inside the wall; the others are look-alikes
+    # (same size, same look, no nodule), labelled background. Only the nodule tells them apart, and
+    # about 45% of a lesion lies more than 14 voxels from it.
     mass_radius: tuple[float, float] = (16.0, 21.0)
     nodule_radius: tuple[float, float] = (2.5, 4.0)
-    n_lookalike: tuple[int, int] = (1, 2)
     noise: float = 0.05  # Gaussian noise, as a fraction of tissue intensity
     bias: float = 0.15  # amplitude of the smooth multiplicative bias field
     texture: float = 0.06  # amplitude of smooth tissue texture
@@ -79,16 +89,13 @@ class PhantomConfig:
     def __post_init__(self) -> None:
         if self.style not in STYLES:
             raise ValueError(f"phantom style must be one of {STYLES}, not {self.style!r}")
-
-
-def default_size(style: str) -> int:
-    """Volume edge for ``style``: 112 for "nodules" (two masses 32-42 voxels across must fit), else 96."""
-    return 112 if style == "nodules" else 96
-
-
-def smallest_size(style: str) -> int:
-    """The smallest volume edge at which ``style``'s large structures fit."""
-    return {"blobs": 32, "nodules": 100}.get(style, 64)
+        if self.shape is None:
+            object.__setattr__(self, "shape", (default_size(self.style),) * 3)
+        if self.style == "nodules" and min(self.shape) < smallest_size("nodules"):
+            raise ValueError(
+                f"the nodules style needs at least {smallest_size('nodules')} voxels per side for two "
+                f"masses to fit, got {list(self.shape)}"
+            )
 
 
 def smooth_noise(rng: np.random.Generator, shape, scale: float) -> np.ndarray:
@@ -234,11 +241,11 @@ class _Canvas:
         )
 
 
-def _place_structure(rng, config, canvas: _Canvas, label: int, mass: str | None = None) -> bool:
-    """Rejection-sample one structure inside the ROI, 3 voxels clear of the others; False if none fits.
+def _place_structure(rng, config, canvas: _Canvas, label: int, mass: bool = False):
+    """Rejection-sample one structure inside the ROI, 3 voxels clear of the others.
 
-    ``mass`` ("nodules" style only) makes it a big mass: a "lesion" (label 2, with a mural nodule)
-    or a "look-alike" (background).
+    Returns its (hard mask, box), or None if none fits. ``mass`` ("nodules" style only) makes it a
+    big mass, drawn with ``label`` 0: whether it is a lesion is decided once all masses are placed.
     """
     shape = canvas.roi.shape
     inner, occupied = canvas.inner, canvas.occupied
@@ -260,8 +267,8 @@ def _place_structure(rng, config, canvas: _Canvas, label: int, mass: str | None 
             offsets, radii = grow_lobes(rng, int(rng.integers(lobes[0], lobes[1] + 1)), config.lobe_radius)
             offsets -= offsets.mean(axis=0)  # centre the structure on its centroid
             reach = float(np.median(np.linalg.norm(offsets, axis=1) + radii))
-        if mass:  # near the ROI edge and clear of the others, so two or three fit
-            room = (inner > reach * 1.25 + 2) & (inner < reach * 1.25 + 8) & (clearance > reach * 1.3 + 3)
+        if mass:  # near the ROI edge and clear of the others, so that two fit (a third sometimes)
+            room = (inner > reach * 1.2 + 2) & (inner < reach * 1.2 + 12) & (clearance > reach + 3)
             candidates = np.argwhere(room)
         else:
             candidates = np.argwhere(inner > reach * 0.9 + 2)
@@ -279,12 +286,32 @@ def _place_structure(rng, config, canvas: _Canvas, label: int, mass: str | None 
         canvas.membership[box] = np.maximum(canvas.membership[box], soft)
         canvas.labels[box][hard] = label
         occupied[box] |= hard
-        if mass == "lesion":
+        return hard, box
+    return None
+
+
+def _place_masses(rng, config, canvas: _Canvas, count: int, seed: int) -> None:
+    """Place ``count`` masses (at least two), then make one or two of them lesions at random.
+
+    Masses go first, on an empty canvas; when fewer than two fit, the canvas is cleared and the
+    masses are drawn again (the random stream goes on, so the case stays deterministic).
+    """
+    for _ in range(10):
+        masses = [m for m in (_place_structure(rng, config, canvas, 0, mass=True) for _ in range(count)) if m]
+        if len(masses) >= 2:
+            break
+        canvas.membership[:] = 0
+        canvas.occupied[:] = False
+    else:
+        raise ValueError(f"case {seed}: two masses do not fit in {list(canvas.roi.shape)}")
+    order = rng.permutation(len(masses))
+    lesions = {order[0]} | ({order[2]} if len(masses) > 2 and rng.random() < 0.5 else set())
+    for index, (hard, box) in enumerate(masses):
+        if index in lesions:
+            canvas.labels[box][hard] = 2
             _add_nodule(rng, config, hard, box, canvas.nodule)
-        elif mass == "look-alike":
+        else:
             canvas.lookalike[box] |= hard
-        return True
-    return False
 
 
 def _add_nodule(rng, config, hard: np.ndarray, box, nodule: np.ndarray) -> None:
@@ -315,15 +342,11 @@ def make_case_with_parts(seed: int, config: PhantomConfig = PhantomConfig()):
         label: int(rng.integers(lo, hi + 1)) for label, (lo, hi) in ((2, config.n_large), (1, config.n_small))
     }
     for label in (2, 1):  # large structures first: they need the room
-        for index in range(counts[label]):
-            if config.style == "nodules" and label == 2:
-                # first mass a lesion, second a look-alike, any further one either, at random
-                lesion = index == 0 or (index > 1 and rng.random() < 0.5)
-                _place_structure(
-                    rng, config, canvas, 2 if lesion else 0, "lesion" if lesion else "look-alike"
-                )
-            else:
-                _place_structure(rng, config, canvas, label)
+        if config.style == "nodules" and label == 2:
+            _place_masses(rng, config, canvas, counts[2], seed)
+            continue
+        for _ in range(counts[label]):
+            _place_structure(rng, config, canvas, label)
 
     membership, nodule, roi = canvas.membership, canvas.nodule, canvas.roi
     channels = []

@@ -188,21 +188,35 @@ def test_nodules_every_lesion_has_a_nodule_and_every_case_a_lookalike(nodule_cas
 
 
 def test_nodules_lookalikes_match_lesions_in_size_and_look(nodule_cases):
-    lesion_voxels, lookalike_voxels = [], []
+    lesion_contrast, lookalike_contrast, lesion_radii, lookalike_radii = [], [], [], []
     for image, labels, parts in nodule_cases:
-        body = ndimage.binary_erosion(labels == 2, iterations=2) & ~ndimage.binary_dilation(
-            parts["nodule"], iterations=3
-        )
+        nodule_zone = ndimage.binary_dilation(parts["nodule"], iterations=3)
+        body = ndimage.binary_erosion(labels == 2, iterations=2) & ~nodule_zone
         lookalike = ndimage.binary_erosion(parts["look-alike"], iterations=2)
         # the bias field varies within a case: compare against the tissue right around each mass
-        for mask, out in ((body, lesion_voxels), (lookalike, lookalike_voxels)):
+        for mask, out in ((body, lesion_contrast), (lookalike, lookalike_contrast)):
             shell = ndimage.binary_dilation(mask, iterations=8) & (labels == 0) & ~parts["look-alike"]
             shell &= image[0] > 0
             out.append([image[c][mask].mean() / image[c][shell].mean() for c in range(2)])
-        lesion_size = (labels == 2).sum() / ndimage.label(labels == 2)[1]
-        lookalike_size = parts["look-alike"].sum() / ndimage.label(parts["look-alike"])[1]
-        assert 0.4 < lesion_size / lookalike_size < 2.5
-    np.testing.assert_allclose(np.mean(lesion_voxels, axis=0), np.mean(lookalike_voxels, axis=0), rtol=0.06)
+        for mask, radii in ((labels == 2, lesion_radii), (parts["look-alike"], lookalike_radii)):
+            components, n = ndimage.label(mask)
+            volumes = ndimage.sum_labels(mask, components, index=range(1, n + 1))
+            radii.extend(np.cbrt(3 * volumes / (4 * np.pi)))
+    np.testing.assert_allclose(
+        np.mean(lesion_contrast, axis=0), np.mean(lookalike_contrast, axis=0), rtol=0.06
+    )
+    assert np.mean(lesion_radii) == pytest.approx(
+        np.mean(lookalike_radii), rel=0.1
+    )  # size gives nothing away
+
+
+def test_nodules_config_sizes_the_volume_and_refuses_too_small_ones():
+    assert PhantomConfig(style="nodules").shape == (112, 112, 112)
+    assert PhantomConfig().shape == (96, 96, 96)
+    with pytest.raises(ValueError, match="at least 112 voxels per side"):
+        PhantomConfig(style="nodules", shape=(96, 96, 96))
+    with pytest.raises(ValueError, match="two masses do not fit"):
+        make_case(0, PhantomConfig(style="nodules", mass_radius=(40.0, 45.0)))
 
 
 def test_nodules_leave_much_of_each_lesion_out_of_basic_view_but_not_small_ones(nodule_cases):

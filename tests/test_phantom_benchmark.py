@@ -44,7 +44,7 @@ def content_hash(path: str) -> str:
     return read_metadata(path)["content_sha256"]
 
 
-def expected_rates_by_hand(model_path: str, data: Path) -> dict:
+def expected_rates_by_hand(model_path: str, data: Path, lookalikes: dict | None = None) -> dict:
     """Mean over cases of the per-case mean of sum_k a_k r_k inside each ground-truth region."""
     from napari_autofocus.inference import predict_volume
     from napari_autofocus.nets import load_model
@@ -63,6 +63,9 @@ def expected_rates_by_hand(model_path: str, data: Path) -> dict:
             "large lesion": truth == 2,
             "tissue": (truth == 0) & (raw.image.max(0) > 0),
         }
+        if lookalikes:
+            regions["look-alike"] = lookalikes[case.name]
+            regions["tissue"] = regions["tissue"] & ~lookalikes[case.name]
         for layer, maps in pred.attention.items():
             rate = np.tensordot(np.array(pred.rates[layer], np.float32), maps.astype(np.float32), axes=1)
             for name, mask in regions.items():
@@ -112,6 +115,30 @@ def test_benchmark_scores_every_model_and_measures_attention(tmp_path, capsys):
     assert card.metrics["held_out"]["dice"] == results["AFN2"]["summary"]
     assert card.metrics["held_out"]["data"] == str(data)
     assert content_hash(afn) == before
+
+
+def test_nodules_cases_get_a_lookalike_region_taken_out_of_tissue(tmp_path):
+    import argparse
+
+    from src_training.data import open_dataset
+    from src_training.phantom import make_case_with_parts
+
+    config = PhantomConfig(shape=(112, 112, 112), style="nodules")
+    data = write_dataset(tmp_path / "heldout", cases=1, seed=7000, config=config)
+    cases = open_dataset(data).cases
+    args = argparse.Namespace(data=None, style="nodules", seed=7000)
+    parts = phantom_table.hidden_parts(args, cases)
+    expected = make_case_with_parts(7000, config)[2]["look-alike"]
+    assert expected.sum() > 10_000 and (parts["phantom_07000"]["look-alike"] == expected).all()
+    assert phantom_table.hidden_parts(argparse.Namespace(data=None, style="clusters", seed=7000), cases) == {}
+
+    afn = _tiny_model(tmp_path / "afn.safetensors", "AFN1", 0)
+    result = phantom_table.evaluate_model(Path(afn), cases, 2, "cpu", parts)
+    by_hand = expected_rates_by_hand(afn, data, {"phantom_07000": expected})
+    assert set(result["expected_rate"]["AF1"]) == {"small lesion", "large lesion", "look-alike", "tissue"}
+    assert result["expected_rate"]["AF1"] == pytest.approx(by_hand["AF1"])
+    table = phantom_table.attention_table([result])
+    assert "| small lesion | large lesion | look-alike | tissue |" in table
 
 
 def test_bad_input_is_a_clear_error_before_any_work(tmp_path):
