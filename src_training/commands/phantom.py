@@ -11,7 +11,8 @@ def register(subparsers, name: str, help_text: str) -> None:
     parser = subparsers.add_parser(
         name,
         help=help_text,
-        description="Write synthetic multi-channel 3D cases whose labels depend on structure size. "
+        description="Write synthetic multi-channel 3D cases whose labels depend on the size or the "
+        "surroundings of each structure, not on local intensity. "
         "The same seed always gives the same files.",
         epilog="example: python -m src_training phantom --out data/phantom --cases 20 --seed 0",
         formatter_class=argparse.RawDescriptionHelpFormatter,
