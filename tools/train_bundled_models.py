@@ -45,10 +45,18 @@ def parse_args(argv=None):
     p.add_argument("--fit-seconds", type=float, help="pick the epochs so that training takes about this long")
     p.add_argument("--workers", type=int, default=2, help="data-loading processes per run")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes for making phantoms")
-    p.add_argument("--heldout-cases", type=int, default=10, help="held-out cases for the benchmark")
+    p.add_argument(
+        "--heldout-cases",
+        type=int,
+        default=10,
+        help="held-out cases for the benchmark (0: skip it, e.g. to keep a GPU lease short; run it later)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--export", help="copy every model to EXPORT/<arch>_phantom.safetensors once trained")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.heldout_cases < 0:
+        p.error(f"--heldout-cases must be 0 (skip the benchmark) or more, got {args.heldout_cases}")
+    return args
 
 
 def python_env() -> dict[str, str]:
@@ -168,14 +176,22 @@ def main(argv=None) -> int:
                 work / "runs" / arch / "model.safetensors",
                 Path(args.export) / f"{arch}_phantom.safetensors",
             )
-    subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "phantom_table.py"), "--models",
-         *[f"runs/{a}/model.safetensors" for a in args.archs], "--cases", str(args.heldout_cases),
-         "--style", args.style, "--jobs", str(args.jobs), "--device", args.device,
-         "--json", "benchmark.json"],
-        cwd=work, env=env, check=True,
-    )  # fmt: skip
+    command = benchmark_command(args)
+    if args.heldout_cases == 0:
+        print(f"benchmark skipped (--heldout-cases 0); to run it, in {work}: {shlex.join(command)}")
+        return 0
+    subprocess.run([sys.executable, *command[1:]], cwd=work, env=env, check=True)
     return 0
+
+
+def benchmark_command(args) -> list[str]:
+    """The phantom_table call that scores every run of this work folder (run from inside it)."""
+    cases = args.heldout_cases or 10
+    return [
+        "python", str(REPO / "benchmarks" / "phantom_table.py"), "--models",
+        *[f"runs/{a}/model.safetensors" for a in args.archs], "--cases", str(cases),
+        "--style", args.style, "--jobs", str(args.jobs), "--device", args.device, "--json", "benchmark.json",
+    ]  # fmt: skip
 
 
 if __name__ == "__main__":
