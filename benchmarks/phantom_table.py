@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from napari_autofocus.errors import AutofocusError  # noqa: E402
+from src_training.phantom_styles import STYLES  # noqa: E402
 
 HELD_OUT_SEED = 7000  # training cases use seeds 0.., the bundled sample 9000: this range is unused
 STRUCTURES = {"small lesion": 1, "large lesion": 2}
@@ -44,7 +45,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=HELD_OUT_SEED, help=f"first seed (default {HELD_OUT_SEED})")
     p.add_argument(
         "--style",
-        choices=["clusters", "masses", "blobs", "nodules"],
+        choices=STYLES,
         default="clusters",
         help="phantom style of generated cases (default clusters)",
     )

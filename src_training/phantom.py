@@ -37,24 +37,15 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from src_training.phantom_styles import STYLES, default_size, smallest_size
+
 CHANNEL_NAMES = ("T1-like", "T2-like")
-STYLES = ("clusters", "masses", "blobs", "nodules")
 CLASS_NAMES = {0: "background", 1: "small lesion", 2: "large lesion"}
 # Mean intensity of tissue and of every lesion, per channel (arbitrary MR-like units).
 TISSUE_MEAN = np.array([1000.0, 700.0])
 LESION_MEAN = np.array([650.0, 1150.0])
 # "nodules" style: the small mural nodule on the wall of every large lesion (darker in both channels).
 NODULE_MEAN = np.array([350.0, 850.0])
-
-
-def default_size(style: str) -> int:
-    """Volume edge for ``style``: 112 for "nodules" (two masses 32-42 voxels across must fit), else 96."""
-    return 112 if style == "nodules" else 96
-
-
-def smallest_size(style: str) -> int:
-    """The smallest volume edge at which ``style``'s large structures fit."""
-    return {"blobs": 32, "nodules": 112}.get(style, 64)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from src_training.phantom_styles import STYLES  # noqa: E402
+
 ARCHS = ("AFN6", "BASIC", "ASPP_C", "ASPP_S", "DM")
 # DeepMedic's valid convolutions shrink its input by 48 (and it needs a multiple of 3): 93 -> 45^3
 # labels per patch, close to the 47^3 that a 75^3 patch gives the other networks.
@@ -37,7 +41,7 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto")
     p.add_argument("--cases", type=int, default=40, help="training phantom cases, seeds 0.. (default 40)")
     p.add_argument("--val-cases", type=int, default=4)
-    p.add_argument("--style", choices=["clusters", "masses", "blobs", "nodules"], default="clusters")
+    p.add_argument("--style", choices=STYLES, default="clusters")
     p.add_argument("--patch-size", type=int, default=75)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--iters-per-epoch", type=int, default=25)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from napari_autofocus.errors import DatasetError
+from src_training.phantom_styles import STYLES
 
 
 def register(subparsers, name: str, help_text: str) -> None:
@@ -29,7 +30,7 @@ def register(subparsers, name: str, help_text: str) -> None:
     )
     parser.add_argument(
         "--style",
-        choices=["clusters", "masses", "blobs", "nodules"],
+        choices=STYLES,
         default="clusters",
         help="structure shapes: 'clusters' of lobes (default; size needs context beyond 29^3), 'masses' "
         "(a solid core with budding lobes), single 'blobs' (a blob's curvature gives its size away) or "
@@ -43,7 +44,8 @@ def register(subparsers, name: str, help_text: str) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from src_training.phantom import PhantomConfig, default_size, smallest_size, write_dataset
+    from src_training.phantom import PhantomConfig, write_dataset
+    from src_training.phantom_styles import default_size, smallest_size
 
     if args.cases < 1:
         raise DatasetError(f"--cases must be at least 1, got {args.cases}")
