@@ -203,7 +203,10 @@ class Trainer:
             self.log("note: --amp on is ignored off CUDA (autocast on CPU is many times slower here)")
         self.amp_dtype = torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16
         net = net.to(self.device)
-        if cfg.channels_last:
+        self.channels_last = cfg.channels_last == "on" or (
+            cfg.channels_last == "auto" and self.device.type == "cpu"
+        )
+        if self.channels_last:
             net = net.to(memory_format=torch.channels_last_3d)
         self.net = net
         self.model = distributed.wrap(net, info, self.device)
@@ -295,7 +298,7 @@ class Trainer:
         for x, y in self._loader(epoch):
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
-            if cfg.channels_last:
+            if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last_3d)
             lr = cfg.lr * lr_factor(cfg, self.iteration, self.total_iters)
             for group in self.optimizer.param_groups:
@@ -326,7 +329,7 @@ class Trainer:
             case = self.val_cases[i]
             pred = predict_volume(
                 net, np.asarray(case.image), device=self.device, pad_value=self.pad_value,
-                channels_last=self.config.channels_last, amp=self.use_amp,
+                channels_last=self.channels_last, amp=self.use_amp,
             )  # fmt: skip
             labels = np.asarray(pred.labels)
             truth = np.asarray(case.label)

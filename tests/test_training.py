@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from napari_autofocus import metrics
+from napari_autofocus.errors import AutofocusError
 from napari_autofocus.nets import build_network, load_model
-from src_training.cli import main
-from src_training.config import resolve
+from src_training.cli import build_parser, main
+from src_training.config import check_resume_changes, resolve
 from src_training.phantom import PhantomConfig, write_dataset
-from src_training.trainer import lr_factor, split_cases
+from src_training.trainer import Trainer, lr_factor, split_cases
 
 TINY = PhantomConfig(
     shape=(48, 48, 48), small_radius=(2, 4), large_radius=(6, 9), n_small=(2, 3), n_large=(1, 1)
@@ -202,6 +203,34 @@ def test_presets_config_file_and_flags(tmp_path):
     assert len(val) == 2 and not set(val) & set(train_names)
     folds = [split_cases([f"c{i}" for i in range(10)], None, k, 5)[1] for k in range(5)]
     assert sorted(sum(folds, [])) == sorted(f"c{i}" for i in range(10))
+
+
+def test_channels_last_is_auto_and_on_for_cpu(data, tmp_path, capsys):
+    assert resolve({"data": "d", "out": "o"}).channels_last == "auto"
+    assert resolve({"data": "d", "out": "o", "channels_last": True}).channels_last == "on"  # old runs
+    assert resolve({"data": "d", "out": "o", "channels_last": False}).channels_last == "off"
+    with pytest.raises(AutofocusError, match="--channels-last must be auto, on or off"):
+        resolve({"data": "d", "out": "o", "channels_last": "fast"})
+    check_resume_changes({"channels_last": True}, {"channels_last": "on"})  # same setting, old spelling
+    with pytest.raises(AutofocusError, match="--channels-last"):
+        check_resume_changes({"channels_last": False}, {"channels_last": "on"})
+    # a bare --channels-last means on; the parser refuses other words
+    argv = ["train", "--out", "o", "--channels-last", "--workers", "0"]
+    assert build_parser(argv).parse_args(argv).channels_last == "on"
+    with pytest.raises(SystemExit) as stop:
+        train(data, tmp_path / "bad", "--channels-last", "fast")
+    assert stop.value.code == 2 and "invalid choice: 'fast'" in capsys.readouterr().err
+
+    ds, cache = data
+    layouts = {}
+    for setting in ("auto", "off"):
+        config = resolve({"data": str(ds), "out": str(tmp_path / setting), "cache": str(cache),
+                          "channels": [4] * 8, "device": "cpu", "channels_last": setting})  # fmt: skip
+        trainer = Trainer(config)
+        trainer.setup()
+        weight = next(p for p in trainer.net.parameters() if p.dim() == 5)
+        layouts[setting] = (trainer.channels_last, weight.is_contiguous(memory_format=torch.channels_last_3d))
+    assert layouts == {"auto": (True, True), "off": (False, False)}
 
 
 def test_help_shows_examples(capsys):

@@ -85,7 +85,11 @@ def register(subparsers, name: str, help_text: str) -> None:
     g = p.add_argument_group("hardware and logging")
     g.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="default auto (CUDA, MPS, CPU)")
     g.add_argument("--amp", choices=["auto", "on", "off"], help="mixed precision; auto = on for CUDA only")
-    g.add_argument("--channels-last", action="store_true", help="channels_last_3d memory layout")
+    g.add_argument(
+        "--channels-last", nargs="?", const="on", choices=["auto", "on", "off"],
+        help="channels_last_3d memory layout; auto (default) = on for CPU, where oneDNN runs the dilated "
+        "convolutions about 1.5x faster here; a bare --channels-last means on",
+    )  # fmt: skip
     g.add_argument("--workers", type=int, help="DataLoader worker processes per rank (default 2)")
     g.add_argument("--val-every", type=int, help="validate every N epochs (default 1; 0 = never)")
     g.add_argument("--tensorboard", action="store_true", help="also log to <out>/tensorboard if installed")
