@@ -5,7 +5,7 @@ batch of patches, NCDHW and channels-last-3d side by side in one process, interl
 repeats, and prints seconds per step, seconds per patch and the ratio. On CPU oneDNN picks much
 faster kernels for the dilated 3^3 convolutions in the channels-last layout.
 
-    python benchmarks/train_step.py                          # AFN6, 2 patches of 57^3 (about 2 min on 2 cores)
+    python benchmarks/train_step.py                    # AFN6, 2 patches of 57^3 (2 min on 2 cores)
     python benchmarks/train_step.py --arch BASIC --patch 75 --batch 1
     python benchmarks/train_step.py --channels 8,8,10,10,10,10,12,12 --batch 4 --json
 """
@@ -61,9 +61,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     channels = [int(c) for c in args.channels.split(",")] if args.channels else None
 
-    steps = {name: make_step(args.arch, channels, args.batch, args.patch, fmt) for name, fmt in LAYOUTS.items()}
+    steps = {
+        name: make_step(args.arch, channels, args.batch, args.patch, fmt) for name, fmt in LAYOUTS.items()
+    }
     best = {name: float("inf") for name in steps}
-    for name, step in steps.items():
+    for step in steps.values():
         step()  # warm-up: oneDNN primitive creation, allocator
     for _ in range(args.repeats):  # interleaved, so machine noise hits both layouts alike
         for name, step in steps.items():
@@ -80,7 +82,7 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"{args.arch}, batch {args.batch} x {args.patch}^3, {report['threads']} threads, min of {args.repeats}")
+    print(f"{args.arch}, {args.batch} x {args.patch}^3, {report['threads']} threads, min of {args.repeats}")
     for name, seconds in best.items():
         print(f"  {name:17s} {seconds:7.2f} s/step  {seconds / args.batch:6.2f} s/patch")
     print(f"  channels-last-3d is {report['speedup_channels_last']:.2f}x faster per step")

@@ -8,6 +8,11 @@ run can be repeated with fixed numbers.
 
     python tools/train_bundled_models.py --work build/bundled --device cuda --fit-seconds 300
     python tools/train_bundled_models.py --work build/bundled --device cuda --epochs 20
+    python tools/train_bundled_models.py --work build/bundled --device cuda --epochs 20 --resume
+
+Stopping the driver (Ctrl-C, SIGTERM, a time limit) stops every run at once; ``--resume`` continues
+them from their last finished epoch (each run's ``checkpoint_latest.pt``), so a budget can be spent
+in pieces, e.g. on a GPU lease with a per-command time limit.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -56,6 +62,9 @@ def parse_args(argv=None):
         help="held-out cases for the benchmark (0: skip it, e.g. to keep a GPU lease short; run it later)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--resume", action="store_true", help="continue the runs already in WORK/runs from their last epoch"
+    )
     p.add_argument("--export", help="copy every model to EXPORT/<arch>_phantom.safetensors once trained")
     args = p.parse_args(argv)
     if args.heldout_cases < 0:
@@ -81,16 +90,26 @@ def train_command(args, arch: str, out: str, epochs: int, iters: int, val_every:
     ]  # fmt: skip
 
 
+def _stop_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 def run_all(commands: dict[str, list[str]], work: Path, logs: Path) -> dict[str, float]:
-    """Start every command at once; wait for all; return each one's wall time (raise if one failed)."""
+    """Start every command at once; wait for all; return each one's wall time (raise if one failed).
+
+    If the wait is cut short (an error, Ctrl-C, SIGTERM) the runs are stopped too, not left training.
+    """
     logs.mkdir(parents=True, exist_ok=True)
     env = {**python_env(), "PYTHONUNBUFFERED": "1"}
     start = time.perf_counter()
     seconds, failed = {}, []
     with contextlib.ExitStack() as stack:
         procs = {}
+        stack.callback(_stop_all, procs)
+        with contextlib.suppress(ValueError):  # not the main thread: leave SIGTERM alone
+            stack.callback(signal.signal, signal.SIGTERM, signal.signal(signal.SIGTERM, _stop_on_sigterm))
         for arch, cmd in commands.items():
-            log = stack.enter_context(open(logs / f"{arch}.log", "w"))
+            log = stack.enter_context(open(logs / f"{arch}.log", "a"))
             procs[arch] = subprocess.Popen(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
         while len(seconds) < len(procs):  # poll, so each run gets its own finishing time
             for arch, proc in procs.items():
@@ -105,6 +124,18 @@ def run_all(commands: dict[str, list[str]], work: Path, logs: Path) -> dict[str,
             f"training failed for {failed}:\n" + "\n".join(f"--- {a}\n{t}" for a, t in tails.items())
         )
     return seconds
+
+
+def _stop_all(procs: dict[str, subprocess.Popen]) -> None:
+    """Terminate the runs still going (each saves nothing mid-epoch; --resume picks up the last epoch)."""
+    running = [proc for proc in procs.values() if proc.poll() is None]
+    for proc in running:
+        proc.terminate()
+    for proc in running:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def seconds_per_iteration(args, work: Path) -> dict[str, float]:
@@ -167,6 +198,9 @@ def main(argv=None) -> int:
     commands = {
         a: train_command(args, a, f"runs/{a}", epochs, args.iters_per_epoch, val_every) for a in args.archs
     }
+    for arch, command in commands.items():
+        if continue_run(work / "runs" / arch, args.resume):
+            command.append("--resume")
     (work / "commands.sh").write_text(
         "\n".join(shlex.join(["python", *c[1:]]) for c in commands.values()) + "\n"
     )
@@ -186,6 +220,21 @@ def main(argv=None) -> int:
         return 0
     subprocess.run([sys.executable, *command[1:]], cwd=work, env=env, check=True)
     return 0
+
+
+def continue_run(run: Path, resume: bool) -> bool:
+    """Whether ``run`` is resumed; an earlier run is never overwritten or mixed in by accident."""
+    started = run.is_dir() and any(run.iterdir())
+    if not started:
+        return False
+    if not resume:
+        raise SystemExit(f"{run} already holds a run; add --resume to continue it, or use another --work")
+    if not (run / "checkpoint_latest.pt").is_file():
+        raise SystemExit(
+            f"--resume: {run} has no checkpoint_latest.pt (it stopped before its first epoch); "
+            "remove the folder to start it over"
+        )
+    return True
 
 
 def benchmark_command(args) -> list[str]:
