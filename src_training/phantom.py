@@ -15,8 +15,9 @@ The "nodules" style asks a different question, modelled on a cyst with a mural n
 simple cyst: a large lesion (label 2) is a big mass, 32-42 voxels across, with a small darker
 nodule just inside its wall; look-alike masses of the same size and look but without a nodule are
 background; small lesions (label 1) are single blobs that their own curvature identifies. Only the
-nodule tells a lesion from a look-alike, and about 40% of a lesion lies more than 14 voxels from it,
-out of BASIC's view; a small lesion, by contrast, is decided by what lies within a few voxels.
+nodule tells a lesion from a look-alike, and for about a fifth of a lesion's voxels no part of it
+lies inside the 29^3 window centred on them, BASIC's view (about 40% lie more than 14 voxels from it
+in straight-line distance); a small lesion, by contrast, is decided by what lies within a few voxels.
 
 Around the lesions: a brain-like region of interest (background 0 outside, as in skull-stripped
 MRI), smooth tissue texture, a smooth multiplicative bias field, Gaussian noise and partial-volume
@@ -69,7 +70,7 @@ class PhantomConfig:
     # "nodules": n_large masses (16-21 voxels in radius; two, a third when it fits) of which one or two,
     # drawn at random, are lesions with a small nodule just inside the wall; the others are look-alikes
     # (same size, same look, no nodule), labelled background. Only the nodule tells them apart, and
-    # about 40% of a lesion lies more than 14 voxels from it.
+    # about a fifth of a lesion's voxels do not have it in their 29^3 window (BASIC's view).
     mass_radius: tuple[float, float] = (16.0, 21.0)
     nodule_radius: tuple[float, float] = (2.5, 4.0)
     noise: float = 0.05  # Gaussian noise, as a fraction of tissue intensity

@@ -222,11 +222,12 @@ def test_nodules_config_sizes_the_volume_and_refuses_too_small_ones():
 def test_nodules_leave_much_of_each_lesion_out_of_basic_view_but_not_small_ones(nodule_cases):
     far = []
     for _, labels, parts in nodule_cases:
-        distance = ndimage.distance_transform_edt(~parts["nodule"])
+        # BASIC sees the 29^3 window around a voxel: the chessboard distance says what is outside it
+        distance = ndimage.distance_transform_cdt(~parts["nodule"], metric="chessboard")
         far.append((distance[labels == 2] > BASIC_VIEW // 2).mean())
         _, extents = _components(labels, 1)
         assert max(extents) <= BASIC_VIEW  # a whole small lesion fits in BASIC's view
-    assert np.mean(far) > 0.3  # no nodule within BASIC's reach for a third of the lesion voxels
+    assert np.mean(far) > 0.15  # no nodule in BASIC's view for about a fifth of the lesion voxels
 
 
 def test_cli_sizes_nodules_at_112_by_default(tmp_path, capsys):
