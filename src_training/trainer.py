@@ -203,8 +203,10 @@ class Trainer:
             self.log("note: --amp on is ignored off CUDA (autocast on CPU is many times slower here)")
         self.amp_dtype = torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16
         net = net.to(self.device)
+        from napari_autofocus.inference import prefers_channels_last
+
         self.channels_last = cfg.channels_last == "on" or (
-            cfg.channels_last == "auto" and self.device.type == "cpu"
+            cfg.channels_last == "auto" and prefers_channels_last(self.device)
         )
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last_3d)

@@ -97,6 +97,8 @@ def test_resume_continues_earlier_runs_and_never_overwrites_them(tmp_path, monke
     (tmp_path / "runs" / "BASIC" / "config.json").write_text("{}")
     with pytest.raises(SystemExit, match="no checkpoint_latest.pt"):
         train_bundled.main([*base, "--resume"])
+    with pytest.raises(SystemExit):  # the epoch count must be the runs' own, not a new time estimate
+        train_bundled.parse_args(["--work", "w", "--fit-seconds", "300", "--resume"])
 
 
 def test_stopping_the_driver_stops_every_run(tmp_path, monkeypatch):

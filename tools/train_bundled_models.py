@@ -67,6 +67,8 @@ def parse_args(argv=None):
     )
     p.add_argument("--export", help="copy every model to EXPORT/<arch>_phantom.safetensors once trained")
     args = p.parse_args(argv)
+    if args.resume and not args.epochs:
+        p.error("--resume needs --epochs (the count the runs started with), not a new --fit-seconds estimate")
     if args.heldout_cases < 0:
         p.error(f"--heldout-cases must be 0 (skip the benchmark) or more, got {args.heldout_cases}")
     return args

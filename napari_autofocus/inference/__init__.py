@@ -6,6 +6,7 @@ from napari_autofocus.inference.engine import (
     Prediction,
     make_plan,
     predict_volume,
+    prefers_channels_last,
     resolve_device,
 )
 
@@ -15,5 +16,6 @@ __all__ = [
     "Prediction",
     "make_plan",
     "predict_volume",
+    "prefers_channels_last",
     "resolve_device",
 ]
