@@ -1,6 +1,7 @@
 """Derived attention maps on hand-made attention."""
 
 import numpy as np
+import pytest
 
 from napari_autofocus.attention import (
     argmax_rate,
@@ -50,3 +51,22 @@ def test_mean_attention_per_class():
     means = mean_attention_per_class(a, labels, [0, 1, 2])
     assert set(means) == {1, 2}
     np.testing.assert_allclose(means[1], [0.625, 0.125, 0.125, 0.125])
+
+
+def test_seam_score_finds_jumps_at_tile_borders_and_not_elsewhere():
+    from napari_autofocus.attention import seam_score
+
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    smooth = ndimage.gaussian_filter(rng.normal(0, 1, size=(40, 30, 20)), 2).astype(np.float32) + 6
+    borders = [[10, 20, 30], [15], []]
+    assert 0.5 < seam_score(smooth, borders) < 1.5
+    seamed = smooth.copy()
+    seamed[20:] += 1.0  # a tile computed differently from plane 20 on
+    assert seam_score(seamed, borders) > 5
+    outside = smooth.copy()
+    outside[:5] = np.nan  # planes not computed are left out, not counted as jumps
+    assert 0.5 < seam_score(outside, borders) < 1.5
+    with pytest.raises(ValueError, match="no computed border"):
+        seam_score(smooth, [[], [], []])

@@ -9,12 +9,12 @@ from torch import nn
 
 from napari_autofocus.inference import Cancelled, make_plan, predict_volume
 from napari_autofocus.inference.tiling import plan_tiles
-from napari_autofocus.nets import AutofocusConv, build_network
+from napari_autofocus.nets import AutofocusConv, build_network, capture_attention
 
 TINY = (4, 4, 4, 4, 4, 4, 4, 4)
 
 
-def _randomize_bn(model, seed=0):
+def _randomize_bn(model, seed=0, scale=0.3):
     g = torch.Generator().manual_seed(seed)
     for m in model.modules():
         if isinstance(m, nn.BatchNorm3d):
@@ -23,28 +23,165 @@ def _randomize_bn(model, seed=0):
             m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1 + 0.05)
     for p in model.parameters():
         if p.dim() == 5:
-            p.data.normal_(0, 0.3, generator=g)
+            p.data.normal_(0, scale, generator=g)
     return model.eval()
 
 
-def _whole_volume_logits(model, image, pad_value=0.0):
+def _whole_volume_pass(model, image, pad_value=0.0):
+    """Log-probabilities and attention of ``model(x)`` on the whole margin-padded volume, cropped
+    to the volume's grid (DM's input is padded on to its multiple of three)."""
+    m, multiple = model.margin, getattr(model, "input_multiple", 1)
+    pads = [(m, m + (-(n + 2 * m)) % multiple) for n in image.shape[1:]]
+    padded = np.pad(image, [(0, 0), *pads], constant_values=pad_value)
+    with torch.no_grad(), capture_attention(model) as captured:
+        logits = model(torch.from_numpy(padded)[None])[0]
+    grid = tuple(slice(0, n) for n in image.shape[1:])
+    attention = {}
+    for g in model.autofocus_geometry():
+        c = m - g["offset"]
+        attention[g["name"]] = captured[g["name"]][0].numpy()[
+            (slice(None), *(slice(c, c + n) for n in image.shape[1:]))
+        ]
+    return torch.log_softmax(logits, 0).numpy()[(slice(None), *grid)], attention
+
+
+def _model(arch, seed=0):
+    options = {"fc_channels": (8, 8)} if arch == "DM" else {}
+    return _randomize_bn(build_network(arch, 2, 3, channels=TINY, **options), seed, scale=0.15)
+
+
+def _assert_same_as_one_pass(pred, expected_logp, expected_attention):
+    np.testing.assert_array_equal(pred.labels, expected_logp.argmax(0))
+    assert np.abs(np.log(pred.probabilities) - expected_logp).max() <= 1e-4
+    assert set(pred.attention) == set(expected_attention)
+    for name, a in expected_attention.items():
+        assert a.std() > 1e-3  # not flat, so a misplacement or a seam would show
+        assert np.abs(pred.attention[name] - a).max() <= 1e-4, name
+
+
+ARCHS = ["BASIC", "AFN1", "AFN6", "ASPP_C", "ASPP_S", "DM"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_whole_mode_equals_one_forward_pass_over_the_volume(arch):
+    model = _model(arch)
+    image = np.random.default_rng(1).normal(size=(2, 23, 31, 17)).astype(np.float32)
+    expected = _whole_volume_pass(model, image)
+    pred = predict_volume(
+        model, image, crop=False, probabilities=True, attention=True, attention_dtype=np.float32, device="cpu"
+    )
+    assert pred.mode == ("tiled" if arch == "DM" else "whole")  # DM is all-valid: its tiles are exact
+    assert pred.crop_box == ((0, 23), (0, 31), (0, 17)) and pred.computed.all()
+    _assert_same_as_one_pass(pred, *expected)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_cropped_run_equals_one_pass_over_the_cropped_volume(arch):
+    """Default crop: the foreground's box plus the margin read from real data, one pass over it."""
+    model = _model(arch, seed=3)
+    rng = np.random.default_rng(2)
+    image = np.zeros((2, 30, 26, 33), np.float32)
+    image[:, 5:22, 9:20, 4:31] = rng.normal(size=(2, 17, 11, 27))
+    box = ((5, 22), (9, 20), (4, 31))
     m = model.margin
-    padded = np.pad(image, [(0, 0)] + [(m, m)] * 3, constant_values=pad_value)
-    with torch.no_grad():
-        return model(torch.from_numpy(padded)[None])[0].numpy()
+    region = image[(slice(None), *(slice(max(a - m, 0), b + m) for a, b in box))]
+    # pad where the margin leaves the image, as the engine does, then one pass over that volume
+    extents = image.shape[1:]
+    pads = [
+        (m - (a - max(a - m, 0)), m - (min(b + m, n) - b)) for (a, b), n in zip(box, extents, strict=True)
+    ]
+    source = np.pad(region, [(0, 0), *pads])
+    pred = predict_volume(
+        model, image, probabilities=True, attention=True, attention_dtype=np.float32, device="cpu"
+    )
+    assert pred.crop_box == box
+    inside = tuple(slice(a, b) for a, b in box)
+    expected_logp, expected_att = _one_pass_on_source(model, source)
+    _assert_same_as_one_pass(_Sub(pred, inside), expected_logp, expected_att)
+    outside = ~pred.computed
+    assert pred.computed[inside].all() and outside.sum() == pred.computed.size - np.prod(
+        [b - a for a, b in box]
+    )
+    assert (pred.labels[outside] == 0).all() and (pred.probabilities[0][outside] == 1).all()
+    for a in pred.attention.values():
+        assert np.isnan(a[:, outside]).all()
+
+
+def _one_pass_on_source(model, source):
+    """model(x) on an input that already carries its margin (DM: padded on to a multiple of 3)."""
+    multiple, m = getattr(model, "input_multiple", 1), model.margin
+    padded = np.pad(source, [(0, 0)] + [(0, (-n) % multiple) for n in source.shape[1:]])
+    out = tuple(slice(0, n - 2 * m) for n in source.shape[1:])
+    with torch.no_grad(), capture_attention(model) as captured:
+        logits = model(torch.from_numpy(padded)[None])[0]
+    attention = {}
+    for g in model.autofocus_geometry():
+        c = m - g["offset"]
+        attention[g["name"]] = captured[g["name"]][0].numpy()[
+            (slice(None), *(slice(c, c + s.stop) for s in out))
+        ]
+    return torch.log_softmax(logits, 0).numpy()[(slice(None), *out)], attention
+
+
+class _Sub:
+    """The part of a prediction inside a box, shaped like a prediction."""
+
+    def __init__(self, pred, inside):
+        self.labels = pred.labels[inside]
+        self.probabilities = pred.probabilities[(slice(None), *inside)]
+        self.attention = {n: a[(slice(None), *inside)] for n, a in pred.attention.items()}
+
+
+def test_the_margin_comes_from_real_data_around_the_crop():
+    """For BASIC (all-valid) cropping changes nothing inside the box: the margin is real data."""
+    model = _model("BASIC")
+    image = np.random.default_rng(4).normal(size=(2, 30, 30, 30)).astype(np.float32)
+    roi = np.zeros(image.shape[1:], bool)
+    roi[10:20, 8:21, 12:25] = True
+    cropped = predict_volume(model, image, roi=roi, probabilities=True, device="cpu")
+    full = predict_volume(model, image, crop=False, probabilities=True, device="cpu")
+    inside = cropped.computed
+    assert inside.sum() == 10 * 13 * 13
+    np.testing.assert_allclose(cropped.probabilities[:, inside], full.probabilities[:, inside], atol=1e-5)
+
+
+def test_outputs_do_not_depend_on_the_memory_budget():
+    """A budget too small to hold activations moves them to a file and thins the slabs; same outputs."""
+    model = _model("AFN6", seed=5)
+    image = np.random.default_rng(6).normal(size=(2, 40, 33, 29)).astype(np.float32)
+    kwargs = dict(crop=False, probabilities=True, attention=True, attention_dtype=np.float32, device="cpu")
+    roomy = predict_volume(model, image, memory_budget_gib=8.0, **kwargs)
+    tight = predict_volume(model, image, memory_budget_gib=0.002, **kwargs)
+    assert roomy.timings["activations_in_file"] == [] and len(tight.timings["activations_in_file"]) >= 6
+    assert tight.slabs_run > roomy.slabs_run
+    np.testing.assert_array_equal(tight.labels, roomy.labels)
+    np.testing.assert_allclose(tight.probabilities, roomy.probabilities, atol=1e-6)
+    for name, a in roomy.attention.items():
+        np.testing.assert_allclose(tight.attention[name], a, atol=1e-6)
+
+
+def test_one_pass_gives_what_streaming_gives():
+    """The CUDA path (one pass when it fits) checked on the CPU against per-layer streaming."""
+    model = _model("AFN1", seed=7)
+    image = np.random.default_rng(8).normal(size=(2, 21, 18, 25)).astype(np.float32)
+    kwargs = dict(probabilities=True, attention=True, attention_dtype=np.float32, device="cpu")
+    streamed = predict_volume(model, image, **kwargs)
+    single = predict_volume(model, image, one_pass=True, **kwargs)
+    assert single.slabs_run == 0 and single.tiles_run == 1 and streamed.slabs_run > 1
+    np.testing.assert_array_equal(single.labels, streamed.labels)
+    np.testing.assert_allclose(single.probabilities, streamed.probabilities, atol=1e-5)
+    np.testing.assert_allclose(single.attention["AF1"], streamed.attention["AF1"], atol=1e-5)
 
 
 @pytest.mark.parametrize("shape", [(23, 31, 17), (9, 40, 13)])
 def test_tiled_basic_equals_one_whole_volume_pass(shape):
-    torch.manual_seed(0)
     model = _randomize_bn(build_network("BASIC", 2, 3, channels=TINY))
     image = np.random.default_rng(1).normal(size=(2, *shape)).astype(np.float32)
-    whole = _whole_volume_logits(model, image)
-    expected = torch.softmax(torch.from_numpy(whole), 0).numpy()
-    pred = predict_volume(model, image, tile_size=7, probabilities=True, device="cpu")
+    logp, _ = _whole_volume_pass(model, image)
+    pred = predict_volume(model, image, mode="tiled", tile_size=7, probabilities=True, device="cpu")
     assert pred.tiles_run == len(make_plan(model, shape, tile_size=7).tiles) > 8
-    np.testing.assert_allclose(pred.probabilities, expected, atol=2e-5)
-    np.testing.assert_array_equal(pred.labels, whole.argmax(0))
+    np.testing.assert_allclose(pred.probabilities, np.exp(logp), atol=2e-5)
+    np.testing.assert_array_equal(pred.labels, logp.argmax(0))
     assert pred.labels.shape == shape
 
 
@@ -52,43 +189,18 @@ def test_volume_smaller_than_one_patch():
     model = _randomize_bn(build_network("BASIC", 2, 3, channels=TINY))
     image = np.random.default_rng(2).normal(size=(2, 3, 5, 4)).astype(np.float32)
     pred = predict_volume(model, image, probabilities=True, device="cpu")
-    assert pred.labels.shape == (3, 5, 4) and pred.tiles_run == 1
+    assert pred.labels.shape == (3, 5, 4) and pred.slabs_run >= 1
     np.testing.assert_allclose(pred.probabilities.sum(0), 1.0, atol=1e-5)
-    whole = _whole_volume_logits(model, image)
-    np.testing.assert_array_equal(pred.labels, whole.argmax(0))
+    logp, _ = _whole_volume_pass(model, image)
+    np.testing.assert_array_equal(pred.labels, logp.argmax(0))
 
 
 def test_deepmedic_odd_sizes_respect_its_multiple_of_three():
     model = _randomize_bn(build_network("DM", 1, 2, channels=TINY, fc_channels=(8, 8)))
     image = np.random.default_rng(3).normal(size=(1, 10, 14, 7)).astype(np.float32)
-    pred = predict_volume(model, image, tile_size=5, device="cpu")
+    pred = predict_volume(model, image, mode="tiled", tile_size=5, device="cpu")
     assert pred.labels.shape == (10, 14, 7)
     assert all((t + 2 * model.margin) % 3 == 0 for t in pred.tile_size)
-
-
-def test_attention_of_afn1_is_placed_on_the_input_grid():
-    """AFN1's only autofocus layer follows all-valid layers, so its attention is translation
-    equivariant: the stitched tiled map must equal one whole-volume pass shifted by the layer offset."""
-    model = _randomize_bn(build_network("AFN1", 2, 3, channels=TINY), seed=4)
-    for m in model.modules():
-        if isinstance(m, AutofocusConv):
-            m.att2.weight.data.normal_(0, 2.0)
-    shape = (15, 22, 11)
-    image = np.random.default_rng(5).normal(size=(2, *shape)).astype(np.float32)
-    pred = predict_volume(model, image, tile_size=6, attention=True, attention_dtype=np.float32, device="cpu")
-    [geometry] = model.autofocus_geometry()
-    m, offset = model.margin, geometry["offset"]
-    padded = np.pad(image, [(0, 0)] + [(m, m)] * 3)
-    from napari_autofocus.nets import capture_attention
-
-    with torch.no_grad(), capture_attention(model) as captured:
-        model(torch.from_numpy(padded)[None])
-    crop = m - offset
-    whole = captured["AF1"][0].numpy()[(slice(None), *(slice(crop, crop + n) for n in shape))]
-    assert pred.attention["AF1"].shape == (4, *shape)
-    np.testing.assert_allclose(pred.attention["AF1"], whole, atol=1e-5)
-    assert whole.std() > 0.01  # the map is not flat, so a misplacement would show
-    np.testing.assert_allclose(pred.attention["AF1"].sum(0), 1.0, atol=1e-5)
 
 
 class _MarkerNet(nn.Module):
@@ -118,36 +230,49 @@ def test_attention_lines_up_voxel_for_voxel_with_a_synthetic_marker():
     image = np.zeros((1, 20, 21, 22), np.float32)
     image[0, 3:6, 10:14, 15:21] = 1.0  # a bright box: attention to rate 2 is sigmoid(6) there, 0.5 elsewhere
     pred = predict_volume(
-        _MarkerNet(), image, tile_size=4, attention=True, attention_dtype=np.float32, device="cpu"
+        _MarkerNet(), image, crop=False, tile_size=4, attention=True, attention_dtype=np.float32, device="cpu"
     )
     expected = np.where(image[0] > 0, 1 / (1 + np.exp(-6.0)), 0.5)
     np.testing.assert_allclose(pred.attention["AF1"][0], expected, atol=1e-6)
 
 
-def test_roi_skips_tiles_and_marks_them_not_computed():
-    model = _randomize_bn(build_network("AFN1", 2, 3, channels=TINY))
-    image = np.random.default_rng(6).normal(size=(2, 24, 24, 24)).astype(np.float32)
-    box = ((0, 8), (0, 8), (0, 8))
-    pred = predict_volume(model, image, tile_size=8, roi=box, attention=True, device="cpu")
-    assert (pred.tiles_run, pred.tiles_skipped) == (1, 26)
-    assert pred.computed[:8, :8, :8].all() and pred.computed.sum() == 8**3
-    assert np.isnan(pred.attention["AF1"][:, 10:, :, :].astype(np.float32)).all()
-    assert (pred.labels[~pred.computed] == 0).all()
+def test_an_empty_roi_computes_nothing():
+    model = _model("AFN1")
+    image = np.random.default_rng(6).normal(size=(2, 12, 12, 12)).astype(np.float32)
+    pred = predict_volume(model, image, roi=np.zeros((12, 12, 12), bool), attention=True, device="cpu")
+    assert pred.crop_box is None and not pred.computed.any() and (pred.labels == 0).all()
+    assert np.isnan(pred.attention["AF1"].astype(np.float32)).all()
 
 
-def test_cancel_stops_within_one_tile_and_returns_nothing():
-    model = _randomize_bn(build_network("BASIC", 2, 3, channels=TINY))
-    image = np.zeros((2, 20, 20, 20), np.float32)
+def test_an_all_zero_volume_is_computed_whole():
+    """Nothing non-zero to crop to (an unmasked scan of zeros): the whole volume is computed."""
+    pred = predict_volume(_model("BASIC"), np.zeros((2, 9, 8, 7), np.float32), device="cpu")
+    assert pred.crop_box == ((0, 9), (0, 8), (0, 7)) and pred.computed.all()
+
+
+@pytest.mark.parametrize("mode", ["whole", "tiled"])
+def test_cancel_stops_within_one_step_and_returns_nothing(mode):
+    model = _model("AFN1")
+    image = np.random.default_rng(9).normal(size=(2, 20, 20, 20)).astype(np.float32)
     stop = threading.Event()
     seen = []
 
     def progress(done, total):
-        seen.append(done)
+        seen.append((done, total))
         stop.set()
 
-    with pytest.raises(Cancelled, match="cancelled after 1 of 27 tiles"):
-        predict_volume(model, image, tile_size=7, progress=progress, cancel=stop, device="cpu")
-    assert seen == [1]
+    with pytest.raises(Cancelled, match="cancelled after 1 of"):
+        predict_volume(
+            model,
+            image,
+            mode=mode,
+            tile_size=7,
+            memory_budget_gib=0.002,
+            progress=progress,
+            cancel=stop,
+            device="cpu",
+        )
+    assert len(seen) == 1 and seen[0][1] > 4
 
 
 def test_reference_mode_uses_the_references_47_voxel_tiles():
@@ -156,6 +281,45 @@ def test_reference_mode_uses_the_references_47_voxel_tiles():
     assert plan.tile_size == (47, 47, 47)
     assert plan.input_tile_size == (75, 75, 75)
     assert len(plan.tiles) == 3 * 2 * 1
+
+
+def test_reference_mode_reproduces_the_authors_tile_placement():
+    """segment() in the authors' test.py: box of the mask, ceil((max - min) / 47) tiles per axis from
+    its corner (so a box of 48 voxels gets one tile and loses its last plane), 75^3 inputs cut from
+    a zero-padded array around the box, logits stitched, background elsewhere."""
+    model = _model("AFN1", seed=11)
+    rng = np.random.default_rng(12)
+    image = np.zeros((2, 70, 110, 60), np.float32)
+    box = ((10, 58), (3, 100), (20, 45))  # max - min = 47, 96, 24 -> 1, 3, 1 tiles
+    image[(slice(None), *(slice(a, b) for a, b in box))] = rng.normal(size=(2, 48, 97, 25))
+    pred = predict_volume(model, image, mode="reference", probabilities=True, attention=True, device="cpu")
+
+    lo = [a for a, _ in box]
+    counts = [int(np.ceil((b - 1 - a) / 47)) for a, b in box]
+    assert counts == [1, 3, 1] and pred.tiles_run == 3
+    array = np.zeros((2, *(c * 47 + 28 for c in counts)), np.float32)
+    src = tuple(
+        slice(max(a - 14, 0), min(a - 14 + c * 47 + 28, n))
+        for a, c, n in zip(lo, counts, image.shape[1:], strict=True)
+    )
+    dst = tuple(slice(s.start - (a - 14), s.stop - (a - 14)) for s, a in zip(src, lo, strict=True))
+    array[(slice(None), *dst)] = image[(slice(None), *src)]
+    expected = np.zeros((3, *image.shape[1:]), np.float32)
+    expected[0] = 1.0
+    for i in range(counts[0]):
+        for j in range(counts[1]):
+            for k in range(counts[2]):
+                t = (i * 47, j * 47, k * 47)
+                tile = array[(slice(None), *(slice(s, s + 75) for s in t))]
+                with torch.no_grad():
+                    p = torch.softmax(model(torch.from_numpy(np.ascontiguousarray(tile))[None])[0], 0).numpy()
+                ends = [min(a + s + 47, n) for a, s, n in zip(lo, t, image.shape[1:], strict=True)]
+                out = tuple(slice(a + s, e) for a, s, e in zip(lo, t, ends, strict=True))
+                expected[(slice(None), *out)] = p[(slice(None), *(slice(0, o.stop - o.start) for o in out))]
+    np.testing.assert_allclose(pred.probabilities, expected, atol=2e-5)
+    np.testing.assert_array_equal(pred.labels, expected.argmax(0))
+    assert not pred.computed[57].any() and pred.computed[56].any()  # the authors' off-by-one
+    assert np.isnan(pred.attention["AF1"][0, 57].astype(np.float32)).all()
 
 
 def test_even_tiles_cover_exactly_with_little_waste():

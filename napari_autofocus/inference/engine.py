@@ -1,14 +1,19 @@
-"""Whole-volume prediction with exact tiling, attention capture, progress and cancel.
+"""Whole-volume prediction: exact by default, cropped to the foreground, with progress and cancel.
 
-What makes it fast on a CPU (measured, see ``benchmarks/inference.py``): channels-last-3d memory
-layout (oneDNN then uses direct kernels for every dilation instead of im2col GEMM for rates >= 4),
-``torch.inference_mode``, and tiles as large as the memory budget allows, split evenly over each
-axis so little margin is recomputed; tiles with no ROI voxel are skipped. On CUDA: fp16/bf16
-autocast and cuDNN autotuning. Autocast is never used on a CPU (30-70x slower here).
+Modes:
+- ``whole`` (default): outputs equal one forward pass over the whole cropped volume, so attention
+  maps have no tile seams and do not depend on the memory budget. BASIC, AFN-n and ASPP stream
+  layer by layer (``streaming.py``); on CUDA one pass runs when it fits; DM and other all-valid
+  networks are exact under tiling and are tiled.
+- ``tiled``: independent tiles as large as the budget allows (the earlier default; autofocus and
+  ASPP branches zero-pad at every tile border).
+- ``reference``: the authors' ``segment()``: the ROI's bounding box, 75^3 -> 47^3 tiles from its
+  corner, zero padding, one row of tiles per batch; the benchmark's baseline.
 
-For BASIC (all-valid convolutions) the tiled result equals a single whole-volume pass exactly.
-Autofocus and ASPP branches zero-pad large dilations inside each tile, so their outputs depend on
-where tile borders fall; ``mode="reference"`` reproduces the reference's 75^3 -> 47^3 tiling.
+Speed on a CPU comes from the channels-last-3d layout (oneDNN's direct kernels for every
+dilation), batch norm folded into the kernels, ``torch.inference_mode``, and computing only the
+foreground's bounding box. On CUDA: bf16/fp16 autocast and cuDNN autotuning; never autocast on a
+CPU (30-70x slower here).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import torch
 from torch import nn
 
 from napari_autofocus.errors import AutofocusError
-from napari_autofocus.inference.tiling import TilePlan, pad_volume, plan_tiles, tiles_touching
+from napari_autofocus.inference.tiling import TilePlan, plan_tiles
 from napari_autofocus.nets import AutofocusConv, capture_attention
 
 REFERENCE_OUTPUT_TILE = 47  # the reference: 75^3 input tiles, 47^3 output, stride 47
@@ -45,12 +50,14 @@ class Prediction:
     probabilities: np.ndarray | None
     attention: dict[str, np.ndarray]  # "AF1".. -> (K, D, H, W)
     rates: dict[str, tuple[int, ...]]
-    computed: np.ndarray  # (D, H, W) bool: voxels whose tile ran (others skipped outside the ROI)
+    computed: np.ndarray  # (D, H, W) bool: voxels the network predicted (False outside the crop)
     device: str
-    mode: str
-    tile_size: tuple[int, int, int]
+    mode: str  # "whole", "tiled" or "reference": what actually ran
+    crop_box: tuple | None  # ((z0, z1), (y0, y1), (x0, x1)) computed; None when the ROI was empty
+    tile_size: tuple[int, int, int]  # input extent of one tile (whole: of the cropped volume)
     tiles_run: int
     tiles_skipped: int
+    slabs_run: int
     seconds: float
     peak_memory_gib: float
     timings: dict = field(default_factory=dict)
@@ -104,6 +111,17 @@ def _is_cancelled(cancel) -> bool:
     return bool(cancel())
 
 
+def memory_in_use(device: torch.device) -> int:
+    """Bytes the process holds now: resident memory on a CPU, allocated memory on CUDA."""
+    if device.type == "cuda":
+        return int(torch.cuda.memory_allocated(device))
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize()
+    except OSError:  # not Linux: the peak so far is the closest portable figure
+        return int(_peak_memory_gib(device) * 2**30)
+
+
 def _peak_memory_gib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
@@ -114,16 +132,17 @@ def _peak_memory_gib(device: torch.device) -> float:
 def make_plan(
     model: nn.Module,
     shape: Sequence[int],
-    mode: str = "fast",
+    mode: str = "tiled",
     memory_budget_gib: float = DEFAULT_MEMORY_BUDGET_GIB,
     tile_size: int | None = None,
 ) -> TilePlan:
     """The tiles ``predict_volume`` will run for a volume of ``shape`` (D, H, W)."""
     margin, multiple = int(model.margin), int(getattr(model, "input_multiple", 1))
+    mode = _MODE_ALIASES.get(mode, mode)
     if mode == "reference":
         return plan_tiles(tuple(shape), margin, tile_size or REFERENCE_OUTPUT_TILE, multiple, even=False)
-    if mode != "fast":
-        raise AutofocusError(f"unknown inference mode {mode!r}; expected 'fast' or 'reference'")
+    if mode != "tiled":
+        raise AutofocusError(f"make_plan is for tiled modes; got {mode!r}, expected 'tiled' or 'reference'")
     cap = tile_size or tile_cap_for_budget(model, memory_budget_gib)
     return plan_tiles(tuple(shape), margin, cap, multiple, even=True)
 
@@ -138,29 +157,38 @@ def predict_volume(
     model: nn.Module,
     image: np.ndarray,
     *,
-    mode: str = "fast",
+    mode: str = "whole",
     device: str | torch.device = "auto",
     probabilities: bool = False,
     attention: bool | Sequence[str] = False,
     attention_dtype=np.float16,
     roi: np.ndarray | None = None,
+    crop: bool = True,
     pad_value: float = 0.0,
     memory_budget_gib: float = DEFAULT_MEMORY_BUDGET_GIB,
     tile_size: int | None = None,
     channels_last: bool | None = None,
     amp: bool | None = None,
+    one_pass: bool | None = None,
     progress: Callable[[int, int], None] | None = None,
     cancel=None,
+    spill_dir: str | None = None,
 ) -> Prediction:
     """Segment a normalised (C, D, H, W) volume of any size; outputs align with the input grid.
 
-    ``pad_value``: what the volume is padded with beyond its border; use the normalised value of
-    the background (``normalization.padding_value(card.normalization)``, 0 for z-scored inputs with
-    background set to 0) so border tiles see what training saw. ``roi``: a (D, H, W) mask or a
-    bounding box ``((z0, z1), (y0, y1), (x0, x1))``; tiles with no ROI voxel are skipped and their
-    voxels get label 0 and NaN attention. ``attention``: True for every autofocus layer or a list of
-    names ("AF1", ...). ``progress(done, total)`` is called after each tile; ``cancel`` (a
-    ``threading.Event`` or a callable) is checked before each tile and raises :class:`Cancelled`.
+    Modes: ``"whole"`` (default) gives exactly one forward pass over the whole cropped volume
+    (per-layer streaming, or one pass on CUDA when it fits), whatever the memory budget;
+    ``"tiled"`` runs independent tiles as large as the budget allows (autofocus/ASPP branches then
+    zero-pad at tile borders); ``"reference"`` is the authors' ``segment()``: bounding box of the ROI,
+    75^3 -> 47^3 tiles from its corner, zero padding, rows of tiles as batches.
+
+    ``crop`` (default): compute only the bounding box of ``roi`` (a (D, H, W) mask or a box
+    ``((z0, z1), (y0, y1), (x0, x1))``; by default the voxels non-zero in any channel), reading the
+    network's margin from real data where the volume has it. Outside: label 0, background
+    probability 1, attention NaN, ``computed`` False. ``pad_value``: what the volume is padded with
+    beyond its border (the normalised background, ``normalization.padding_value``).
+    ``progress(done, total)`` is called after each slab or tile; ``cancel`` (a
+    ``threading.Event`` or a callable) is checked before each and raises :class:`Cancelled`.
     """
     image = np.asarray(image, dtype=np.float32)
     if image.ndim != 4:
@@ -169,86 +197,348 @@ def predict_volume(
         raise AutofocusError(
             f"the model expects {model.in_channels} input channel(s) but the volume has {image.shape[0]}"
         )
+    mode = _MODE_ALIASES.get(mode, mode)
+    if mode not in MODES:
+        raise AutofocusError(f"unknown inference mode {mode!r}; expected one of {', '.join(MODES)}")
+    if not memory_budget_gib > 0:
+        raise AutofocusError(f"the memory budget must be positive, got {memory_budget_gib} GiB")
     started = time.perf_counter()
     dev = resolve_device(device)
-    shape = image.shape[1:]
-    mask = _roi_mask(roi, shape)
-    plan = make_plan(model, shape, mode, memory_budget_gib, tile_size)
-    run = tiles_touching(plan, mask) if mask is not None else [True] * len(plan.tiles)
-    total = sum(run)
+    shape = tuple(image.shape[1:])
+    mask = (
+        _roi_mask(roi, shape)
+        if roi is not None
+        else (_foreground(image) if crop or mode == "reference" else None)
+    )
+    box = _region(mask, shape, mode, crop, explicit=roi is not None)
 
     channels_last = prefers_channels_last(dev) if channels_last is None else channels_last
-    amp = (dev.type == "cuda") if amp is None else (amp and dev.type == "cuda")
-    memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
-    model = model.eval().to(dev, memory_format=memory_format)
+    in_use = memory_in_use(dev)  # the budget bounds the process's peak: what it holds already counts
+    run = _Run(
+        model=model.eval(),
+        device=dev,
+        memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format,
+        amp=(dev.type == "cuda") if amp is None else (amp and dev.type == "cuda"),
+        wanted=_wanted_layers(model, attention),
+        outputs=_Outputs.allocate(
+            model, shape, probabilities, _wanted_layers(model, attention), attention_dtype
+        ),
+        budget=int(memory_budget_gib * 2**30),
+        in_use=in_use,
+        progress=progress,
+        cancel=cancel,
+    )
+    run.outputs.box = box
     cudnn_benchmark = torch.backends.cudnn.benchmark  # restored afterwards: training may need determinism
+    run.model.to(dev, memory_format=run.memory_format)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.cuda.reset_peak_memory_stats(dev)
-    amp_dtype = torch.bfloat16 if dev.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
-
-    wanted = _wanted_layers(model, attention)
-    geometry = {g["name"]: g for g in model.autofocus_geometry()} if wanted else {}
-    covered = plan.covered_shape
-    labels = np.zeros(covered, dtype=np.uint8 if model.num_classes <= 256 else np.int16)
-    probs = np.zeros((model.num_classes, *covered), dtype=np.float32) if probabilities else None
-    if probs is not None:
-        probs[0] = 1.0  # skipped tiles: certain background
-    maps = {
-        name: np.full((len(geometry[name]["rates"]), *covered), np.nan, dtype=attention_dtype)
-        for name in wanted
-    }
-    computed = np.zeros(covered, dtype=bool)
-    padded = pad_volume(image, plan, pad_value)
-
-    done = 0
     with torch.inference_mode(), _restore_cudnn_benchmark(cudnn_benchmark):
-        for tile, active in zip(plan.tiles, run, strict=True):
-            if not active:
-                continue
-            if _is_cancelled(cancel):
-                raise Cancelled(f"cancelled after {done} of {total} tiles; nothing was written")
-            x = torch.from_numpy(padded[(slice(None), *plan.input_slices(tile))][None]).to(dev)
-            x = x.contiguous(memory_format=memory_format)
-            with (
-                capture_attention(model) as captured,
-                torch.autocast(dev.type, dtype=amp_dtype, enabled=amp),
-            ):
-                logits = model(x)
-            logits = logits.float()[0]
-            out = tile.output_slices
-            labels[out] = (
-                logits.argmax(0).to(torch.uint8 if labels.dtype == np.uint8 else torch.int16).cpu().numpy()
-            )
-            if probs is not None:
-                probs[(slice(None), *out)] = torch.softmax(logits, 0).cpu().numpy()
-            for name in wanted:
-                # attention grid of this layer starts `offset` input voxels into the tile; the
-                # tile's output starts `margin` voxels in, so crop margin - offset per side.
-                crop = int(model.margin) - int(geometry[name]["offset"])
-                a = captured[name][0].float()
-                a = a[(slice(None), *(slice(crop, crop + n) for n in tile.size))]
-                maps[name][(slice(None), *out)] = a.cpu().numpy().astype(attention_dtype)
-            computed[out] = True
-            done += 1
-            if progress is not None:
-                progress(done, total)
-
-    crop = tuple(slice(0, n) for n in shape)
+        if box is None:
+            used, details = mode, {}
+        elif mode == "reference":
+            used, details = mode, _run_reference(run, image, box)
+        elif mode == "whole":
+            used, details = _run_whole(run, image, box, pad_value, one_pass, spill_dir, tile_size)
+        else:
+            used, details = mode, _run_tiled(run, image, box, pad_value, memory_budget_gib, tile_size)
+    out = run.outputs
     return Prediction(
-        labels=np.ascontiguousarray(labels[crop]),
-        probabilities=None if probs is None else np.ascontiguousarray(probs[(slice(None), *crop)]),
-        attention={n: np.ascontiguousarray(m[(slice(None), *crop)]) for n, m in maps.items()},
-        rates={n: tuple(geometry[n]["rates"]) for n in wanted},
-        computed=np.ascontiguousarray(computed[crop]),
+        labels=out.labels,
+        probabilities=out.probabilities,
+        attention=out.maps,
+        rates=out.rates,
+        computed=out.computed,
         device=str(dev),
-        mode=mode,
-        tile_size=plan.tile_size,
-        tiles_run=done,
-        tiles_skipped=len(plan.tiles) - total,
+        mode=used,
+        crop_box=box,
+        tile_size=details.get("tile_size", (0, 0, 0)),
+        tiles_run=details.get("tiles_run", 0),
+        tiles_skipped=0,
+        slabs_run=details.get("slabs_run", 0),
         seconds=time.perf_counter() - started,
         peak_memory_gib=_peak_memory_gib(dev),
+        timings={k: v for k, v in details.items() if k not in ("tile_size", "tiles_run", "slabs_run")},
     )
+
+
+MODES = ("whole", "tiled", "reference")
+_MODE_ALIASES = {"fast": "tiled", "exact": "whole"}
+
+
+@dataclass
+class _Outputs:
+    """The result arrays on the full input grid; voxels outside the computed box stay background."""
+
+    labels: np.ndarray
+    probabilities: np.ndarray | None
+    maps: dict[str, np.ndarray]
+    rates: dict[str, tuple[int, ...]]
+    computed: np.ndarray
+    box: tuple | None = None
+
+    @classmethod
+    def allocate(cls, model, shape, probabilities: bool, wanted: list[str], dtype) -> _Outputs:
+        geometry = {g["name"]: g for g in model.autofocus_geometry()} if wanted else {}
+        probs = None
+        if probabilities:
+            probs = np.zeros((model.num_classes, *shape), dtype=np.float32)
+            probs[0] = 1.0
+        return cls(
+            labels=np.zeros(shape, dtype=np.uint8 if model.num_classes <= 256 else np.int16),
+            probabilities=probs,
+            maps={n: np.full((len(geometry[n]["rates"]), *shape), np.nan, dtype=dtype) for n in wanted},
+            rates={n: tuple(geometry[n]["rates"]) for n in wanted},
+            computed=np.zeros(shape, dtype=bool),
+        )
+
+    @property
+    def nbytes(self) -> int:
+        arrays = [self.labels, self.computed, *self.maps.values()]
+        if self.probabilities is not None:
+            arrays.append(self.probabilities)
+        return sum(a.nbytes for a in arrays)
+
+    def write_logits(self, start: tuple[int, int, int], logits: torch.Tensor) -> None:
+        """Labels (and probabilities) of an output block whose first voxel is ``start`` in the box."""
+        logits = logits.float()[0]
+        region = self._region(start, logits.shape[1:])
+        if region is None:
+            return
+        index, inner = region
+        labels = logits.argmax(0).to(torch.uint8 if self.labels.dtype == np.uint8 else torch.int16)
+        self.labels[index] = labels[inner].cpu().numpy()
+        if self.probabilities is not None:
+            self.probabilities[(slice(None), *index)] = (
+                torch.softmax(logits, 0)[(slice(None), *inner)].cpu().numpy()
+            )
+        self.computed[index] = True
+
+    def write_attention(self, name: str, start: tuple[int, int, int], a: torch.Tensor) -> None:
+        """An attention block (1, K, ...) whose first voxel is ``start`` in box coordinates."""
+        region = self._region(start, a.shape[2:])
+        if region is None:
+            return
+        index, inner = region
+        block = a[0].float()[(slice(None), *inner)]
+        self.maps[name][(slice(None), *index)] = block.cpu().numpy().astype(self.maps[name].dtype)
+
+    def _region(self, start, size):
+        """(image index, block index) of the part of a block at ``start`` (box coords) inside the box."""
+        index, inner = [], []
+        for (lo, hi), s, n in zip(self.box, start, size, strict=True):
+            a, b = max(s, 0), min(s + n, hi - lo)
+            if b <= a:
+                return None
+            index.append(slice(lo + a, lo + b))
+            inner.append(slice(a - s, b - s))
+        return tuple(index), tuple(inner)
+
+
+@dataclass
+class _Run:
+    model: nn.Module
+    device: torch.device
+    memory_format: torch.memory_format
+    amp: bool
+    wanted: list[str]
+    outputs: _Outputs
+    budget: int
+    in_use: int
+    progress: Callable[[int, int], None] | None
+    cancel: object
+    done: int = 0
+    total: int = 0
+
+    def autocast(self):
+        dtype = (
+            torch.bfloat16 if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
+        )
+        return torch.autocast(self.device.type, dtype=dtype, enabled=self.amp)
+
+    def check_cancel(self) -> None:
+        if _is_cancelled(self.cancel):
+            raise Cancelled(f"cancelled after {self.done} of {self.total} steps; nothing was written")
+
+    def step_done(self) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+    def tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(array)[None].to(self.device).contiguous(memory_format=self.memory_format)
+
+
+def _run_whole(run: _Run, image, box, pad_value, one_pass, spill_dir, tile_size) -> tuple[str, dict]:
+    """Exact mode: per-layer streaming (or one pass); models without streaming steps are tiled."""
+    from napari_autofocus.inference.streaming import WORKING_SET_BYTES, network_steps, plan_stream, run_stream
+
+    model, margin = run.model, int(run.model.margin)
+    steps = network_steps(model)
+    if steps is None:  # all-valid networks (DM) are exact under tiling; others have no streaming plan
+        return "tiled", _run_tiled(run, image, box, pad_value, run.budget / 2**30, tile_size)
+    source = crop_with_margin(image, box, margin, pad_value)
+    if one_pass is None:
+        one_pass = run.device.type == "cuda" and _fits_on_gpu(model, source, run.device)
+    if one_pass:
+        return "whole", _run_one_pass(run, source)
+    working_set = min(WORKING_SET_BYTES, run.budget // 4)
+    plan = plan_stream(steps, source.shape[0], source.shape[1:], working_set)
+    run.total = plan.total_slabs
+    outputs, final = run.outputs, steps[-1].name
+
+    def on_output(step, start, result):
+        logits, a = result if isinstance(result, tuple) else (result, None)
+        if a is not None and step.attention in outputs.maps:
+            shift = margin - plan.offsets[step.name]  # this grid's voxel i is output voxel i - shift
+            outputs.write_attention(step.attention, (start - shift, -shift, -shift), a)
+        if step.name == final:
+            outputs.write_logits((start, 0, 0), logits)
+
+    x = run.tensor(source)
+    del source
+    # what the budget leaves for full activations after the process, the outputs and one slab's
+    # working set, with headroom for the convolutions' own buffers and the allocator (measured:
+    # without it the peak overshot a 2 GiB budget by 8% on a BraTS-size volume)
+    free = int(0.9 * run.budget) - run.in_use - outputs.nbytes - 2 * working_set - _model_bytes(model)
+    placement = run_stream(
+        steps,
+        x,
+        plan,
+        memory_bytes=max(free, 0),
+        on_output=on_output,
+        before_slab=run.check_cancel,
+        after_slab=run.step_done,
+        compute_context=run.autocast,
+        spill_dir=spill_dir,
+    )
+    return "whole", {
+        "tile_size": tuple(int(n) for n in x.shape[2:]),
+        "slabs_run": run.done,
+        "activations_in_file": sorted(n for n, where in placement.items() if where == "file"),
+    }
+
+
+def _run_one_pass(run: _Run, source: np.ndarray) -> dict:
+    run.total = 1
+    run.check_cancel()
+    x = run.tensor(source)
+    with capture_attention(run.model) as captured, run.autocast():
+        logits = run.model(x)
+    margin = int(run.model.margin)
+    run.outputs.write_logits((0, 0, 0), logits)
+    for geometry in run.model.autofocus_geometry():
+        if geometry["name"] in run.wanted:
+            shift = margin - int(geometry["offset"])
+            run.outputs.write_attention(geometry["name"], (-shift,) * 3, captured[geometry["name"]])
+    run.step_done()
+    return {"tile_size": tuple(int(n) for n in x.shape[2:]), "tiles_run": 1}
+
+
+def _fits_on_gpu(model, source: np.ndarray, device: torch.device) -> bool:
+    need = bytes_per_input_voxel(model) * int(np.prod(source.shape[1:]))
+    free, _ = torch.cuda.mem_get_info(device)
+    return need < 0.8 * free
+
+
+def _model_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
+
+def _run_tiled(run: _Run, image, box, pad_value, budget_gib, tile_size) -> dict:
+    """Independent tiles over the box (margin read from real data), as large as the budget allows."""
+    size = tuple(b - a for a, b in box)
+    plan = make_plan(run.model, size, "tiled", budget_gib, tile_size)
+    source = crop_with_margin(image, box, plan.margin, pad_value, plan.covered_shape)
+    _run_tiles(run, source, plan, rows=False)
+    return {"tile_size": plan.tile_size, "tiles_run": run.done}
+
+
+def _run_reference(run: _Run, image, box) -> dict:
+    """The authors' ``segment()``: tiles of 47^3 from the box corner, ceil((max - min) / 47) per
+    axis (their off-by-one), zero padding, each row of tiles along the last axis one batch."""
+    margin = int(run.model.margin)
+    counts = [math.ceil((b - 1 - a) / REFERENCE_OUTPUT_TILE) for a, b in box]
+    if min(counts) < 1:
+        return {"tile_size": (REFERENCE_OUTPUT_TILE,) * 3, "tiles_run": 0}
+    covered = tuple(c * REFERENCE_OUTPUT_TILE for c in counts)
+    run.outputs.box = tuple(
+        (a, min(a + c, n)) for (a, _), c, n in zip(box, covered, image.shape[1:], strict=True)
+    )
+    plan = plan_tiles(
+        covered, margin, REFERENCE_OUTPUT_TILE, int(getattr(run.model, "input_multiple", 1)), even=False
+    )
+    source = crop_with_margin(
+        image, tuple((a, a + c) for (a, _), c in zip(box, covered, strict=True)), margin, 0.0
+    )
+    _run_tiles(run, source, plan, rows=True)
+    return {"tile_size": plan.tile_size, "tiles_run": len(plan.tiles)}
+
+
+def _run_tiles(run: _Run, source: np.ndarray, plan: TilePlan, rows: bool) -> None:
+    """Run ``plan``'s tiles over ``source`` (the box with its margin, covering every tile's input)."""
+    groups = _rows(plan, run) if rows else [[t] for t in plan.tiles]
+    run.total = len(groups)
+    for group in groups:
+        run.check_cancel()
+        batch = np.stack([source[(slice(None), *plan.input_slices(t))] for t in group])
+        x = torch.from_numpy(batch).to(run.device).contiguous(memory_format=run.memory_format)
+        with capture_attention(run.model) as captured, run.autocast():
+            logits = run.model(x)
+        for i, tile in enumerate(group):
+            run.outputs.write_logits(tile.start, logits[i : i + 1])
+            for geometry in run.model.autofocus_geometry() if run.wanted else []:
+                if geometry["name"] in run.wanted:
+                    # the layer's grid starts `shift` voxels before the tile's output; keep the tile's part
+                    shift = plan.margin - int(geometry["offset"])
+                    own = tuple(slice(shift, shift + n) for n in tile.size)
+                    a = captured[geometry["name"]][(slice(i, i + 1), slice(None), *own)]
+                    run.outputs.write_attention(geometry["name"], tile.start, a)
+        run.step_done()
+
+
+def _rows(plan: TilePlan, run: _Run) -> list[list]:
+    """Tiles grouped by row along the last axis, split so one batch fits the memory budget."""
+    per_tile = bytes_per_input_voxel(run.model) * int(np.prod(plan.input_tile_size))
+    most = max(1, run.budget // max(per_tile, 1))
+    rows: dict[tuple[int, int], list] = {}
+    for tile in plan.tiles:
+        rows.setdefault(tile.start[:2], []).append(tile)
+    return [row[i : i + most] for row in rows.values() for i in range(0, len(row), most)]
+
+
+def crop_with_margin(image: np.ndarray, box, margin: int, pad_value: float, size=None) -> np.ndarray:
+    """The box of ``image`` (C, D, H, W) grown by ``margin`` per side (and to ``size`` + margin at
+    the end), read from the image where it has data and ``pad_value`` beyond its border."""
+    size = size or tuple(b - a for a, b in box)
+    out = np.full((image.shape[0], *(n + 2 * margin for n in size)), pad_value, dtype=np.float32)
+    src, dst = [], []
+    for (a, _), n, extent in zip(box, size, image.shape[1:], strict=True):
+        lo, hi = a - margin, a + n + margin
+        src.append(slice(max(lo, 0), min(hi, extent)))
+        dst.append(slice(max(lo, 0) - lo, min(hi, extent) - lo))
+    out[(slice(None), *dst)] = image[(slice(None), *src)]
+    return out
+
+
+def _foreground(image: np.ndarray) -> np.ndarray:
+    """Voxels non-zero in any channel: the reference's brain mask."""
+    return np.any(image != 0, axis=0)
+
+
+def _region(mask, shape, mode: str, crop: bool, explicit: bool):
+    """The box to compute, ((z0, z1), (y0, y1), (x0, x1)); None when an explicit ROI is empty."""
+    whole = tuple((0, n) for n in shape)
+    if mask is None or (not crop and mode != "reference"):
+        return whole
+    if not mask.any():
+        return None if explicit else whole
+    box = []
+    for axis in range(3):
+        hit = np.flatnonzero(np.any(mask, axis=tuple(a for a in range(3) if a != axis)))
+        box.append((int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)
 
 
 @contextlib.contextmanager

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .slabs import fold_batchnorm, keep_planes
+
 _CONV = {2: F.conv2d, 3: F.conv3d}
 _CONV_MODULE = {2: nn.Conv2d, 3: nn.Conv3d}
 _NORM = {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
@@ -108,6 +110,11 @@ class AutofocusConv(nn.Module):
             return 0
         return min(self.dilations) * (self.kernel_size - 1) // 2
 
+    @property
+    def reach(self) -> int:
+        """Input voxels read on each side of an output voxel's centre (at the largest rate)."""
+        return max(self.dilations) * (self.kernel_size - 1) // 2
+
     def branch_padding(self, k: int) -> int:
         """Zero padding of branch k, chosen so all branches have the output size of the layer."""
         half = self.dilations[k] * (self.kernel_size - 1) // 2
@@ -165,6 +172,36 @@ class AutofocusConv(nn.Module):
             term = a[:, k : k + 1] * y
             out = term if out is None else out + term
         return out
+
+    def forward_depth_halo(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eval-mode (output, attention) of a depth slab that carries ``reach`` halo planes.
+
+        Used by per-layer streaming: the halo holds the neighbouring planes of the whole volume
+        (zeros beyond its border), so every branch pads only the two in-plane axes and the slab's
+        output equals one whole-volume pass on those planes. Batch norm is folded into each
+        branch's kernel. 3D only.
+        """
+        if self.spatial_dims != 3:
+            raise ValueError("depth-slab streaming is for 3D autofocus layers")
+        same = self.padding == "same"
+        hidden = F.conv3d(
+            keep_planes(x, self.reach, 1), self.att1.weight, self.att1.bias, padding=(0, int(same), int(same))
+        )
+        a = torch.softmax(self.att2(F.relu_(hidden)), dim=1)
+        crop = self.shrink - 1 + int(same)
+        if crop > 0:
+            a = a[:, :, :, crop:-crop, crop:-crop]
+        a = self._override(a)
+        out = None
+        for k, rate in enumerate(self.dilations):
+            use_bias = self.bias_mode == "all" or (self.bias_mode == "first" and k == 0)
+            norm = self.norms[k] if self.norms is not None else None
+            weight, bias = fold_batchnorm(self.weight, self.bias if use_bias else None, norm)
+            p = self.branch_padding(k)
+            keep = rate * (self.kernel_size - 1) // 2
+            y = F.conv3d(keep_planes(x, self.reach, keep), weight, bias, padding=(0, p, p), dilation=rate)
+            out = y.mul_(a[:, k : k + 1]) if out is None else out.addcmul_(a[:, k : k + 1], y)
+        return out, a
 
     def extra_repr(self) -> str:
         return (

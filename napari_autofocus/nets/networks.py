@@ -19,6 +19,7 @@ from napari_autofocus.errors import AutofocusError
 
 from .autofocus import AutofocusConv
 from .blocks import ResidualBlock, per_side_shrink
+from .slabs import depth_halo_conv, keep_planes, reach
 
 DEFAULT_CHANNELS = (30, 30, 40, 40, 40, 40, 50, 50)
 DEFAULT_DILATIONS = (2, 6, 10, 14)
@@ -200,6 +201,17 @@ class ASPPConcatHead(nn.Module):
         y = torch.cat([conv(x) for conv in self.branches], dim=1)
         return self.classifier(F.relu(self.bn(y)))
 
+    @property
+    def reach(self) -> int:
+        return max(conv.dilation[0] for conv in self.branches)
+
+    def forward_depth_halo(self, x: torch.Tensor) -> torch.Tensor:
+        """Eval-mode logits of a depth slab carrying ``reach`` halo planes (see ``nets.slabs``)."""
+        y = torch.cat(
+            [depth_halo_conv(conv, keep_planes(x, self.reach, reach(conv))) for conv in self.branches], 1
+        )
+        return depth_halo_conv(self.classifier, F.relu_(self.bn(y)))
+
 
 class ASPPSumHead(nn.Module):
     """ASPP-s: per rate a dilated 3^3 conv, BN, ReLU and 1^3 classifier; the logits are summed."""
@@ -215,6 +227,20 @@ class ASPPSumHead(nn.Module):
         for conv, bn, fc in zip(self.branches, self.norms, self.classifiers, strict=True):
             y = fc(F.relu(bn(conv(x))))
             out = y if out is None else out + y
+        return out
+
+    @property
+    def reach(self) -> int:
+        return max(conv.dilation[0] for conv in self.branches)
+
+    def forward_depth_halo(self, x: torch.Tensor) -> torch.Tensor:
+        """Eval-mode logits of a depth slab carrying ``reach`` halo planes (see ``nets.slabs``)."""
+        out = None
+        for conv, bn, fc in zip(self.branches, self.norms, self.classifiers, strict=True):
+            y = depth_halo_conv(
+                fc, F.relu_(depth_halo_conv(conv, keep_planes(x, self.reach, reach(conv)), bn))
+            )
+            out = y if out is None else out.add_(y)
         return out
 
 
