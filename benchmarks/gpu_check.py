@@ -126,8 +126,9 @@ def inference_check(arch: str) -> dict:
     return {
         "shape": [4, 240, 240, 155],
         "seconds": round(time.perf_counter() - start, 2),
-        "tiles": pred.tiles_run,
-        "tile_size": list(pred.tile_size),
+        "mode": pred.mode,  # whole: one pass when it fits on the GPU, else per-layer streaming
+        "slabs": pred.slabs_run,
+        "input_size": list(pred.tile_size),
         "peak_gib": round(pred.peak_memory_gib, 2),
     }
 

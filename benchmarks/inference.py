@@ -1,26 +1,34 @@
-"""Inference benchmark: the reference's way of running a network vs our engine, side by side.
+"""Inference benchmark: the authors' own procedure against our engine, side by side in one run.
 
-Same weights, same volume, one run each, each in its own process (so peak memory is its own):
+Volume: 4 channels, zero outside a centred ellipsoid "brain" (BraTS size 240x240x155 with semi-axes
+70, 87, 70 voxels; ``--quick``: 96x96x64 with the axes scaled alike), smooth z-scored structures
+inside. Same weights for every run (the authors' golden AFN6 checkpoint when ``../shared`` has it,
+else seeded random ones). Each run is its own process, so its peak memory is its own:
 
-- **baseline**: what the reference does: pad by the margin, cut non-overlapping 47^3 output tiles
-  from 75^3 input tiles, default (NCDHW) memory layout, ``torch.no_grad``, per-branch convolution
-  and batch norm (the paper's formulation, as our AutofocusConv computes it), argmax of logits;
-- **engine**: ``napari_autofocus.inference.predict_volume`` with its defaults (channels-last-3d,
-  ``inference_mode``, tiles as large as the memory budget allows, split evenly).
+- **reference**: the authors' ``segment()`` as ``predict_volume(mode="reference")`` reproduces it:
+  bounding box of the brain, ceil((max - min) / 47) tiles of 75^3 -> 47^3 per axis from its corner
+  (36 for the BraTS-size volume), zero padding, one row of tiles per batch, NCDHW;
+- **engine**: ``predict_volume`` with the defaults the CLI and the plugin use (exact ``whole`` mode,
+  cropped to the foreground, channels-last, 2 GiB budget), with attention as the plugin asks;
+- **engine, no crop**: the same over the whole volume (``crop=False``);
+- **BASIC**: the engine's defaults with a BASIC network (no autofocus layer).
 
-Prints wall time of each, the speedup, peak memory (max RSS of each process on CPU, max allocated
-on CUDA), achieved GFLOP/s against a convolution peak measured here (a 50->50 3^3 conv on 60^3,
-channels-last), and how many voxels get the same label (autofocus layers zero-pad large dilations
-per tile, so different tilings disagree a little at tile borders).
+Every run captures attention. Printed per run: wall time, peak RSS, GFLOP computed (every
+convolution's multiply-adds x 2, counted on the meta device), GFLOP/s, the fraction of a
+convolution peak measured in the same run (a 50->50 3^3 conv on 60^3, channels-last), and the
+**seam score** of every autofocus layer's expected rate: mean change across the planes where the
+authors' tiles meet, over the median change across all other planes (1.0 = no seams; see
+``napari_autofocus.attention.seam_score``).
 
-    python benchmarks/inference.py --quick            # about two minutes on a 2-core CPU
-    python benchmarks/inference.py --size brats       # 4 x 240 x 240 x 155 (tens of minutes on a CPU)
-    python benchmarks/inference.py --quick --json     # one JSON object
+    python benchmarks/inference.py --quick      # a few minutes on a 2-core CPU
+    python benchmarks/inference.py              # BraTS size: about 15 minutes on a 2-core CPU
+    python benchmarks/inference.py --json       # one JSON object
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import resource
@@ -35,10 +43,16 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO.parent / "shared" / "reference" / "golden"
-SIZES = {"quick": (94, 94, 94), "brats": (240, 240, 155)}
+SIZES = {"quick": ((96, 96, 64), (28, 35, 28)), "brats": ((240, 240, 155), (70, 87, 70))}
+RUNS = {
+    "reference": ("AFN6", {"mode": "reference", "channels_last": False}),
+    "engine": ("AFN6", {}),
+    "engine, no crop": ("AFN6", {"crop": False}),
+    "BASIC": ("BASIC", {}),
+}
 
 
-def build_model(arch: str, model_path: str | None):
+def build_model(arch: str, model_path: str | None = None):
     """A model with non-trivial weights: a given file, the reference's golden checkpoint, or seeded random."""
     from napari_autofocus.nets import build_network, load_model
 
@@ -56,13 +70,13 @@ def build_model(arch: str, model_path: str | None):
     return model.eval()
 
 
-def make_volume(shape, channels: int, seed: int = 0) -> np.ndarray:
-    """A z-scored, brain-like synthetic volume: smooth structures inside an ellipsoid, 0 outside."""
+def make_volume(shape, semi_axes, channels: int = 4, seed: int = 0) -> np.ndarray:
+    """Smooth z-scored structures inside a centred ellipsoid, exactly 0 outside (a skull-stripped scan)."""
     from scipy import ndimage
 
     rng = np.random.default_rng(seed)
-    grids = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
-    inside = sum(g**2 for g in grids) < 0.9
+    grids = np.meshgrid(*[np.arange(n) - (n - 1) / 2 for n in shape], indexing="ij", sparse=True)
+    inside = sum((g / a) ** 2 for g, a in zip(grids, semi_axes, strict=True)) <= 1
     volume = np.zeros((channels, *shape), np.float32)
     for c in range(channels):
         field = ndimage.gaussian_filter(rng.standard_normal(shape), 3) * 8 + 0.3 * rng.standard_normal(shape)
@@ -72,11 +86,11 @@ def make_volume(shape, channels: int, seed: int = 0) -> np.ndarray:
 
 
 def count_flops(model, input_shape) -> float:
-    """Multiply-adds x 2 of every convolution for one forward pass of ``input_shape`` (N, C, D, H, W)."""
+    """Multiply-adds x 2 of every convolution in one forward pass of ``input_shape`` (N, C, D, H, W),
+    counted on the meta device (shapes only, nothing computed)."""
     from napari_autofocus.nets import AutofocusConv
 
     total = 0.0
-    hooks = []
 
     def conv_hook(module, inputs, output):
         nonlocal total
@@ -88,15 +102,14 @@ def count_flops(model, input_shape) -> float:
         k = np.prod(module.weight.shape[2:])
         total += 2.0 * module.K * module.in_channels * module.out_channels * k * output[0, 0].numel()
 
-    for m in model.modules():
+    meta = copy.deepcopy(model).to("meta")
+    for m in meta.modules():
         if isinstance(m, AutofocusConv):
-            hooks.append(m.register_forward_hook(af_hook))
+            m.register_forward_hook(af_hook)
         elif isinstance(m, torch.nn.Conv3d):
-            hooks.append(m.register_forward_hook(conv_hook))
+            m.register_forward_hook(conv_hook)
     with torch.inference_mode():
-        model(torch.zeros(input_shape))
-    for h in hooks:
-        h.remove()
+        meta(torch.zeros(input_shape, device="meta"))
     return total
 
 
@@ -115,80 +128,74 @@ def conv_peak_gflops() -> float:
     return flops / best / 1e9
 
 
-def run_baseline(model, volume: np.ndarray) -> tuple[np.ndarray, float]:
-    """The reference's tiling: 75^3 in, 47^3 out, stride 47, NCDHW, no_grad. Returns labels and FLOPs."""
-    margin, out = model.margin, 47
-    shape = volume.shape[1:]
-    n_tiles = [int(np.ceil(n / out)) for n in shape]
-    padded_shape = [t * out + 2 * margin for t in n_tiles]
-    padded = np.zeros((volume.shape[0], *padded_shape), np.float32)
-    padded[(slice(None), *(slice(margin, margin + n) for n in shape))] = volume
-    logits = np.zeros((model.num_classes, *(t * out for t in n_tiles)), np.float32)
-    model = model.eval().to(memory_format=torch.contiguous_format)
-    with torch.no_grad():
-        for i in range(n_tiles[0]):
-            for j in range(n_tiles[1]):
-                for k in range(n_tiles[2]):
-                    s = (i * out, j * out, k * out)
-                    tile = padded[
-                        :,
-                        s[0] : s[0] + out + 2 * margin,
-                        s[1] : s[1] + out + 2 * margin,
-                        s[2] : s[2] + out + 2 * margin,
-                    ]
-                    y = model(torch.from_numpy(np.ascontiguousarray(tile))[None])[0].numpy()
-                    logits[:, s[0] : s[0] + out, s[1] : s[1] + out, s[2] : s[2] + out] = y
-    flops = count_flops(model, (1, volume.shape[0], out + 2 * margin, out + 2 * margin, out + 2 * margin))
-    labels = logits.argmax(0)[tuple(slice(0, n) for n in shape)].astype(np.uint8)
-    return labels, flops * np.prod(n_tiles)
+def computed_flops(model, prediction) -> float:
+    """What the run computed: one pass over the cropped volume, or every tile it ran."""
+    shape = (1, model.in_channels, *prediction.tile_size)
+    return count_flops(model, shape) * (1 if prediction.mode == "whole" else prediction.tiles_run)
 
 
-def run_engine(model, volume: np.ndarray, device: str) -> tuple[np.ndarray, float, tuple]:
-    from napari_autofocus.inference import make_plan, predict_volume
-
-    prediction = predict_volume(model, volume, device=device)
-    plan = make_plan(model, volume.shape[1:])
-    flops = count_flops(model, (1, volume.shape[0], *plan.input_tile_size)) * len(plan.tiles)
-    return prediction.labels, flops, plan.input_tile_size
+def authors_borders(volume: np.ndarray) -> list[list[int]]:
+    """Planes where the authors' 47^3 output tiles meet, for this volume's brain box."""
+    borders = []
+    for axis in range(3):
+        other = tuple(a for a in range(4) if a != axis + 1)
+        hit = np.flatnonzero(np.any(volume != 0, axis=other))
+        lo, hi = int(hit[0]), int(hit[-1])
+        count = int(np.ceil((hi - lo) / 47))
+        borders.append([lo + 47 * k for k in range(1, count)])
+    return borders
 
 
 def worker(args) -> None:
-    """One variant in this process; writes its labels and numbers to args.result."""
+    """One run in this process; writes its numbers and labels next to ``args.result``."""
+    from napari_autofocus.attention import expected_rate, seam_score
+    from napari_autofocus.inference import predict_volume
+
     torch.set_num_threads(args.threads or torch.get_num_threads())
-    model = build_model(args.arch, args.model)
-    volume = make_volume(SIZES[args.size_name], model.in_channels)
-    device = "cuda" if args.device == "cuda" else "cpu"
-    if device == "cuda":
-        model = model.cuda()
+    arch, options = RUNS[args.worker]
+    model = build_model(arch, args.model if arch == "AFN6" else None)
+    volume = make_volume(*SIZES[args.size_name], model.in_channels)
     start = time.perf_counter()
-    if args.worker == "baseline":
-        labels, flops = run_baseline(model, volume)
-        tile = (75, 75, 75)
-    else:
-        labels, flops, tile = run_engine(model, volume, device)
+    prediction = predict_volume(model, volume, device=args.device, attention=True, **options)
     seconds = time.perf_counter() - start
-    if device == "cuda":
+    if args.device == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**30
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    np.save(args.result + ".npy", labels)
-    Path(args.result + ".json").write_text(
-        json.dumps({"seconds": seconds, "peak_gib": peak, "gflop": flops / 1e9, "tile": list(tile)})
-    )
+    borders = authors_borders(volume)
+    seams = {
+        name: round(seam_score(expected_rate(a, prediction.rates[name]), borders), 3)
+        for name, a in prediction.attention.items()
+    }
+    np.save(args.result + ".npy", prediction.labels)
+    record = {
+        "arch": arch,
+        "seconds": seconds,
+        "peak_gib": peak,
+        "gflop": computed_flops(model, prediction) / 1e9,
+        "mode": prediction.mode,
+        "tiles": prediction.tiles_run,
+        "input": list(prediction.tile_size),
+        "crop_box": prediction.crop_box,
+        "seam_score": seams,
+    }
+    Path(args.result + ".json").write_text(json.dumps(record))
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--arch", default="AFN6")
-    parser.add_argument("--model", help="model file (default: the reference's golden AFN6 weights or random)")
-    parser.add_argument("--size", choices=sorted(SIZES), default="quick", dest="size_name")
-    parser.add_argument("--quick", action="store_const", const="quick", dest="size_name")
+    parser.add_argument(
+        "--model", help="AFN6 model file (default: the authors' golden AFN6 weights or random)"
+    )
+    parser.add_argument("--size", choices=sorted(SIZES), default="brats", dest="size_name")
+    parser.add_argument("--quick", action="store_const", const="quick", dest="size_name", help="small volume")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS), help="which runs")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--worker", choices=["baseline", "engine"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=list(RUNS), help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -197,70 +204,60 @@ def main(argv=None) -> int:
 
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for variant in ("baseline", "engine"):
-            out = os.path.join(tmp, variant)
-            cmd = [
-                sys.executable,
-                __file__,
-                "--worker",
-                variant,
-                "--result",
-                out,
-                "--arch",
-                args.arch,
-                "--size",
-                args.size_name,
-                "--device",
-                args.device,
-                "--threads",
-                str(args.threads),
-            ]
+        for i, run in enumerate(args.runs):
+            out = os.path.join(tmp, str(i))
+            cmd = [sys.executable, __file__, "--worker", run, "--result", out, "--size", args.size_name]
+            cmd += ["--device", args.device, "--threads", str(args.threads)]
             if args.model:
                 cmd += ["--model", args.model]
             if not args.json:
-                print(f"running {variant} ...", flush=True)
+                print(f"running {run} ...", flush=True)
             subprocess.run(cmd, check=True)
-            results[variant] = json.loads(Path(out + ".json").read_text())
-            results[variant]["labels"] = np.load(out + ".npy")
+            results[run] = json.loads(Path(out + ".json").read_text())
+            results[run]["labels"] = np.load(out + ".npy")
     peak = conv_peak_gflops() if args.device == "cpu" else float("nan")
-    base, eng = results["baseline"], results["engine"]
-    agreement = float((base["labels"] == eng["labels"]).mean())
-    summary = {
-        "arch": args.arch,
-        "volume": [4, *SIZES[args.size_name]],
-        "device": args.device,
-        "baseline_s": round(base["seconds"], 2),
-        "engine_s": round(eng["seconds"], 2),
-        "speedup": round(base["seconds"] / eng["seconds"], 2),
-        "baseline_peak_gib": round(base["peak_gib"], 3),
-        "engine_peak_gib": round(eng["peak_gib"], 3),
-        "engine_tile": eng["tile"],
-        "baseline_gflop": round(base["gflop"], 1),
-        "engine_gflop": round(eng["gflop"], 1),
-        "baseline_gflops_per_s": round(base["gflop"] / base["seconds"], 1),
-        "engine_gflops_per_s": round(eng["gflop"] / eng["seconds"], 1),
-        "conv_peak_gflops_per_s": round(peak, 1),
-        "label_agreement": round(agreement, 5),
-    }
+    shape, axes = SIZES[args.size_name]
+    baseline = results.get("reference")
+    summary = {"volume": [4, *shape], "brain_semi_axes": list(axes), "device": args.device}
+    summary["conv_peak_gflops_per_s"] = round(peak, 1)
+    rows = {}
+    for run, r in results.items():
+        rows[run] = {
+            "arch": r["arch"],
+            "mode": r["mode"],
+            "seconds": round(r["seconds"], 1),
+            "speedup_vs_reference": round(baseline["seconds"] / r["seconds"], 2) if baseline else None,
+            "peak_rss_gib": round(r["peak_gib"], 2),
+            "gflop": round(r["gflop"], 0),
+            "gflops_per_s": round(r["gflop"] / r["seconds"], 1),
+            "fraction_of_conv_peak": round(r["gflop"] / r["seconds"] / peak, 2) if peak == peak else None,
+            "tiles": r["tiles"],
+            "input": r["input"],
+            "seam_score": r["seam_score"],
+            "labels_same_as_reference": (
+                round(float((r["labels"] == baseline["labels"]).mean()), 4) if baseline else None
+            ),
+        }
+    summary["runs"] = rows
     if args.json:
         print(json.dumps(summary))
         return 0
-    print(f"{args.arch} on a {'x'.join(map(str, summary['volume']))} volume, {args.device}")
-    print(f"{'':10s} {'time s':>8s} {'peak GiB':>9s} {'GFLOP':>8s} {'GFLOP/s':>8s}  tiles")
     print(
-        f"{'baseline':10s} {summary['baseline_s']:8.1f} {summary['baseline_peak_gib']:9.2f} "
-        f"{summary['baseline_gflop']:8.0f} {summary['baseline_gflops_per_s']:8.1f}  75^3 in / 47^3 out, NCDHW"
+        f"\nAFN6/BASIC on a {'x'.join(map(str, summary['volume']))} volume, "
+        f"brain semi-axes {axes}, {args.device}"
     )
-    print(
-        f"{'engine':10s} {summary['engine_s']:8.1f} {summary['engine_peak_gib']:9.2f} "
-        f"{summary['engine_gflop']:8.0f} {summary['engine_gflops_per_s']:8.1f}  "
-        f"{eng['tile']} in, channels-last"
-    )
-    print(
-        f"speedup {summary['speedup']:.2f}x; "
-        f"convolution peak here {summary['conv_peak_gflops_per_s']:.0f} GFLOP/s; "
-        f"label agreement {100 * agreement:.3f} %"
-    )
+    print(f"convolution peak measured here: {peak:.0f} GFLOP/s\n")
+    head = f"{'run':16s} {'time s':>7s} {'speedup':>8s} {'RSS GiB':>8s} {'GFLOP':>7s} {'GFLOP/s':>8s}"
+    head += f" {'of peak':>8s}"
+    print(head + "  seam score per autofocus layer")
+    for run, r in rows.items():
+        seams = " ".join(f"{k} {v:.2f}" for k, v in r["seam_score"].items()) or "-"
+        speed = f"{r['speedup_vs_reference']:.2f}x" if r["speedup_vs_reference"] else "-"
+        fraction = f"{r['fraction_of_conv_peak']:.2f}" if r["fraction_of_conv_peak"] is not None else "-"
+        print(
+            f"{run:16s} {r['seconds']:7.1f} {speed:>8s} {r['peak_rss_gib']:8.2f} {r['gflop']:7.0f} "
+            f"{r['gflops_per_s']:8.1f} {fraction:>8s}  {seams}"
+        )
     return 0
 
 

@@ -2,7 +2,7 @@
 
 Every model is run on held-out phantom cases (generated here from a seed that no training run
 uses, unless ``--data`` names a labelled dataset) as ``evaluate`` runs it: the card's preprocessing
-(and resampling, for models trained with ``--spacing``), ``predict_volume`` in its default fast mode,
+(and resampling, for models trained with ``--spacing``), ``predict_volume`` in its default exact (whole) mode,
 Dice on the source grid. Printed:
 
 1. Dice per class and mean Dice, as mean +- standard deviation over cases (like the paper's Table 1);

@@ -35,6 +35,7 @@ class RunRequest:
     device: str = "auto"
     probabilities: bool = False
     override: tuple[str, object] | None = None  # (autofocus layer name, attention_override value)
+    crop: bool = True  # compute only the foreground's bounding box (non-zero in any channel)
 
     @property
     def model_name(self) -> str:
@@ -59,6 +60,10 @@ class SegmentationResult:
     geometry: NiftiGeometry | None
     device: str
     seconds: float
+    crop_box: tuple | None = (
+        None  # ((z0, z1), (y0, y1), (x0, x1)) the network computed; NaN attention outside
+    )
+    mode: str = "whole"
     affine: np.ndarray | None = None  # the input layer's napari affine (display)
     created: str = field(default_factory=lambda: datetime.datetime.now().isoformat(timespec="seconds"))
     model: object = field(default=None, repr=False)  # the loaded torch module, reused by re-runs
@@ -83,7 +88,11 @@ class SegmentationResult:
                 "probabilities": self.request.probabilities,
                 "arch_hint": self.request.arch,
                 "attention_override": list(self.request.override) if self.request.override else None,
+                "crop_to_foreground": self.request.crop,
+                "inference_mode": self.mode,
             },
+            "computed_box": [list(axis) for axis in self.crop_box] if self.crop_box else None,
+            "outside_computed_box": "label 0, background probability 1, attention NaN",
             "inputs": list(self.input_layers),
             "seconds": round(self.seconds, 3),
             "created": self.created,
@@ -134,6 +143,7 @@ def predict(
             device=request.device,
             probabilities=request.probabilities,
             attention=True,
+            crop=request.crop,
             pad_value=padding_value(card.normalization),
             progress=progress,
             cancel=cancel,
@@ -193,6 +203,8 @@ def run_model(
         geometry=geometry,
         device=prediction.device,
         seconds=prediction.seconds,
+        crop_box=prediction.crop_box,
+        mode=prediction.mode,
         model=model,
     )
 

@@ -76,3 +76,26 @@ def test_predict_a_folder_of_nnunet_cases(tmp_path, model_file):
     out = tmp_path / "pred"
     assert main(["predict", "--model", str(model_file), "--input", str(folder), "--out", str(out)]) == 0
     assert sorted(p.name for p in out.glob("*_labels.nii.gz")) == ["a_labels.nii.gz", "b_labels.nii.gz"]
+
+
+def test_predict_crops_to_the_foreground_unless_told_not_to(tmp_path, model_file, capsys):
+    data = np.zeros((30, 26, 22, 2), np.float32)
+    data[6:20, 5:21, 4:15] = np.random.default_rng(3).normal(100, 20, size=(14, 16, 11, 2))
+    case = tmp_path / "brain.nii.gz"
+    nib.save(nib.Nifti1Image(data, AFFINE), str(case))
+    base = ["predict", "--model", str(model_file), "--input", str(case), "--attention"]
+    assert main([*base, "--out", str(tmp_path / "cropped")]) == 0
+    # arrays are (z, y, x): the file's (x, y, z) box reversed
+    assert "cropped to the foreground box 11x16x14" in capsys.readouterr().out
+    info = json.loads((tmp_path / "cropped" / "brain_prediction.json").read_text())
+    assert info["mode"] == "whole" and info["computed_box"] == [[4, 15], [5, 21], [6, 20]]
+    rate = nib.load(tmp_path / "cropped" / "brain_AF1_expected_rate.nii.gz").get_fdata()
+    assert np.isfinite(rate[6:20, 5:21, 4:15]).all() and np.isnan(rate[:6]).all()
+
+    assert main([*base, "--out", str(tmp_path / "whole"), "--no-crop", "--mode", "whole"]) == 0
+    assert "whole volume 22x26x30" in capsys.readouterr().out
+    rate = nib.load(tmp_path / "whole" / "brain_AF1_expected_rate.nii.gz").get_fdata()
+    assert np.isfinite(rate).all()
+
+    assert main([*base, "--out", str(tmp_path / "ref"), "--mode", "reference"]) == 0
+    assert "1 reference tiles" in capsys.readouterr().out

@@ -45,8 +45,22 @@ def register(subparsers, name: str, help_text: str) -> None:
     parser.add_argument("--attention", action="store_true", help="write attention and derived maps")
     parser.add_argument("--probabilities", action="store_true", help="write class probabilities (4D)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 or mps (default auto)")
-    parser.add_argument("--mode", choices=["fast", "reference"], default="fast", help="tiling (default fast)")
-    parser.add_argument("--memory-gib", type=float, default=2.0, help="activation memory budget per tile")
+    parser.add_argument(
+        "--mode",
+        choices=["whole", "tiled", "reference"],
+        default="whole",
+        help="whole: exactly one pass over the volume, no tile seams (default); tiled: independent tiles; "
+        "reference: the authors' 75^3 -> 47^3 tiling",
+    )
+    parser.add_argument(
+        "--no-crop",
+        dest="crop",
+        action="store_false",
+        help="compute the whole volume, not just the bounding box of voxels non-zero in any channel",
+    )
+    parser.add_argument(
+        "--memory-gib", type=float, default=2.0, help="memory budget of the process while it predicts (GiB)"
+    )
     parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
     parser.set_defaults(func=run)
 
@@ -108,7 +122,7 @@ def predict_case(model, card, case: str, files: list[Path], out: Path, args) -> 
     normalized = normalize(image, card.normalization)
 
     def progress(done: int, total: int) -> None:
-        print(f"  tile {done}/{total}", end="\r" if done < total else "\n", flush=True)
+        print(f"  step {done}/{total}", end="\r" if done < total else "\n", flush=True)
 
     prediction = predict_volume(
         model,
@@ -117,6 +131,7 @@ def predict_case(model, card, case: str, files: list[Path], out: Path, args) -> 
         device=args.device,
         probabilities=args.probabilities,
         attention=args.attention,
+        crop=args.crop,
         pad_value=padding_value(card.normalization),
         memory_budget_gib=args.memory_gib,
         progress=progress,
@@ -131,10 +146,23 @@ def predict_case(model, card, case: str, files: list[Path], out: Path, args) -> 
             shutil.move(str(path), target)
             final.append(target)
     print(
-        f"  {prediction.tiles_run} tiles in {prediction.seconds:.1f} s on {prediction.device}, "
+        f"  {describe_run(prediction)} in {prediction.seconds:.1f} s on {prediction.device}, "
         f"peak memory {prediction.peak_memory_gib:.2f} GiB -> {len(final)} files"
     )
     return final
+
+
+def describe_run(prediction) -> str:
+    """'whole volume, cropped to 140x174x139' or '18 tiles'; says when the ROI was empty."""
+    box = prediction.crop_box
+    if box is None:
+        return "empty region of interest, nothing computed"
+    extent = "x".join(str(b - a) for a, b in box)
+    cropped = tuple(b - a for a, b in box) != prediction.labels.shape
+    where = f"cropped to the foreground box {extent}" if cropped else f"{extent}"
+    if prediction.mode == "whole":
+        return f"whole volume {where}"
+    return f"{prediction.tiles_run} {prediction.mode} tiles over {where}"
 
 
 def write_prediction(folder: Path, case: str, prediction, geometry, card, args, rf_min: int) -> list[Path]:
@@ -175,6 +203,8 @@ def write_prediction(folder: Path, case: str, prediction, geometry, card, args, 
         "model_card": card.to_dict(),
         "mode": prediction.mode,
         "device": prediction.device,
+        "computed_box": [list(axis) for axis in prediction.crop_box] if prediction.crop_box else None,
+        "outside_computed_box": "label 0, background probability 1, attention NaN",
         "tile_size": list(prediction.tile_size),
         "tiles_run": prediction.tiles_run,
         "seconds": round(prediction.seconds, 3),
