@@ -54,9 +54,9 @@ def test_mean_attention_per_class():
 
 
 def test_seam_score_finds_jumps_at_tile_borders_and_not_elsewhere():
-    from napari_autofocus.attention import seam_score
-
     from scipy import ndimage
+
+    from napari_autofocus.attention import seam_score
 
     rng = np.random.default_rng(0)
     smooth = ndimage.gaussian_filter(rng.normal(0, 1, size=(40, 30, 20)), 2).astype(np.float32) + 6
