@@ -11,6 +11,7 @@ else seeded random ones). Each run is its own process, so its peak memory is its
 - **engine**: ``predict_volume`` with the defaults the CLI and the plugin use (exact ``whole`` mode,
   cropped to the foreground, channels-last, 2 GiB budget), with attention as the plugin asks;
 - **engine, no crop**: the same over the whole volume (``crop=False``);
+- **engine, 1 GiB**: the defaults with half the memory budget (more activations go to a file);
 - **BASIC**: the engine's defaults with a BASIC network (no autofocus layer).
 
 Every run captures attention. Printed per run: wall time, peak RSS, GFLOP computed (every
@@ -48,6 +49,7 @@ RUNS = {
     "reference": ("AFN6", {"mode": "reference", "channels_last": False}),
     "engine": ("AFN6", {}),
     "engine, no crop": ("AFN6", {"crop": False}),
+    "engine, 1 GiB": ("AFN6", {"memory_budget_gib": 1.0}),
     "BASIC": ("BASIC", {}),
 }
 
@@ -134,21 +136,31 @@ def computed_flops(model, prediction) -> float:
     return count_flops(model, shape) * (1 if prediction.mode == "whole" else prediction.tiles_run)
 
 
-def authors_borders(volume: np.ndarray) -> list[list[int]]:
-    """Planes where the authors' 47^3 output tiles meet, for this volume's brain box."""
-    borders = []
+def brain_box(volume: np.ndarray) -> tuple[slice, slice, slice]:
+    """The bounding box of the voxels non-zero in any channel (the authors' brain mask)."""
+    box = []
     for axis in range(3):
         other = tuple(a for a in range(4) if a != axis + 1)
         hit = np.flatnonzero(np.any(volume != 0, axis=other))
-        lo, hi = int(hit[0]), int(hit[-1])
-        count = int(np.ceil((hi - lo) / 47))
-        borders.append([lo + 47 * k for k in range(1, count)])
-    return borders
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)
+
+
+def seam_scores(prediction, volume: np.ndarray) -> dict[str, float]:
+    """Seam score of every autofocus layer inside the brain box, at the planes where the authors'
+    47^3 output tiles meet (from the box corner, ceil((max - min) / 47) tiles per axis)."""
+    from napari_autofocus.attention import expected_rate, seam_score
+
+    box = brain_box(volume)
+    borders = [list(range(47, s.stop - s.start, 47)) for s in box]
+    return {
+        name: round(seam_score(expected_rate(a[(slice(None), *box)], prediction.rates[name]), borders), 3)
+        for name, a in prediction.attention.items()
+    }
 
 
 def worker(args) -> None:
     """One run in this process; writes its numbers and labels next to ``args.result``."""
-    from napari_autofocus.attention import expected_rate, seam_score
     from napari_autofocus.inference import predict_volume
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
@@ -162,11 +174,7 @@ def worker(args) -> None:
         peak = torch.cuda.max_memory_allocated() / 2**30
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    borders = authors_borders(volume)
-    seams = {
-        name: round(seam_score(expected_rate(a, prediction.rates[name]), borders), 3)
-        for name, a in prediction.attention.items()
-    }
+    seams = seam_scores(prediction, volume)
     np.save(args.result + ".npy", prediction.labels)
     record = {
         "arch": arch,

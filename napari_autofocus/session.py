@@ -21,7 +21,7 @@ from napari_autofocus.card import ModelCard
 from napari_autofocus.errors import AutofocusError
 from napari_autofocus.model_library import is_reference_checkpoint, model_name
 from napari_autofocus.nifti import NiftiGeometry
-from napari_autofocus.normalization import normalize, padding_value
+from napari_autofocus.normalization import normalize, padding_value, roi_mask
 
 RESULT_KEY = "autofocus_result"  # layer.metadata key of the labels layer that owns a result
 
@@ -110,14 +110,16 @@ def load(request: RunRequest):
     return load_model(request.model_path, **hints)
 
 
-def stack_inputs(inputs: Sequence[np.ndarray], card: ModelCard) -> np.ndarray:
-    """(C, D, H, W) float32 normalised as the card says."""
+def stack_inputs(inputs: Sequence[np.ndarray], card: ModelCard) -> tuple[np.ndarray, np.ndarray]:
+    """(C, D, H, W) float32 normalised as the card says, and the scan's foreground: the voxels
+    non-zero in any raw channel (the crop region; normalisation may move the background off 0)."""
     if len(inputs) != card.in_channels:
         raise AutofocusError(f"the model expects {card.in_channels} input channel(s), got {len(inputs)}")
     shapes = {np.shape(a) for a in inputs}
     if len(shapes) != 1 or len(next(iter(shapes))) != 3:
         raise AutofocusError(f"inputs must be 3D volumes of one shape, got shapes {sorted(shapes)}")
-    return normalize(np.stack([np.asarray(a, dtype=np.float32) for a in inputs]), card.normalization)
+    raw = np.stack([np.asarray(a, dtype=np.float32) for a in inputs])
+    return normalize(raw, card.normalization), roi_mask(raw, "nonzero")
 
 
 def predict(
@@ -127,8 +129,9 @@ def predict(
     request: RunRequest,
     progress: Callable[[int, int], None] | None = None,
     cancel: threading.Event | None = None,
+    foreground: np.ndarray | None = None,
 ):
-    """``predict_volume`` with the card's padding and the request's attention override."""
+    """``predict_volume`` with the card's padding, the request's crop and attention override."""
     from napari_autofocus.inference import predict_volume
 
     module = None
@@ -144,6 +147,7 @@ def predict(
             probabilities=request.probabilities,
             attention=True,
             crop=request.crop,
+            roi=foreground if request.crop else None,
             pad_value=padding_value(card.normalization),
             progress=progress,
             cancel=cancel,
@@ -183,11 +187,11 @@ def run_model(
         model, card = load(request)
     if cancel is not None and cancel.is_set():
         raise Cancelled("cancelled before the network ran")
-    image = stack_inputs(inputs, card)
+    image, foreground = stack_inputs(inputs, card)
     device = str(resolve_device(request.device))
     if status is not None:
         status(device)
-    prediction = predict(model, card, image, request, progress, cancel)
+    prediction = predict(model, card, image, request, progress, cancel, foreground)
     return SegmentationResult(
         request=request,
         card=card,

@@ -99,3 +99,29 @@ def test_recent_models_remember_a_used_file(make_napari_viewer, qtbot, model_fil
     assert [e.path for e in recent_models()] == [model_file]
     _, second = viewer.window.add_plugin_dock_widget("napari-autofocus", "Segment")
     assert model_file in [e.path for e in second.picker.entries]
+
+
+def test_crop_option_computes_the_foreground_box_or_the_whole_volume(make_napari_viewer, qtbot, model_file):
+    viewer = add_scan(make_napari_viewer())
+    for name in ("case [T1-like]", "case [T2-like]"):
+        data = viewer.layers[name].data
+        data[:4], data[:, :, 30:] = 0, 0  # a skull-stripped scan: zero around the head
+    widget = open_segment(viewer, model_file)
+    assert widget.crop.isChecked()
+    run_and_wait(qtbot, widget)
+    result = viewer.layers["tiny_afn2 labels"].metadata[RESULT_KEY]
+    assert result.crop_box == ((4, 32), (0, 36), (0, 30))
+    assert np.isnan(result.attention["AF1"][:, :4].astype(np.float32)).all()
+    assert "foreground box 4-32 x 0-36 x 0-30" in widget.status.text()
+    assert viewer.layers["tiny_afn2 labels"].metadata["autofocus"]["computed_box"] == [
+        [4, 32],
+        [0, 36],
+        [0, 30],
+    ]
+
+    widget.crop.setChecked(False)
+    run_and_wait(qtbot, widget)
+    result = viewer.layers["tiny_afn2 labels"].metadata[RESULT_KEY]
+    assert result.crop_box == ((0, 32), (0, 36), (0, 40))
+    assert np.isfinite(result.attention["AF1"].astype(np.float32)).all()
+    assert "foreground box" not in widget.status.text()

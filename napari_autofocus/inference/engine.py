@@ -452,7 +452,7 @@ def _run_tiled(run: _Run, image, box, pad_value, budget_gib, tile_size) -> dict:
     plan = make_plan(run.model, size, "tiled", budget_gib, tile_size)
     source = crop_with_margin(image, box, plan.margin, pad_value, plan.covered_shape)
     _run_tiles(run, source, plan, rows=False)
-    return {"tile_size": plan.tile_size, "tiles_run": run.done}
+    return {"tile_size": plan.input_tile_size, "tiles_run": run.done}
 
 
 def _run_reference(run: _Run, image, box) -> dict:
@@ -461,7 +461,7 @@ def _run_reference(run: _Run, image, box) -> dict:
     margin = int(run.model.margin)
     counts = [math.ceil((b - 1 - a) / REFERENCE_OUTPUT_TILE) for a, b in box]
     if min(counts) < 1:
-        return {"tile_size": (REFERENCE_OUTPUT_TILE,) * 3, "tiles_run": 0}
+        return {"tile_size": (REFERENCE_OUTPUT_TILE + 2 * margin,) * 3, "tiles_run": 0}
     covered = tuple(c * REFERENCE_OUTPUT_TILE for c in counts)
     run.outputs.box = tuple(
         (a, min(a + c, n)) for (a, _), c, n in zip(box, covered, image.shape[1:], strict=True)
@@ -473,7 +473,7 @@ def _run_reference(run: _Run, image, box) -> dict:
         image, tuple((a, a + c) for (a, _), c in zip(box, covered, strict=True)), margin, 0.0
     )
     _run_tiles(run, source, plan, rows=True)
-    return {"tile_size": plan.tile_size, "tiles_run": len(plan.tiles)}
+    return {"tile_size": plan.input_tile_size, "tiles_run": len(plan.tiles)}
 
 
 def _run_tiles(run: _Run, source: np.ndarray, plan: TilePlan, rows: bool) -> None:

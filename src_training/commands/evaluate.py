@@ -115,8 +115,10 @@ def _predict_and_score(args):
         problem = check_label_values(case.name, case.label, raw.label, dataset.label_values)
         if problem:
             raise DatasetError(problem)
-        image, _, _, _ = preprocess_arrays(raw.image, raw.spacing, card.normalization, target)
-        pred = predict_volume(model, image, device=args.device, pad_value=padding_value(card.normalization))
+        image, _, roi, _ = preprocess_arrays(raw.image, raw.spacing, card.normalization, target)
+        pred = predict_volume(  # cropped to the normalisation's region of interest, as the authors do
+            model, image, roi=roi, device=args.device, pad_value=padding_value(card.normalization)
+        )
         labels = resample_labels_to(np.asarray(pred.labels), raw.label.shape)
         save_nifti(pred_dir / f"{case.name}.nii.gz", labels, raw.geometry, is_label=True)
         results.append(score_case(case.name, labels, raw.label, raw.spacing, classes, regions, args.hd_empty))

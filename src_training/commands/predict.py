@@ -110,7 +110,7 @@ def predict_case(model, card, case: str, files: list[Path], out: Path, args) -> 
     """Predict one case into a temporary folder, then move the finished files into ``out``."""
     from napari_autofocus.inference import predict_volume
     from napari_autofocus.nifti import load_multichannel
-    from napari_autofocus.normalization import normalize, padding_value
+    from napari_autofocus.normalization import normalize, padding_value, roi_mask
 
     image, geometry = load_multichannel(files)
     if image.shape[0] != card.in_channels:
@@ -132,6 +132,7 @@ def predict_case(model, card, case: str, files: list[Path], out: Path, args) -> 
         probabilities=args.probabilities,
         attention=args.attention,
         crop=args.crop,
+        roi=roi_mask(image, "nonzero") if args.crop else None,  # non-zero in any raw channel
         pad_value=padding_value(card.normalization),
         memory_budget_gib=args.memory_gib,
         progress=progress,
@@ -205,7 +206,7 @@ def write_prediction(folder: Path, case: str, prediction, geometry, card, args, 
         "device": prediction.device,
         "computed_box": [list(axis) for axis in prediction.crop_box] if prediction.crop_box else None,
         "outside_computed_box": "label 0, background probability 1, attention NaN",
-        "tile_size": list(prediction.tile_size),
+        "network_input_size": list(prediction.tile_size),
         "tiles_run": prediction.tiles_run,
         "seconds": round(prediction.seconds, 3),
         "peak_memory_gib": round(prediction.peak_memory_gib, 3),
