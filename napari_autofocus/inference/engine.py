@@ -49,6 +49,7 @@ class Prediction:
     labels: np.ndarray
     probabilities: np.ndarray | None
     attention: dict[str, np.ndarray]  # "AF1".. -> (K, D, H, W)
+    logits: np.ndarray | None  # (classes, D, H, W) float32 when asked for; NaN where not computed
     rates: dict[str, tuple[int, ...]]
     computed: np.ndarray  # (D, H, W) bool: voxels the network predicted (False outside the crop)
     device: str
@@ -162,6 +163,7 @@ def predict_volume(
     probabilities: bool = False,
     attention: bool | Sequence[str] = False,
     attention_dtype=np.float16,
+    logits: bool = False,
     roi: np.ndarray | None = None,
     crop: bool = True,
     pad_value: float = 0.0,
@@ -211,6 +213,9 @@ def predict_volume(
         else (_foreground(image) if crop or mode == "reference" else None)
     )
     box = _region(mask, shape, mode, crop, explicit=roi is not None)
+    tiles_box = box
+    if mode == "reference" and box is not None:
+        box = _reference_cover(box, shape)  # where the authors' tiles put their output
 
     channels_last = prefers_channels_last(dev) if channels_last is None else channels_last
     in_use = memory_in_use(dev)  # the budget bounds the process's peak: what it holds already counts
@@ -221,14 +226,13 @@ def predict_volume(
         amp=(dev.type == "cuda") if amp is None else (amp and dev.type == "cuda"),
         wanted=_wanted_layers(model, attention),
         outputs=_Outputs.allocate(
-            model, shape, probabilities, _wanted_layers(model, attention), attention_dtype
+            model, box, probabilities, _wanted_layers(model, attention), attention_dtype, logits
         ),
         budget=int(memory_budget_gib * 2**30),
         in_use=in_use,
         progress=progress,
         cancel=cancel,
     )
-    run.outputs.box = box
     cudnn_benchmark = torch.backends.cudnn.benchmark  # restored afterwards: training may need determinism
     run.model.to(dev, memory_format=run.memory_format)
     if dev.type == "cuda":
@@ -238,16 +242,17 @@ def predict_volume(
         if box is None:
             used, details = mode, {}
         elif mode == "reference":
-            used, details = mode, _run_reference(run, image, box)
+            used, details = mode, _run_reference(run, image, tiles_box)
         elif mode == "whole":
             used, details = _run_whole(run, image, box, pad_value, one_pass, spill_dir, tile_size)
         else:
             used, details = mode, _run_tiled(run, image, box, pad_value, memory_budget_gib, tile_size)
-    out = run.outputs
+    out = run.outputs.on_grid(shape)  # the activations are gone by now: room for full-size arrays
     return Prediction(
         labels=out.labels,
         probabilities=out.probabilities,
         attention=out.maps,
+        logits=out.logits,
         rates=out.rates,
         computed=out.computed,
         device=str(dev),
@@ -269,36 +274,67 @@ _MODE_ALIASES = {"fast": "tiled", "exact": "whole"}
 
 @dataclass
 class _Outputs:
-    """The result arrays on the full input grid; voxels outside the computed box stay background."""
+    """The result arrays of the computed box, placed on the full input grid at the end (so the full
+    arrays never coexist with the activations); the box is all that is written while running."""
 
     labels: np.ndarray
     probabilities: np.ndarray | None
     maps: dict[str, np.ndarray]
     rates: dict[str, tuple[int, ...]]
     computed: np.ndarray
-    box: tuple | None = None
+    box: tuple | None
+    logits: np.ndarray | None = None
 
     @classmethod
-    def allocate(cls, model, shape, probabilities: bool, wanted: list[str], dtype) -> _Outputs:
+    def allocate(cls, model, box, probabilities: bool, wanted: list[str], dtype, logits=False) -> _Outputs:
         geometry = {g["name"]: g for g in model.autofocus_geometry()} if wanted else {}
+        size = tuple(b - a for a, b in box) if box is not None else (0, 0, 0)
         probs = None
         if probabilities:
-            probs = np.zeros((model.num_classes, *shape), dtype=np.float32)
+            probs = np.zeros((model.num_classes, *size), dtype=np.float32)
             probs[0] = 1.0
         return cls(
-            labels=np.zeros(shape, dtype=np.uint8 if model.num_classes <= 256 else np.int16),
+            labels=np.zeros(size, dtype=np.uint8 if model.num_classes <= 256 else np.int16),
             probabilities=probs,
-            maps={n: np.full((len(geometry[n]["rates"]), *shape), np.nan, dtype=dtype) for n in wanted},
+            maps={n: np.full((len(geometry[n]["rates"]), *size), np.nan, dtype=dtype) for n in wanted},
             rates={n: tuple(geometry[n]["rates"]) for n in wanted},
-            computed=np.zeros(shape, dtype=bool),
+            computed=np.zeros(size, dtype=bool),
+            box=box,
+            logits=np.full((model.num_classes, *size), np.nan, np.float32) if logits else None,
         )
 
     @property
     def nbytes(self) -> int:
         arrays = [self.labels, self.computed, *self.maps.values()]
-        if self.probabilities is not None:
-            arrays.append(self.probabilities)
+        arrays += [a for a in (self.probabilities, self.logits) if a is not None]
         return sum(a.nbytes for a in arrays)
+
+    def on_grid(self, shape) -> _Outputs:
+        """The same outputs on the whole (D, H, W) grid: background and NaN outside the box."""
+        if self.box is not None and tuple(b - a for a, b in self.box) == tuple(shape):
+            return self
+        inside = tuple(slice(a, b) for a, b in self.box) if self.box is not None else None
+
+        def place(array, fill):
+            out = np.full((*array.shape[:-3], *shape), fill, dtype=array.dtype)
+            if inside is not None:
+                out[(..., *inside)] = array
+            return out
+
+        computed = place(self.computed, False)
+        probs = None
+        if self.probabilities is not None:
+            probs = place(self.probabilities, 0.0)
+            probs[0][~computed] = 1.0  # certain background where nothing was computed
+        return _Outputs(
+            labels=place(self.labels, 0),
+            probabilities=probs,
+            maps={n: place(m, np.nan) for n, m in self.maps.items()},
+            rates=self.rates,
+            computed=computed,
+            box=self.box,
+            logits=None if self.logits is None else place(self.logits, np.nan),
+        )
 
     def write_logits(self, start: tuple[int, int, int], logits: torch.Tensor) -> None:
         """Labels (and probabilities) of an output block whose first voxel is ``start`` in the box."""
@@ -310,9 +346,10 @@ class _Outputs:
         labels = logits.argmax(0).to(torch.uint8 if self.labels.dtype == np.uint8 else torch.int16)
         self.labels[index] = labels[inner].cpu().numpy()
         if self.probabilities is not None:
-            self.probabilities[(slice(None), *index)] = (
-                torch.softmax(logits, 0)[(slice(None), *inner)].cpu().numpy()
-            )
+            probs = torch.softmax(logits, 0)[(slice(None), *inner)]
+            self.probabilities[(slice(None), *index)] = probs.cpu().numpy()
+        if self.logits is not None:
+            self.logits[(slice(None), *index)] = logits[(slice(None), *inner)].cpu().numpy()
         self.computed[index] = True
 
     def write_attention(self, name: str, start: tuple[int, int, int], a: torch.Tensor) -> None:
@@ -325,13 +362,13 @@ class _Outputs:
         self.maps[name][(slice(None), *index)] = block.cpu().numpy().astype(self.maps[name].dtype)
 
     def _region(self, start, size):
-        """(image index, block index) of the part of a block at ``start`` (box coords) inside the box."""
+        """(box index, block index) of the part of a block at ``start`` (box coords) inside the box."""
         index, inner = [], []
-        for (lo, hi), s, n in zip(self.box, start, size, strict=True):
-            a, b = max(s, 0), min(s + n, hi - lo)
+        for s, n, extent in zip(start, size, self.labels.shape, strict=True):
+            a, b = max(s, 0), min(s + n, extent)
             if b <= a:
                 return None
-            index.append(slice(lo + a, lo + b))
+            index.append(slice(a, b))
             inner.append(slice(a - s, b - s))
         return tuple(index), tuple(inner)
 
@@ -386,22 +423,21 @@ def _run_whole(run: _Run, image, box, pad_value, one_pass, spill_dir, tile_size)
     working_set = min(WORKING_SET_BYTES, run.budget // 4)
     plan = plan_stream(steps, source.shape[0], source.shape[1:], working_set)
     run.total = plan.total_slabs
-    outputs, final = run.outputs, steps[-1].name
+    outputs = run.outputs
 
-    def on_output(step, start, result):
-        logits, a = result if isinstance(result, tuple) else (result, None)
-        if a is not None and step.attention in outputs.maps:
-            shift = margin - plan.offsets[step.name]  # this grid's voxel i is output voxel i - shift
-            outputs.write_attention(step.attention, (start - shift, -shift, -shift), a)
-        if step.name == final:
+    def on_output(step, start, logits, attentions):
+        for a in attentions:
+            if a.name in outputs.maps:
+                shift = margin - a.offset  # that grid's voxel i is output voxel i - shift
+                outputs.write_attention(a.name, (a.start - shift, -shift, -shift), a.data)
+        if logits is not None:
             outputs.write_logits((start, 0, 0), logits)
 
     x = run.tensor(source)
     del source
     # what the budget leaves for full activations after the process, the outputs and one slab's
-    # working set, with headroom for the convolutions' own buffers and the allocator (measured:
-    # without it the peak overshot a 2 GiB budget by 8% on a BraTS-size volume)
-    free = int(0.9 * run.budget) - run.in_use - outputs.nbytes - 2 * working_set - _model_bytes(model)
+    # working set, with headroom for the convolutions' own buffers and the allocator
+    free = int(0.9 * run.budget) - run.in_use - outputs.nbytes - working_set - _model_bytes(model)
     placement = run_stream(
         steps,
         x,
@@ -416,7 +452,7 @@ def _run_whole(run: _Run, image, box, pad_value, one_pass, spill_dir, tile_size)
     return "whole", {
         "tile_size": tuple(int(n) for n in x.shape[2:]),
         "slabs_run": run.done,
-        "activations_in_file": sorted(n for n, where in placement.items() if where == "file"),
+        "activations": placement,
     }
 
 
@@ -459,13 +495,9 @@ def _run_reference(run: _Run, image, box) -> dict:
     """The authors' ``segment()``: tiles of 47^3 from the box corner, ceil((max - min) / 47) per
     axis (their off-by-one), zero padding, each row of tiles along the last axis one batch."""
     margin = int(run.model.margin)
-    counts = [math.ceil((b - 1 - a) / REFERENCE_OUTPUT_TILE) for a, b in box]
-    if min(counts) < 1:
+    covered = _reference_extent(box)
+    if min(covered) < 1:
         return {"tile_size": (REFERENCE_OUTPUT_TILE + 2 * margin,) * 3, "tiles_run": 0}
-    covered = tuple(c * REFERENCE_OUTPUT_TILE for c in counts)
-    run.outputs.box = tuple(
-        (a, min(a + c, n)) for (a, _), c, n in zip(box, covered, image.shape[1:], strict=True)
-    )
     plan = plan_tiles(
         covered, margin, REFERENCE_OUTPUT_TILE, int(getattr(run.model, "input_multiple", 1)), even=False
     )
@@ -506,6 +538,18 @@ def _rows(plan: TilePlan, run: _Run) -> list[list]:
     for tile in plan.tiles:
         rows.setdefault(tile.start[:2], []).append(tile)
     return [row[i : i + most] for row in rows.values() for i in range(0, len(row), most)]
+
+
+def _reference_extent(box) -> tuple[int, int, int]:
+    """Output extent of the authors' tiles for a box: ceil((max - min) / 47) tiles per axis, with
+    max the last voxel (their off-by-one: a box of 48 voxels gets one tile)."""
+    return tuple(math.ceil((b - 1 - a) / REFERENCE_OUTPUT_TILE) * REFERENCE_OUTPUT_TILE for a, b in box)
+
+
+def _reference_cover(box, shape):
+    """The part of the image the authors' tiles cover (their outputs beyond it are dropped)."""
+    covered = _reference_extent(box)
+    return tuple((a, max(a, min(a + c, n))) for (a, _), c, n in zip(box, covered, shape, strict=True))
 
 
 def crop_with_margin(image: np.ndarray, box, margin: int, pad_value: float, size=None) -> np.ndarray:

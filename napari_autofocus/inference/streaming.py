@@ -15,7 +15,10 @@ a temporary file read back slab by slab, so a small budget works for any volume.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import math
+import mmap
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +33,7 @@ from napari_autofocus.nets.autofocus import AutofocusConv
 from napari_autofocus.nets.networks import BasicNet, TrunkNet
 from napari_autofocus.nets.slabs import depth_halo_conv, reach
 
-WORKING_SET_BYTES = 256 * 2**20  # target size of one slab's inputs, outputs and temporaries
+WORKING_SET_BYTES = 384 * 2**20  # target size of one slab's reads, outputs, window and temporaries
 
 
 @dataclass(frozen=True)
@@ -44,13 +47,36 @@ class Read:
 
 
 @dataclass(frozen=True)
+class Slab:
+    """Where a step's slab lies: its output planes, and the depth and grid offset of its input."""
+
+    start: int
+    stop: int
+    depth_in: int
+    offset_in: int  # per-side offset of the input's grid on the network input
+
+
+@dataclass(frozen=True)
+class AttentionSlab:
+    """Attention computed for a slab: ``data`` (1, K, planes, H, W) starts at plane ``start`` of
+    a grid that sits ``offset`` voxels per side into the network input."""
+
+    name: str
+    offset: int
+    start: int
+    data: torch.Tensor
+
+
+@dataclass(frozen=True)
 class Step:
     name: str
     reads: tuple[Read, ...]
     channels: int
-    compute: Callable  # (*input slabs) -> output slab, or (output, attention) if `attention` is set
-    attention: str | None = None  # "AF1".. for an autofocus conv whose attention is wanted
+    compute: Callable  # (Slab, *input slabs) -> (output slab, [AttentionSlab, ...])
     temporaries: int = 3  # output-sized tensors alive while it runs (slab sizing)
+    window: int = 0  # channels of a rolling window with 2 * window_reach halo planes, if any
+    window_reach: int = 0
+    reads_stores: bool = False  # compute gets the input stores (to read what it needs), not slabs
 
 
 # -- the steps of our networks --------------------------------------------------------------------
@@ -64,71 +90,155 @@ def network_steps(model: nn.Module) -> list[Step] | None:
     if not isinstance(model, BasicNet) and not hasattr(head, "forward_depth_halo"):
         return None
     names = {g["module"]: g["name"] for g in model.autofocus_geometry()}
-    steps = [
+    steps = _fuse_valid(
         _conv_step("conv1", "input", model.conv1, model.bn1, names.get("conv1")),
         _conv_step("conv2", "conv1", model.conv2, model.bn2, names.get("conv2")),
-    ]
+    )
     previous = "conv2"
     for i in (3, 4, 5):
         name = f"layer{i}"
-        block = getattr(model, name)
-        steps.append(
-            _conv_step(f"{name}.conv1", previous, block.conv1, block.bn1, names.get(f"{name}.conv1"))
-        )
-        steps.append(_block_output_step(name, previous, block, names.get(f"{name}.conv2")))
+        steps.append(_ResidualBlockStep.step(name, previous, getattr(model, name), names))
         previous = name
     if isinstance(model, BasicNet):  # the 1^3 classifier reads no neighbours: fused into the last block
         steps[-1] = _then(steps[-1], model.fc, model.num_classes)
     else:
         steps.append(
-            Step("head", (Read(previous, 0, head.reach),), model.num_classes, head.forward_depth_halo)
+            Step("head", (Read(previous, 0, head.reach),), model.num_classes, _plain(head.forward_depth_halo))
         )
     return steps
 
 
-def _relu_output(compute: Callable) -> Callable:
-    def run(*slabs):
-        out, attention = compute(*slabs)
-        return F.relu_(out), attention
+def _plain(compute: Callable) -> Callable:
+    """A slab function of the input alone, in the step protocol (no attention)."""
+    return lambda slab, *inputs: (compute(*inputs), [])
 
-    return run
+
+def _apply_conv(
+    conv: nn.Module, norm: nn.Module, x: torch.Tensor, name: str | None, slab_offset: int, start: int
+):
+    """ReLU(norm(conv(x))) of a slab with its halo, and the attention if ``conv`` is autofocus."""
+    if isinstance(conv, AutofocusConv):
+        out, a = conv.forward_depth_halo(x)
+        return F.relu_(out), [AttentionSlab(name, slab_offset + conv.shrink, start, a)] if name else []
+    return F.relu_(depth_halo_conv(conv, x, norm)), []
 
 
 def _conv_step(name: str, source: str, conv: nn.Module, norm: nn.Module, attention: str | None) -> Step:
-    read = (Read(source, _shrink(conv), reach(conv)),)
-    if isinstance(conv, AutofocusConv):
-        return Step(name, read, conv.out_channels, _relu_output(conv.forward_depth_halo), attention)
-    return Step(name, read, conv.out_channels, lambda x: F.relu_(depth_halo_conv(conv, x, norm)))
+    def run(slab: Slab, x):
+        return _apply_conv(conv, norm, x, attention, slab.offset_in, slab.start)
+
+    return Step(name, (Read(source, _shrink(conv), reach(conv)),), conv.out_channels, run)
 
 
-def _block_output_step(name: str, source: str, block: nn.Module, attention: str | None) -> Step:
-    """conv2 + BN of a residual block, plus the cropped (projected) block input, then ReLU."""
-    conv, crop = block.conv2, block.crop
-    autofocus = isinstance(conv, AutofocusConv)
+class _ResidualBlockStep:
+    """A residual block as one step. Its first conv's output lives only as a rolling window of
+    planes (each computed once, never stored whole), so between blocks only block outputs are
+    held; the second conv, its batch norm and the cropped (projected) block input give the output.
+    """
 
-    def run(h, x):
-        out, a = conv.forward_depth_halo(h) if autofocus else (depth_halo_conv(conv, h, block.bn2), None)
-        residual = x[:, :, :, crop:-crop, crop:-crop] if crop else x
-        if block.downsample is not None:
-            residual = depth_halo_conv(block.downsample[0], residual, block.downsample[1])
-        out = F.relu_(out.add_(residual))
-        return (out, a) if autofocus else out
+    def __init__(self, block: nn.Module, names: dict[str, str], prefix: str) -> None:
+        self.block = block
+        self.first, self.second = block.conv1, block.conv2
+        self.s1, self.r1 = _shrink(self.first), reach(self.first)
+        self.s2, self.r2 = _shrink(self.second), reach(self.second)
+        self.name1, self.name2 = names.get(f"{prefix}.conv1"), names.get(f"{prefix}.conv2")
+        self.window: torch.Tensor | None = None
+        self.held = (0, 0)  # planes [lo, hi) of the first conv's output at the window's front
 
-    reads = (Read(f"{name}.conv1", _shrink(conv), reach(conv)), Read(source, crop, 0))
-    return Step(name, reads, conv.out_channels, run, attention if autofocus else None)
+    @classmethod
+    def step(cls, name: str, source: str, block: nn.Module, names: dict[str, str]) -> Step:
+        run = cls(block, names, name)
+        read = Read(source, run.s1 + run.s2, run.r1 + run.r2)
+        return Step(name, (read,), run.second.out_channels, run, 4, run.first.out_channels, run.r2, True)
+
+    def __call__(self, slab: Slab, x):
+        """``x``: the input store; only what this slab needs is read from it."""
+        lo, hi = slab.start + self.s2 - self.r2, slab.stop + self.s2 + self.r2
+        attentions = self._advance(x, lo, hi, slab)
+        h = self.window[:, :, : hi - lo]
+        if isinstance(self.second, AutofocusConv):
+            out, a = self.second.forward_depth_halo(h)
+            if self.name2:
+                attentions.append(
+                    AttentionSlab(self.name2, slab.offset_in + self.s1 + self.s2, slab.start, a)
+                )
+        else:
+            out = depth_halo_conv(self.second, h, self.block.bn2)
+        first = slab.start + self.s1 + self.s2
+        residual = x.read(first, first + slab.stop - slab.start)
+        if self.block.crop:
+            c = self.block.crop
+            residual = residual[:, :, :, c:-c, c:-c]
+        if self.block.downsample is not None:
+            residual = depth_halo_conv(self.block.downsample[0], residual, self.block.downsample[1])
+        if slab.stop == slab.depth_in - 2 * (self.s1 + self.s2):  # the last slab: the window is done
+            self.window, h = None, None
+        return F.relu_(out.add_(residual)), attentions
+
+    def _advance(self, x, lo: int, hi: int, slab: Slab) -> list[AttentionSlab]:
+        """Hold planes [lo, hi) of the first conv's output (zeros beyond its extent) at the front
+        of the window: keep those already held, compute only the new ones from the store ``x``,
+        at most a slab's thickness at a time (so a read never exceeds a slab plus its halo)."""
+        if self.window is None or self.window.shape[2] < hi - lo:
+            sample = x.read(0, 1)
+            plane = (sample.shape[3] - 2 * self.s1, sample.shape[4] - 2 * self.s1)
+            window = sample.new_empty((1, self.first.out_channels, hi - lo, *plane))
+            self.window, self.held = window.contiguous(memory_format=_format_of(sample)), (lo, lo)
+            self.chunk = max(1, slab.stop - slab.start)
+        window, (held_lo, held_hi) = self.window, self.held
+        kept = max(lo, min(hi, held_hi))  # planes [lo, kept) are held already (slabs only move on)
+        for plane in range(lo, kept if held_lo != lo else lo):  # forward, one plane at a time: safe
+            window[:, :, plane - lo].copy_(window[:, :, plane - held_lo])
+        depth = slab.depth_in - 2 * self.s1
+        new_lo, new_hi = max(kept, 0), min(hi, depth)
+        attentions = []
+        if new_hi > new_lo:
+            window[:, :, kept - lo : new_lo - lo].zero_()
+            window[:, :, new_hi - lo : hi - lo].zero_()
+            for a in range(new_lo, new_hi, self.chunk):
+                b = min(a + self.chunk, new_hi)
+                planes = x.read(a + self.s1 - self.r1, b + self.s1 + self.r1)
+                h, more = _apply_conv(self.first, self.block.bn1, planes, self.name1, slab.offset_in, a)
+                window[:, :, a - lo : b - lo].copy_(h)
+                attentions += more
+        else:
+            window[:, :, kept - lo : hi - lo].zero_()
+        self.held = (lo, hi)
+        return attentions
+
+
+def _fuse_valid(first: Step, second: Step) -> list[Step]:
+    """One step for two valid convolutions in a row (no zero padding along depth in either): the
+    first is recomputed on a few halo planes, which is cheaper than writing and reading its output.
+    """
+    (a,), (b,) = first.reads, second.reads
+    if not (a.reach == a.shrink and b.reach == b.shrink and b.source == first.name):
+        return [first, second]
+
+    def run(slab: Slab, x):
+        h, early = first.compute(slab, x)
+        out, late = second.compute(slab, h)
+        if early or late:
+            raise AssertionError("valid convolutions carry no attention")
+        return out, []
+
+    return [
+        Step(second.name, (Read(a.source, a.shrink + b.shrink, a.reach + b.reach),), second.channels, run)
+    ]
 
 
 def _then(step: Step, classifier: nn.Conv3d, channels: int) -> Step:
     """``step`` followed by a 1^3 convolution, in the same slab."""
 
-    def run(*slabs):
-        out = step.compute(*slabs)
-        if step.attention is not None:
-            out, a = out
-            return depth_halo_conv(classifier, out), a
-        return depth_halo_conv(classifier, out)
+    def run(slab: Slab, *inputs):
+        out, attentions = step.compute(slab, *inputs)
+        return depth_halo_conv(classifier, out), attentions
 
-    return Step(step.name, step.reads, channels, run, step.attention, step.temporaries + 1)
+    # slabs are sized by the step's own (wider) output, which the classifier's small one follows
+    temporaries = -(-step.temporaries * step.channels // channels) + 1
+    return Step(
+        step.name, step.reads, channels, run, temporaries, step.window, step.window_reach, step.reads_stores
+    )
 
 
 def _shrink(conv: nn.Module) -> int:
@@ -145,6 +255,7 @@ class _MemoryStore:
 
     def __init__(self, data: torch.Tensor) -> None:
         self.data = data
+        self.scratch: torch.Tensor | None = None
 
     @classmethod
     def empty(cls, channels, extent, device, memory_format) -> _MemoryStore:
@@ -153,26 +264,50 @@ class _MemoryStore:
     def write(self, start: int, slab: torch.Tensor) -> None:
         self.data[:, :, start : start + slab.shape[2]].copy_(slab)
 
+    @property
+    def can_release(self) -> bool:
+        return _release_pages is not None and self.data.device.type == "cpu" and _plane_major(self.data)
+
+    def release(self, below: int) -> None:
+        """Give the memory of planes [0, below) back to the system: no later step reads them."""
+        if self.can_release and below > 0:
+            plane = self.data[0, :, 0].numel() * self.data.element_size()
+            _release_pages(self.data.data_ptr(), min(below, self.data.shape[2]) * plane)
+
     def read(self, lo: int, hi: int) -> torch.Tensor:
+        """Planes [lo, hi): a view inside the volume; across its border, zeros beyond it in a
+        buffer that is reused (valid until the next read of this store)."""
         depth = self.data.shape[2]
         if lo >= 0 and hi <= depth:
             return self.data[:, :, lo:hi]
-        out = self.data.new_zeros((*self.data.shape[:2], hi - lo, *self.data.shape[3:]))
-        out = out.contiguous(memory_format=_format_of(self.data))
-        a, b = max(lo, 0), min(hi, depth)
+        if self.scratch is None or self.scratch.shape[2] < hi - lo:
+            shape = (*self.data.shape[:2], hi - lo, *self.data.shape[3:])
+            self.scratch = torch.empty(shape, dtype=self.data.dtype, device=self.data.device)
+            self.scratch = self.scratch.contiguous(memory_format=_format_of(self.data))
+        out = self.scratch[:, :, : hi - lo]
+        a, b = min(max(lo, 0), hi), max(min(hi, depth), lo)
+        out[:, :, : a - lo].zero_()
+        out[:, :, max(b, a) - lo :].zero_()
         if b > a:
             out[:, :, a - lo : b - lo].copy_(self.data[:, :, a:b])
         return out
 
 
 class _FileStore:
-    """A full activation kept plane by plane (D, H, W, C float32) in a temporary file."""
+    """A full activation kept plane by plane (D, H, W, C float32) in a temporary file.
+
+    Slabs are read in increasing order and overlap by their halos, so one buffer is kept per
+    store: planes still wanted are moved to its front and only new planes come from the file.
+    (Reading every halo again, into a fresh buffer each time, took a fifth of a BraTS-size run.)
+    """
 
     def __init__(self, folder: str, channels: int, extent, device) -> None:
         self.shape = (extent[0], extent[1], extent[2], channels)
         self.plane = extent[1] * extent[2] * channels
         self.device = device
-        self.file = tempfile.TemporaryFile(dir=folder)  # noqa: SIM115 - closed by release()
+        self.file = tempfile.TemporaryFile(dir=folder)  # noqa: SIM115 - closed by _release()
+        self.buffer: np.ndarray | None = None
+        self.held = (0, 0)  # planes [lo, hi) at the front of the buffer
 
     def write(self, start: int, slab: torch.Tensor) -> None:
         planes = slab[0].permute(1, 2, 3, 0).float().contiguous().cpu().numpy()
@@ -180,15 +315,68 @@ class _FileStore:
         self.file.write(memoryview(planes).cast("B"))
 
     def read(self, lo: int, hi: int) -> torch.Tensor:
-        buffer = np.zeros((hi - lo, *self.shape[1:]), np.float32)
-        a, b = max(lo, 0), min(hi, self.shape[0])
-        if b > a:
-            self.file.seek(a * self.plane * 4)
-            self.file.readinto(memoryview(buffer[a - lo : b - lo]).cast("B"))
-        return torch.from_numpy(buffer).permute(3, 0, 1, 2)[None].to(self.device)
+        """Planes [lo, hi), zeros beyond the volume; valid until the next read of this store."""
+        if self.buffer is None or self.buffer.shape[0] < hi - lo:
+            self.buffer, self.held = np.empty((hi - lo, *self.shape[1:]), np.float32), (0, 0)
+        buffer = self.buffer
+        keep_lo, keep_hi = max(lo, self.held[0]), min(hi, self.held[1])
+        if keep_hi > keep_lo and lo != self.held[0]:
+            planes = range(keep_lo, keep_hi)  # plane by plane, in the order that is safe in place
+            for plane in planes if lo > self.held[0] else reversed(planes):
+                buffer[plane - lo] = buffer[plane - self.held[0]]
+        elif keep_hi <= keep_lo:
+            keep_lo = keep_hi = lo
+        for a, b in ((lo, keep_lo), (keep_hi, hi)):
+            self._load(buffer, lo, a, b)
+        self.held = (lo, hi)
+        return torch.from_numpy(buffer[: hi - lo]).permute(3, 0, 1, 2)[None].to(self.device)
+
+    def _load(self, buffer: np.ndarray, lo: int, a: int, b: int) -> None:
+        """Planes [a, b) into the buffer (which starts at plane ``lo``): from the file, or zeros."""
+        if b <= a:
+            return
+        inside_a, inside_b = min(max(a, 0), self.shape[0]), max(min(b, self.shape[0]), 0)
+        buffer[a - lo : max(inside_a, a) - lo] = 0
+        buffer[min(max(inside_b, a), b) - lo : b - lo] = 0
+        if inside_b > inside_a:
+            self.file.seek(inside_a * self.plane * 4)
+            self.file.readinto(memoryview(buffer[inside_a - lo : inside_b - lo]).cast("B"))
+
+    def release(self, below: int) -> None:
+        """Nothing to give back: the file's pages belong to the system's cache."""
 
     def close(self) -> None:
         self.file.close()
+        self.buffer = None
+
+
+def _plane_major(t: torch.Tensor) -> bool:
+    """Whether every depth plane of a (1, C, D, H, W) tensor is one contiguous block, in order."""
+    return t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def _page_releaser():
+    """madvise(MADV_DONTNEED) on whole pages, where the C library has it (Linux), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        madvise = libc.madvise
+    except (OSError, AttributeError):
+        return None
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    page = mmap.PAGESIZE
+
+    def release(address: int, length: int) -> None:
+        first = -(-address // page) * page  # whole pages inside [address, address + length) only
+        last = (address + length) // page * page
+        if last > first:
+            madvise(first, last - first, 4)  # MADV_DONTNEED: freed now, zero pages if touched again
+
+    return release
+
+
+_release_pages = _page_releaser()
 
 
 def _format_of(t: torch.Tensor):
@@ -235,13 +423,53 @@ def plan_stream(
         extents[step.name] = out
         offsets[step.name] = offsets[step.reads[0].source] + step.reads[0].shrink
         channels[step.name] = step.channels
-        read_plane = sum(4 * channels[r.source] * math.prod(extents[r.source][1:]) for r in step.reads)
-        halo = sum(
-            4 * channels[r.source] * math.prod(extents[r.source][1:]) * 2 * r.reach for r in step.reads
-        )
-        out_plane = 4 * step.channels * math.prod(out[1:]) * step.temporaries
-        slabs[step.name] = max(1, min(out[0], (working_set - halo) // (read_plane + out_plane)))
+        # reads inside the volume are views; across its border (or from a file) they are copies,
+        # of a slab plus the halo the step reads beyond its window
+        in_plane = [4 * channels[r.source] * math.prod(extents[r.source][1:]) for r in step.reads]
+        window_plane = 4 * step.window * math.prod(extents[step.reads[0].source][1:])
+        per_plane = sum(in_plane) + window_plane + 4 * step.channels * math.prod(out[1:]) * step.temporaries
+        halo = window_plane * 2 * step.window_reach
+        halo += sum(p * 2 * (r.reach - step.window_reach) for p, r in zip(in_plane, step.reads, strict=True))
+        slabs[step.name] = max(1, min(out[0], (working_set - halo) // per_plane))
     return StreamPlan(extents, offsets, slabs, channels)
+
+
+def peak_activation_bytes(steps: list[Step], plan: StreamPlan, release: bool) -> int:
+    """Most bytes of full activations alive at once. With ``release`` an input's planes are freed
+    as its last reader passes them while the output fills, so a step holds the larger of its whole
+    input (first slab) and its whole output plus the input planes its last slab reads (last slab),
+    instead of both."""
+    last_use = _last_use(steps)
+    alive = {"input": plan.bytes_of("input")}
+    peak = 0
+    for i, step in enumerate(steps):
+        out = plan.bytes_of(step.name) if i < len(steps) - 1 else 0
+        freed = [r for r in step.reads if last_use[r.source] == i]
+        kept = sum(b for name, b in alive.items() if name not in {r.source for r in freed})
+        going = sum(alive[r.source] for r in freed)
+        if release:  # linear in the slab position: largest at the first or at the last slab
+            depth, thick = plan.extents[step.name][0], plan.slabs[step.name]
+            last = (depth - 1) // thick * thick
+            ahead = 0
+            for r in freed:
+                planes = plan.extents[r.source][0]
+                ahead += alive[r.source] * min(planes, planes - (last + r.shrink - r.reach)) // planes
+            peak = max(peak, kept + max(going, out + ahead))
+        else:
+            peak = max(peak, kept + going + out)
+        for r in freed:
+            alive.pop(r.source, None)
+        if out:
+            alive[step.name] = out
+    return peak
+
+
+def _last_use(steps: list[Step]) -> dict[str, int]:
+    last = {"input": 0}
+    for i, step in enumerate(steps):
+        for r in step.reads:
+            last[r.source] = i
+    return last
 
 
 def run_stream(
@@ -250,69 +478,65 @@ def run_stream(
     plan: StreamPlan,
     *,
     memory_bytes: int,
-    on_output: Callable[[Step, int, object], None],
+    on_output: Callable[[Step, int, torch.Tensor | None, list[AttentionSlab]], None],
     before_slab: Callable[[], None] = lambda: None,
     after_slab: Callable[[], None] = lambda: None,
     compute_context: Callable = contextlib.nullcontext,
     spill_dir: str | Path | None = None,
-) -> dict[str, str]:
+) -> str:
     """Run ``steps`` over ``image`` (1, C, D, H, W) slab by slab.
 
-    ``on_output(step, start_plane, output)`` gets every slab of the last step and, for steps with
-    ``attention``, the (output, attention) pair of every slab. Full activations stay in memory
-    while those alive together fit ``memory_bytes``, otherwise they go to a temporary file in
-    ``spill_dir``. Returns where each activation was kept ("memory" or "file").
+    ``on_output(step, start_plane, logits, attentions)`` gets every slab's attention and, for the
+    last step, its output. Full activations stay in memory when the most alive at once fits
+    ``memory_bytes``, else they all go to temporary files in ``spill_dir``. Returns "memory" or
+    "file".
     """
-    last_use = {"input": 0}
-    for i, step in enumerate(steps):
-        for r in step.reads:
-            last_use[r.source] = i
+    last_use = _last_use(steps)
     stores = {"input": _MemoryStore(image)}
-    held = {"input": plan.bytes_of("input")}
-    placement = {}
     device, memory_format = image.device, _format_of(image)
+    in_memory = peak_activation_bytes(steps, plan, stores["input"].can_release) <= memory_bytes
     with tempfile.TemporaryDirectory(prefix="napari-autofocus-", dir=spill_dir) as folder:
         try:
             for i, step in enumerate(steps):
                 final = i == len(steps) - 1
                 store = None
                 if not final:
-                    size = plan.bytes_of(step.name)
-                    if sum(held.values()) + size <= memory_bytes:
-                        store = _MemoryStore.empty(
-                            step.channels, plan.extents[step.name], device, memory_format
-                        )
-                        held[step.name] = size
-                        placement[step.name] = "memory"
-                    else:
-                        store = _FileStore(folder, step.channels, plan.extents[step.name], device)
-                        placement[step.name] = "file"
+                    extent = plan.extents[step.name]
+                    store = (
+                        _MemoryStore.empty(step.channels, extent, device, memory_format)
+                        if in_memory
+                        else _FileStore(folder, step.channels, extent, device)
+                    )
                     stores[step.name] = store
+                freed = [r for r in step.reads if last_use[r.source] == i]
                 depth, thick = plan.extents[step.name][0], plan.slabs[step.name]
+                first = step.reads[0]
                 for start in range(0, depth, thick):
                     before_slab()
                     stop = min(start + thick, depth)
+                    slab = Slab(start, stop, plan.extents[first.source][0], plan.offsets[first.source])
                     inputs = [
-                        stores[r.source].read(start + r.shrink - r.reach, stop + r.shrink + r.reach)
+                        stores[r.source]
+                        if step.reads_stores
+                        else stores[r.source].read(start + r.shrink - r.reach, stop + r.shrink + r.reach)
                         for r in step.reads
                     ]
                     with compute_context():
-                        result = step.compute(*inputs)
+                        out, attentions = step.compute(slab, *inputs)
                     del inputs
-                    if step.attention is not None or final:
-                        on_output(step, start, result)
+                    on_output(step, start, out if final else None, attentions)
                     if store is not None:
-                        store.write(start, result[0] if isinstance(result, tuple) else result)
-                    del result
+                        store.write(start, out)
+                    del out, attentions
+                    for r in freed:  # planes no later slab of this step reads
+                        stores[r.source].release(stop + r.shrink - r.reach)
                     after_slab()
-                for source, last in list(last_use.items()):
-                    if last == i and source in stores:
-                        _release(stores.pop(source))
-                        held.pop(source, None)
+                for r in freed:
+                    _release(stores.pop(r.source, None))
         finally:
             for store in stores.values():
                 _release(store)
-    return placement
+    return "memory" if in_memory else "file"
 
 
 def _release(store) -> None:
