@@ -1,7 +1,9 @@
-"""Whole-volume inference: exact tiling for valid convolutions, attention maps on the image grid."""
+"""Whole-volume inference: exact by default (per-layer streaming), cropped to the foreground,
+attention maps on the image grid; the authors' tiling as ``mode="reference"``."""
 
 from napari_autofocus.inference.engine import (
     DEFAULT_MEMORY_BUDGET_GIB,
+    MODES,
     Cancelled,
     Prediction,
     make_plan,
@@ -12,6 +14,7 @@ from napari_autofocus.inference.engine import (
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET_GIB",
+    "MODES",
     "Cancelled",
     "Prediction",
     "make_plan",

@@ -35,7 +35,9 @@ from napari_autofocus.inference.tiling import TilePlan, plan_tiles
 from napari_autofocus.nets import AutofocusConv, capture_attention
 
 REFERENCE_OUTPUT_TILE = 47  # the reference: 75^3 input tiles, 47^3 output, stride 47
-DEFAULT_MEMORY_BUDGET_GIB = 2.0
+DEFAULT_MEMORY_BUDGET_GIB = 2.0  # peak memory of the process while it predicts
+MODES = ("whole", "tiled", "reference")
+_MODE_ALIASES = {"fast": "tiled", "exact": "whole"}  # earlier names
 
 
 class Cancelled(AutofocusError):
@@ -189,6 +191,10 @@ def predict_volume(
     network's margin from real data where the volume has it. Outside: label 0, background
     probability 1, attention NaN, ``computed`` False. ``pad_value``: what the volume is padded with
     beyond its border (the normalised background, ``normalization.padding_value``).
+    ``memory_budget_gib``: the peak the process should stay under while it predicts (resident
+    memory on a CPU, what it has already counts; allocated memory on CUDA). In whole mode, full
+    activations that would not fit go to temporary files in ``spill_dir``; the outputs are the
+    same either way. ``logits``: also return the raw network outputs (float32, NaN outside).
     ``progress(done, total)`` is called after each slab or tile; ``cancel`` (a
     ``threading.Event`` or a callable) is checked before each and raises :class:`Cancelled`.
     """
@@ -266,10 +272,6 @@ def predict_volume(
         peak_memory_gib=_peak_memory_gib(dev),
         timings={k: v for k, v in details.items() if k not in ("tile_size", "tiles_run", "slabs_run")},
     )
-
-
-MODES = ("whole", "tiled", "reference")
-_MODE_ALIASES = {"fast": "tiled", "exact": "whole"}
 
 
 @dataclass
