@@ -423,3 +423,14 @@ def test_the_bundled_afn6_shows_no_tile_seams_on_the_sample():
             scores[run, name] = seam_score(rate, borders)
     mean = {run: np.mean([scores[run, n] for n in whole.attention]) for run in ("whole", "tiled")}
     assert mean["whole"] <= 1.2 and mean["tiled"] > mean["whole"] + 0.2, scores
+
+
+def test_same_padding_networks_stream_exactly_too():
+    """The size-preserving variant pads every conv by itself: zeros at the volume border only."""
+    model = _randomize_bn(build_network("AFN2", 2, 3, channels=TINY, padding="same"), 13, scale=0.15)
+    image = np.random.default_rng(14).normal(size=(2, 19, 23, 16)).astype(np.float32)
+    expected = _whole_volume_pass(model, image)
+    kwargs = dict(crop=False, probabilities=True, logits=True, attention=True, attention_dtype=np.float32)
+    pred = predict_volume(model, image, device="cpu", **kwargs)
+    assert pred.mode == "whole" and model.margin == 0
+    _assert_same_as_one_pass(pred, *expected)

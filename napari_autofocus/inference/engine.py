@@ -59,7 +59,6 @@ class Prediction:
     crop_box: tuple | None  # ((z0, z1), (y0, y1), (x0, x1)) computed; None when the ROI was empty
     tile_size: tuple[int, int, int]  # input extent of one tile (whole: of the cropped volume)
     tiles_run: int
-    tiles_skipped: int
     slabs_run: int
     seconds: float
     peak_memory_gib: float
@@ -266,7 +265,6 @@ def predict_volume(
         crop_box=box,
         tile_size=details.get("tile_size", (0, 0, 0)),
         tiles_run=details.get("tiles_run", 0),
-        tiles_skipped=0,
         slabs_run=details.get("slabs_run", 0),
         seconds=time.perf_counter() - started,
         peak_memory_gib=_peak_memory_gib(dev),
