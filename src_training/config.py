@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from napari_autofocus.errors import AutofocusError
+from napari_autofocus.metrics import REGION_CONVENTIONS
 from napari_autofocus.normalization import DEFAULT_NORMALIZATION
 
 PRESETS: dict[str, dict] = {
@@ -135,6 +136,10 @@ class TrainConfig:
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
             (self.val_every >= 0, f"--val-every must be >= 0 (0 = never), got {self.val_every}"),
             (self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),
+            (
+                self.regions is None or self.regions in REGION_CONVENTIONS,
+                f"--regions must be one of {', '.join(REGION_CONVENTIONS)}, got {self.regions!r}",
+            ),
             (bool(self.data), "--data is required"),
             (bool(self.out), "--out is required"),
         ]

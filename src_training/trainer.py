@@ -417,11 +417,7 @@ class Trainer:
 
         cfg, ds = self.config, self.dataset
         regions = dict(ds.regions)
-        if cfg.regions:
-            if cfg.regions not in REGION_CONVENTIONS:
-                raise AutofocusError(
-                    f"--regions must be one of {sorted(REGION_CONVENTIONS)}, got {cfg.regions!r}"
-                )
+        if cfg.regions:  # checked with the other settings before the first iteration
             regions = dict(REGION_CONVENTIONS[cfg.regions])
         spacing = cfg.spacing or np.median([c.spacing for c in self.train_cases], axis=0).tolist()
         history = self.logger.history if self.logger else []

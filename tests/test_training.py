@@ -277,3 +277,12 @@ def test_gpu_check_on_cuda(capsys):
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     for key in ("train_amp_channels_last", "train_fp32_reference", "ddp"):
         assert "error" not in report[key] and report[key]["s_per_step"] > 0, report[key]
+
+
+def test_a_misspelt_region_convention_is_refused_before_training_starts(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--data", str(tmp_path / "any"), "--out", str(out), "--regions", "brats2051"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--regions must be one of" in err and "brats2015" in err and "'brats2051'" in err
+    assert not out.exists()  # nothing written: the run never started
