@@ -29,7 +29,7 @@ import numpy as np
 from scipy import ndimage
 
 CONVENTIONS = (
-    "Dice = 2TP/(2TP+FP+FN); both empty -> 1, one empty -> 0. "
+    "Dice = 2TP/(2TP+FP+FN); both empty -> 1 (counted in the mean), one empty -> 0. "
     "HD95 = 95th percentile of pooled symmetric surface distances in mm (MedPy style; surface = mask XOR "
     "6-connected erosion; EDT with voxel spacing); both empty -> 0, one empty -> NaN (or image diagonal "
     "with the 'penalty' rule). Sensitivity = TP/(TP+FN) (NaN if truth empty); "

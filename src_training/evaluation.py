@@ -118,17 +118,25 @@ def write_report(result: dict, out: str | Path) -> tuple[Path, Path]:
 
 
 def format_table(result: dict) -> str:
-    """A plain-text table of mean +- std per structure, headed by the metric conventions."""
-    lines = [f"metrics over {len(result['cases'])} case(s). {result['conventions']}", ""]
-    header = f"{'structure':<28}" + "".join(f"{m:>22}" for m in METRICS)
-    lines.append(header)
-    lines.append("-" * len(header))
+    """A plain-text table of mean +- std per structure, headed by the metric conventions; columns
+    are as wide as their widest cell, so large distances never run into the next column."""
+    rows = []
     for group in GROUPS:
         for name, m in result["summary"][group].items():
-            cells = []
-            for metric in METRICS:
-                s = m[metric]
-                cells.append(f"{s['mean']:.4f} +- {s['std']:.4f} ({s['n']})" if s["n"] else "n/a")
-            label = f"{name} ({'region' if group == 'regions' else 'class'})"
-            lines.append(f"{label:<28}" + "".join(f"{c:>22}" for c in cells))
+            cells = [
+                f"{m[k]['mean']:.4f} +- {m[k]['std']:.4f} ({m[k]['n']})" if m[k]["n"] else "n/a"
+                for k in METRICS
+            ]
+            rows.append([f"{name} ({'region' if group == 'regions' else 'class'})", *cells])
+    header = ["structure", *METRICS]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells):
+        return "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+
+    lines = [f"metrics over {len(result['cases'])} case(s). {result['conventions']}", "", line(header)]
+    lines.append("-" * len(lines[-1]))
+    lines += [line(r) for r in rows]
     return "\n".join(lines)

@@ -91,3 +91,25 @@ def test_regions_and_score_labels():
 def test_summarize_skips_nan():
     s = metrics.summarize([1.0, float("nan"), 0.5])
     assert s == {"mean": 0.75, "std": 0.25, "n": 2}
+
+
+def test_metrics_table_keeps_columns_apart_when_distances_are_large():
+    from src_training.evaluation import format_table
+
+    stat = {"mean": 0.9123, "std": 0.0456, "n": 12}
+    far = {"mean": 123.4567, "std": 98.7654, "n": 12}
+    result = {
+        "cases": ["a"] * 12,
+        "conventions": metrics.CONVENTIONS,
+        "summary": {
+            "classes": {"enhancing tumour with a long name": {"dice": stat, "hd95": far, "sensitivity": stat,
+                                                              "specificity": stat}},
+            "regions": {"WT": {"dice": stat, "hd95": far, "sensitivity": stat, "specificity": {"n": 0}}},
+        },
+    }  # fmt: skip
+    lines = format_table(result).splitlines()
+    assert "counted in the mean" in lines[0]
+    header, row = lines[2], lines[4]
+    assert len(row) == len(header)
+    assert "(12)  0.9123" in row and "123.4567 +- 98.7654 (12)" in row
+    assert lines[5].rstrip().endswith("n/a")
