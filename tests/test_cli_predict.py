@@ -63,7 +63,7 @@ def test_predict_refuses_to_overwrite_and_explains_channel_mismatch(tmp_path, mo
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "expects 2 input channel(s) (T1-like, T2-like) but got 1" in err
-    assert not list((tmp_path / "o2").glob("single_*"))
+    assert not (tmp_path / "o2").exists()  # a refused run leaves no empty folder behind
 
 
 def test_predict_a_folder_of_nnunet_cases(tmp_path, model_file):
@@ -99,3 +99,26 @@ def test_predict_crops_to_the_foreground_unless_told_not_to(tmp_path, model_file
 
     assert main([*base, "--out", str(tmp_path / "ref"), "--mode", "reference"]) == 0
     assert "1 reference tiles" in capsys.readouterr().out
+
+
+def test_attention_with_a_model_without_autofocus_layers_says_so(tmp_path, capsys):
+    path = tmp_path / "basic.safetensors"
+    save_model(build_network("BASIC", 2, 3, channels=(4,) * 8), path, modalities=["T1-like", "T2-like"])
+    case = _case(tmp_path)
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(path),
+                "--input",
+                str(case),
+                "--out",
+                str(tmp_path / "o"),
+                "--attention",
+            ]
+        )
+        == 0
+    )
+    assert "BASIC has no autofocus layer, so --attention writes no attention maps" in capsys.readouterr().out
+    assert (tmp_path / "o" / "case_labels.nii.gz").exists()

@@ -96,13 +96,25 @@ def run(args) -> int:
     out = Path(args.out)
     hints = {"arch": args.arch} if args.arch else {}
     model, card = load_model(args.model, **hints)
+    if args.attention and not model.autofocus_geometry():
+        print(
+            f"note: {card.arch} has no autofocus layer, so --attention writes no attention maps", flush=True
+        )
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    for index, (case, files) in enumerate(cases.items(), 1):
-        existing = sorted(out.glob(f"{case}_*"))
-        if existing and not args.force:
-            raise AutofocusError(f"{existing[0]} exists; use --force to overwrite outputs for case {case}")
-        print(f"[{index}/{len(cases)}] {case}: {len(files)} file(s)", flush=True)
-        predict_case(model, card, case, files, out, args)
+    try:
+        for index, (case, files) in enumerate(cases.items(), 1):
+            existing = sorted(out.glob(f"{case}_*"))
+            if existing and not args.force:
+                raise AutofocusError(
+                    f"{existing[0]} exists; use --force to overwrite outputs for case {case}"
+                )
+            print(f"[{index}/{len(cases)}] {case}: {len(files)} file(s)", flush=True)
+            predict_case(model, card, case, files, out, args)
+    except BaseException:
+        if created and not any(out.iterdir()):  # a refused run leaves no empty folder behind
+            out.rmdir()
+        raise
     return 0
 
 
