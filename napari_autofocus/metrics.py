@@ -13,8 +13,9 @@ see :data:`CONVENTIONS`):
   on the array border count as surface; distances come from
   ``scipy.ndimage.distance_transform_edt(..., sampling=spacing)``. Both empty -> 0.0; exactly one
   empty -> NaN, or with ``empty="penalty"`` the image diagonal in mm (373.13 for BraTS 240x240x155 at
-  1 mm, as nnU-Net reports it). MONAI instead takes the max of the two *directed* 95th percentiles,
-  which is never smaller than this value.
+  1 mm, as nnU-Net reports it). MONAI instead takes the max of the two *directed* 95th percentiles
+  (with its own surface and percentile rules): usually larger than this value, but not always (on
+  one measured case MONAI gave 2.85 mm where this gives 3.00), so the two are not interchangeable.
 - **Sensitivity** = TP / (TP + FN); NaN when the truth is empty (there is nothing to find).
 - **Specificity** = TN / (TN + FP); NaN when the truth covers the whole image.
 """
