@@ -286,3 +286,24 @@ def test_a_misspelt_region_convention_is_refused_before_training_starts(tmp_path
     err = capsys.readouterr().err
     assert "--regions must be one of" in err and "brats2015" in err and "'brats2051'" in err
     assert not out.exists()  # nothing written: the run never started
+
+
+def test_evaluate_names_the_prediction_files_it_expected(tmp_path, capsys):
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "lab").mkdir()
+    truth = np.zeros((6, 6, 6), np.uint8)
+    _save(truth, tmp_path / "lab" / "mni001.nii.gz")
+    _save(truth, tmp_path / "pred" / "mni001_labels.nii.gz")
+    argv = [
+        "evaluate",
+        "--pred",
+        str(tmp_path / "pred"),
+        "--labels",
+        str(tmp_path / "lab"),
+        "--out",
+        str(tmp_path / "ev"),
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "no prediction for 1 labelled case(s): mni001" in err
+    assert "mni001.nii.gz or mni001.nii" in err and "found mni001_labels.nii.gz" in err

@@ -162,7 +162,10 @@ def _score_folders(args):
         raise DatasetError(f"{args.labels}: no label files (.nii/.nii.gz)")
     if missing:
         raise DatasetError(
-            f"{args.pred}: no prediction for {len(missing)} labelled case(s): {', '.join(missing[:10])}"
+            f"{args.pred}: no prediction for {len(missing)} labelled case(s): {', '.join(missing[:10])}; "
+            f"expected files named like the labels ({missing[0]}.nii.gz or {missing[0]}.nii), found "
+            + (", ".join(p.name for p in list(preds.values())[:5]) or "no NIfTI files")
+            + (" ..." if len(preds) > 5 else "")
         )
     dataset = open_dataset(args.data) if args.data else None
     loaded, problems, values = {}, [], set()
