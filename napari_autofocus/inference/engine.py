@@ -33,6 +33,7 @@ from torch import nn
 from napari_autofocus.errors import AutofocusError
 from napari_autofocus.inference.tiling import TilePlan, plan_tiles
 from napari_autofocus.nets import AutofocusConv, capture_attention
+from napari_autofocus.normalization import roi_mask
 
 REFERENCE_OUTPUT_TILE = 47  # the reference: 75^3 input tiles, 47^3 output, stride 47
 DEFAULT_MEMORY_BUDGET_GIB = 2.0  # peak memory of the process while it predicts
@@ -215,7 +216,7 @@ def predict_volume(
     mask = (
         _roi_mask(roi, shape)
         if roi is not None
-        else (_foreground(image) if crop or mode == "reference" else None)
+        else (roi_mask(image, "nonzero") if crop or mode == "reference" else None)
     )
     box = _region(mask, shape, mode, crop, explicit=roi is not None)
     tiles_box = box
@@ -352,6 +353,12 @@ class _Outputs:
             self.logits[(slice(None), *index)] = logits[(slice(None), *inner)].cpu().numpy()
         self.computed[index] = True
 
+    def write_layer_attention(self, name: str, grid_offset: int, margin: int, start, a: torch.Tensor) -> None:
+        """Attention on its layer's grid, which sits ``grid_offset`` voxels per side into the network
+        input (the output grid: ``margin``); ``start`` is its first voxel on that grid."""
+        shift = margin - grid_offset  # that grid's voxel i is output voxel i - shift
+        self.write_attention(name, tuple(s - shift for s in start), a)
+
     def write_attention(self, name: str, start: tuple[int, int, int], a: torch.Tensor) -> None:
         """An attention block (1, K, ...) whose first voxel is ``start`` in box coordinates."""
         region = self._region(start, a.shape[2:])
@@ -428,8 +435,7 @@ def _run_whole(run: _Run, image, box, pad_value, one_pass, spill_dir, tile_size)
     def on_output(step, start, logits, attentions):
         for a in attentions:
             if a.name in outputs.maps:
-                shift = margin - a.offset  # that grid's voxel i is output voxel i - shift
-                outputs.write_attention(a.name, (a.start - shift, -shift, -shift), a.data)
+                outputs.write_layer_attention(a.name, a.offset, margin, (a.start, 0, 0), a.data)
         if logits is not None:
             outputs.write_logits((start, 0, 0), logits)
 
@@ -466,8 +472,8 @@ def _run_one_pass(run: _Run, source: np.ndarray) -> dict:
     run.outputs.write_logits((0, 0, 0), logits)
     for geometry in run.model.autofocus_geometry():
         if geometry["name"] in run.wanted:
-            shift = margin - int(geometry["offset"])
-            run.outputs.write_attention(geometry["name"], (-shift,) * 3, captured[geometry["name"]])
+            offset, name = int(geometry["offset"]), geometry["name"]
+            run.outputs.write_layer_attention(name, offset, margin, (0, 0, 0), captured[name])
     run.step_done()
     return {"tile_size": tuple(int(n) for n in x.shape[2:]), "tiles_run": 1}
 
@@ -564,11 +570,6 @@ def crop_with_margin(image: np.ndarray, box, margin: int, pad_value: float, size
         dst.append(slice(max(lo, 0) - lo, min(hi, extent) - lo))
     out[(slice(None), *dst)] = image[(slice(None), *src)]
     return out
-
-
-def _foreground(image: np.ndarray) -> np.ndarray:
-    """Voxels non-zero in any channel: the reference's brain mask."""
-    return np.any(image != 0, axis=0)
 
 
 def _region(mask, shape, mode: str, crop: bool, explicit: bool):

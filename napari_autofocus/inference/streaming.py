@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from napari_autofocus.nets.autofocus import AutofocusConv
+from napari_autofocus.nets.blocks import per_side_shrink
 from napari_autofocus.nets.networks import BasicNet, TrunkNet
 from napari_autofocus.nets.slabs import depth_halo_conv, reach
 
@@ -127,7 +128,7 @@ def _conv_step(name: str, source: str, conv: nn.Module, norm: nn.Module, attenti
     def run(slab: Slab, x):
         return _apply_conv(conv, norm, x, attention, slab.offset_in, slab.start)
 
-    return Step(name, (Read(source, _shrink(conv), reach(conv)),), conv.out_channels, run)
+    return Step(name, (Read(source, per_side_shrink(conv), reach(conv)),), conv.out_channels, run)
 
 
 class _ResidualBlockStep:
@@ -139,8 +140,8 @@ class _ResidualBlockStep:
     def __init__(self, block: nn.Module, names: dict[str, str], prefix: str) -> None:
         self.block = block
         self.first, self.second = block.conv1, block.conv2
-        self.s1, self.r1 = _shrink(self.first), reach(self.first)
-        self.s2, self.r2 = _shrink(self.second), reach(self.second)
+        self.s1, self.r1 = per_side_shrink(self.first), reach(self.first)
+        self.s2, self.r2 = per_side_shrink(self.second), reach(self.second)
         self.name1, self.name2 = names.get(f"{prefix}.conv1"), names.get(f"{prefix}.conv2")
         self.window: torch.Tensor | None = None
         self.held = (0, 0)  # planes [lo, hi) of the first conv's output at the window's front
@@ -239,12 +240,6 @@ def _then(step: Step, classifier: nn.Conv3d, channels: int) -> Step:
     return Step(
         step.name, step.reads, channels, run, temporaries, step.window, step.window_reach, step.reads_stores
     )
-
-
-def _shrink(conv: nn.Module) -> int:
-    if isinstance(conv, AutofocusConv):
-        return conv.shrink
-    return reach(conv) - conv.padding[0]
 
 
 # -- where activations live -----------------------------------------------------------------------

@@ -14,8 +14,6 @@ import itertools
 import math
 from dataclasses import dataclass
 
-import numpy as np
-
 
 @dataclass(frozen=True)
 class Tile:
@@ -82,15 +80,3 @@ def plan_tiles(
         starts.append([i * size for i in range(count)])
     tiles = tuple(Tile(start=tuple(s), size=tuple(sizes)) for s in itertools.product(*starts))
     return TilePlan(shape=tuple(shape), margin=margin, tile_size=tuple(sizes), tiles=tiles)
-
-
-def pad_volume(image: np.ndarray, plan: TilePlan, value: float) -> np.ndarray:
-    """(C, D, H, W) image padded by the margin on every side and to whole tiles at the end."""
-    covered = plan.covered_shape
-    pads = [(0, 0)] + [(plan.margin, plan.margin + c - n) for n, c in zip(plan.shape, covered, strict=True)]
-    return np.pad(image, pads, mode="constant", constant_values=value)
-
-
-def tiles_touching(plan: TilePlan, mask: np.ndarray) -> list[bool]:
-    """Per tile: does its output region contain any ROI voxel? (Tiles without one can be skipped.)"""
-    return [bool(mask[tile.output_slices].any()) for tile in plan.tiles]
