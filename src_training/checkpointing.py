@@ -8,15 +8,14 @@ killed run resumes bit-for-bit from its last checkpoint and nobody has to trust 
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from napari_autofocus.errors import CheckpointError
+from napari_autofocus.io.atomic import atomic_path
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -61,28 +60,10 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def publish(tmp: str | Path, path: str | Path) -> None:
-    """Give a temporary file normal permissions (mkstemp makes them 0600) and move it into place."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-
-
 def save_checkpoint(path: str | Path, payload: dict) -> None:
     """``torch.save`` to a temporary file in the same folder, then ``os.replace``: never half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, fsync=True) as tmp:
+        torch.save(payload, tmp)
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -9,20 +9,11 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from .checkpointing import publish
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    publish(tmp, path)
+from napari_autofocus.io.atomic import atomic_path, write_text
 
 
 class RunLogger:
@@ -64,9 +55,8 @@ class RunLogger:
 
     def _write_files(self) -> None:
         lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.history)
-        _atomic_write(self.folder / "log.jsonl", lines)
-        fd, tmp = tempfile.mkstemp(prefix=".log.csv.", suffix=".tmp", dir=self.folder)
-        with os.fdopen(fd, "w", newline="") as fh:
+        write_text(self.folder / "log.jsonl", lines)
+        with atomic_path(self.folder / "log.csv") as tmp, tmp.open("w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(self._columns())
             for r in self.history:
@@ -80,7 +70,6 @@ class RunLogger:
                 ]
                 row += [(r.get("val_dice") or {}).get(c[len("val_dice_") :], "") for c in self._columns()[6:]]
                 writer.writerow(row)
-        publish(tmp, self.folder / "log.csv")
         self.plot()
 
     def plot(self) -> None:
@@ -109,10 +98,8 @@ class RunLogger:
         ax_dice.set_xlabel("epoch")
         ax_dice.set_ylabel("validation Dice")
         fig.tight_layout()
-        fd, tmp = tempfile.mkstemp(prefix=".progress.", suffix=".png", dir=self.folder)
-        os.close(fd)
-        fig.savefig(tmp)
-        publish(tmp, self.folder / "progress.png")
+        with atomic_path(self.folder / "progress.png", suffix=".png") as tmp:
+            fig.savefig(tmp)
 
     def close(self) -> None:
         if self.writer is not None:

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from safetensors.torch import save as st_save
 
 from napari_autofocus.card import FORMAT_NAME, FORMAT_VERSION, ModelCard, read_metadata
 from napari_autofocus.errors import AutofocusError, CheckpointError
+from napari_autofocus.io.atomic import write_bytes
 
 from . import reference
 from .networks import build_network, canonical_arch
@@ -122,18 +121,7 @@ def save_model(
         "content_sha256": content_sha256(tensors),
     }
     data = st_save(tensors, metadata=metadata)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; a model file is for sharing
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes(path, data, fsync=True)
     return card
 
 
