@@ -29,23 +29,23 @@ def test_export_writes_nifti_with_the_source_affine(make_napari_viewer, qtbot, m
     widget.kind_boxes["probabilities"].setChecked(True)
     written = widget.export()
     names = sorted(p.name for p in written)
-    assert "tiny_afn2_labels.nii.gz" in names and "tiny_afn2_parameters.json" in names
+    assert "tiny_afn2.nii.gz" in names and "tiny_afn2_prediction.json" in names
     assert "tiny_afn2_AF2_attention.nii.gz" in names and "tiny_afn2_zoom_mm.nii.gz" in names
-    labels = load_nifti(out / "tiny_afn2_labels.nii.gz")
+    labels = load_nifti(out / "tiny_afn2.nii.gz")
     np.testing.assert_array_equal(labels.data, viewer.layers["tiny_afn2 labels"].data)
     np.testing.assert_allclose(labels.geometry.spacing, source.scale)
     np.testing.assert_allclose(labels.geometry.origin, source.translate)
     attention = nib.load(out / "tiny_afn2_AF1_attention.nii.gz")
     assert attention.shape == (32, 32, 32, 4)
-    np.testing.assert_allclose(attention.affine, nib.load(out / "tiny_afn2_labels.nii.gz").affine)
-    params = json.loads((out / "tiny_afn2_parameters.json").read_text())
+    np.testing.assert_allclose(attention.affine, nib.load(out / "tiny_afn2.nii.gz").affine)
+    params = json.loads((out / "tiny_afn2_prediction.json").read_text())
     assert params["model_name"] == "tiny_afn2" and "torch" in params["versions"]
     assert params["inputs"] == ["phantom_09000 [T1-like]", "phantom_09000 [T2-like]"]
 
-    before = (out / "tiny_afn2_labels.nii.gz").stat().st_mtime_ns
+    before = (out / "tiny_afn2.nii.gz").stat().st_mtime_ns
     widget.confirm_overwrite = lambda paths: False
     assert widget.export() == []
-    assert (out / "tiny_afn2_labels.nii.gz").stat().st_mtime_ns == before
+    assert (out / "tiny_afn2.nii.gz").stat().st_mtime_ns == before
     assert any("no file was changed" in m for m in notes["info"])
     widget.confirm_overwrite = lambda paths: True
     assert len(widget.export()) == len(written)
@@ -64,6 +64,6 @@ def test_export_keeps_a_nifti_sources_affine(make_napari_viewer, qtbot, model_fi
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Export")
     widget.folder.setText(str(tmp_path / "out"))
     widget.export()
-    written = nib.load(tmp_path / "out" / "tiny_afn2_labels.nii.gz")
+    written = nib.load(tmp_path / "out" / "tiny_afn2.nii.gz")
     np.testing.assert_allclose(written.affine, source_affine, atol=1e-5)
     assert written.shape == (30, 28, 26)
