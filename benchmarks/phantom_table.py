@@ -83,43 +83,36 @@ def hidden_parts(args, cases: list) -> dict[str, dict]:
 def evaluate_model(path: Path, cases: list, n_channels: int, device: str, parts=None) -> dict:
     """Dice per structure per case and, for autofocus models, mean expected rates per region."""
     from napari_autofocus.attention import expected_rate
-    from napari_autofocus.inference import predict_volume
+    from napari_autofocus.inference.predictor import predict_scan
     from napari_autofocus.metrics import dice
     from napari_autofocus.nets import load_model
-    from napari_autofocus.normalization import padding_value
     from src_training.data import read_case
-    from src_training.preprocess import preprocess_arrays, resample_labels_to
 
     model, card = load_model(path)
     if card.in_channels != n_channels:
         raise AutofocusError(f"{path} expects {card.in_channels} channel(s); the dataset has {n_channels}")
-    target = card.provenance.get("resampled_to_spacing")  # the grid the model was trained on, if any
     result = {"model": path.name, "arch": card.arch, "training": card.provenance, "cases": [], "rates": {}}
     rate_sums: dict[str, dict[str, list[float]]] = {}
     for case in cases:
         raw = read_case(case, n_channels)
-        image, _, _, _ = preprocess_arrays(raw.image, raw.spacing, card.normalization, target)
         start = time.perf_counter()
-        pred = predict_volume(
-            model, image, device=device, attention=True, pad_value=padding_value(card.normalization)
-        )
+        pred, _ = predict_scan(  # the path every caller takes: outputs on the scan's own grid
+            model, card, raw.image, raw.spacing, scan_description=raw.geometry.description,
+            device=device, attention=True,
+        )  # fmt: skip
         seconds = time.perf_counter() - start
         truth = np.asarray(raw.label)
-        labels = resample_labels_to(np.asarray(pred.labels), truth.shape)  # Dice on the source grid
+        labels = np.asarray(pred.labels)
         scores = {name: dice(labels == value, truth == value) for name, value in STRUCTURES.items()}
         result["cases"].append({"case": case.name, "dice": scores, "seconds": round(seconds, 2)})
-        # attention lives on the model's grid: bring the truth there (identity without --spacing)
-        model_truth = resample_labels_to(truth, image.shape[1:])
-        inside_roi = resample_labels_to((raw.image.max(axis=0) > 0).astype(np.uint8), image.shape[1:]) > 0
+        inside_roi = raw.image.max(axis=0) > 0
         regions = {
-            "small lesion": model_truth == 1,
-            "large lesion": model_truth == 2,
-            "tissue": (model_truth == 0) & inside_roi,
+            "small lesion": truth == 1,
+            "large lesion": truth == 2,
+            "tissue": (truth == 0) & inside_roi,
         }
         if parts and case.name in parts:
-            lookalike = (
-                resample_labels_to(parts[case.name]["look-alike"].astype(np.uint8), image.shape[1:]) > 0
-            )
+            lookalike = parts[case.name]["look-alike"] > 0
             regions["look-alike"] = lookalike
             regions["tissue"] &= ~lookalike
         for layer, maps in pred.attention.items():

@@ -60,9 +60,10 @@ def derived_map(attention: np.ndarray, rates: Sequence[int], kind: str) -> np.nd
 
 
 def zoom_mm_map(result) -> np.ndarray:
-    """Effective receptive field (mm) from every autofocus layer of a result."""
+    """Effective receptive field (mm) from every autofocus layer of a result (network voxels to mm
+    with the grid the network computed on, which differs from the layer's when it resampled)."""
     voxels = maps.zoom_voxels(result.attention, result.rates, result.receptive_field_min)
-    return maps.zoom_mm(voxels, result.scale[-3:]).astype(np.float32)
+    return maps.zoom_mm(voxels, result.network_spacing).astype(np.float32)
 
 
 def voxel_readout(result, index: Sequence[int]) -> dict | None:
@@ -76,7 +77,7 @@ def voxel_readout(result, index: Sequence[int]) -> dict | None:
         return None
     extra = sum(2 * (float(np.dot(w, result.rates[n])) - min(result.rates[n])) for n, w in weights.items())
     zoom_voxels = result.receptive_field_min + extra
-    spacing = float(np.prod(result.scale[-3:])) ** (1 / 3)
+    spacing = float(np.prod(result.network_spacing)) ** (1 / 3)
     return {
         "index": index,
         "label": int(result.labels[index]),

@@ -31,7 +31,9 @@ class ModelCard:
     ``modalities`` are the input channel names in channel order; ``class_names`` maps the label
     value (as a string, JSON keys are strings) to a name; ``regions`` maps evaluation regions to
     label values (e.g. BraTS whole/core/enhancing); ``normalization`` describes the intensity
-    preprocessing the model expects; ``receptive_field`` and ``margin`` (voxels per side lost by
+    preprocessing the model expects; ``spacing`` is the voxel size (mm) of the data it was trained
+    on and ``target_spacing`` the grid every input is resampled to before the network runs (None:
+    inputs are used on their own grid); ``receptive_field`` and ``margin`` (voxels per side lost by
     valid convolutions) are filled from the network when saving.
     """
 
@@ -46,6 +48,7 @@ class ModelCard:
     regions: dict[str, list[int]] = field(default_factory=dict)
     normalization: dict = field(default_factory=dict)
     spacing: list[float] | None = None
+    target_spacing: list[float] | None = None
     receptive_field: int | None = None
     margin: int | None = None
     provenance: dict = field(default_factory=dict)
@@ -68,6 +71,8 @@ class ModelCard:
         if missing:
             raise CheckpointError(f"model card lacks required field(s) {missing}")
         kwargs = {k: v for k, v in data.items() if k in known}
+        if "target_spacing" not in data:  # cards before it was a field kept it in the provenance
+            kwargs["target_spacing"] = (data.get("provenance") or {}).get("resampled_to_spacing")
         extra = dict(kwargs.pop("extra", None) or {})
         extra.update({k: v for k, v in data.items() if k not in known})
         card = cls(**kwargs, extra=extra)

@@ -48,6 +48,16 @@ def model_name(path: str | os.PathLike) -> str:
     return name
 
 
+def model_file(path: str | os.PathLike) -> Path:
+    """The model file a path names: the file itself, or a training run folder's model.safetensors."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "model.safetensors").is_file():
+            raise AutofocusError(f"{path}: a folder without model.safetensors (not a finished training run)")
+        return path / "model.safetensors"
+    return path
+
+
 def is_reference_checkpoint(path: str | os.PathLike) -> bool:
     """A torch.save checkpoint (the authors' format), which needs an architecture to be known."""
     return not str(path).endswith(".safetensors")

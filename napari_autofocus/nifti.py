@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,11 +30,14 @@ from nibabel.orientations import (
 )
 
 from napari_autofocus.errors import NiftiError
+from napari_autofocus.io.atomic import atomic_path
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # Voxel-axis codes of the reoriented array before the final transpose to napari's (S, P, L).
 _LPS_ORNT = axcodes2ornt(("L", "P", "S"))
 # Layer names that mark an integer volume as a label map rather than an intensity image.
+# NIfTI ``descrip`` of generated phantoms: the predictor warns when a phantom model meets anything else.
+PHANTOM_MARK = "napari-autofocus synthetic phantom"
 _LABEL_HINTS = ("label", "seg", "mask", "gt", "truth", "annot")
 
 
@@ -91,6 +93,15 @@ class NiftiGeometry:
         for source_axis, display_axis in enumerate(axes):
             lps[display_axis] = self.source_shape[source_axis]
         return (lps[2], lps[1], lps[0])
+
+    @property
+    def description(self) -> str:
+        """The header's free-text ``descrip`` field ("" when there is none)."""
+        try:
+            raw = self.header["descrip"] if self.header is not None else b""
+            return bytes(np.asarray(raw).item()).decode("utf-8", "replace").strip("\x00 ")
+        except (KeyError, ValueError, TypeError):
+            return ""
 
     @property
     def source_axcodes(self) -> tuple[str, str, str]:
@@ -275,16 +286,8 @@ def save_nifti(
         img.header.set_slope_inter(1.0, 0.0)
         img.set_qform(geometry.source_affine, code=int(header["qform_code"]) or 1)
         img.set_sform(geometry.source_affine, code=int(header["sform_code"]) or 1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="".join(path.suffixes), dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".nii.gz" if path.name.endswith(".gz") else ".nii") as tmp:
         nib.save(img, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return str(path)
 
 

@@ -3,8 +3,9 @@
 :class:`SegmentationResult` keeps everything the explorer, the counterfactual view and the export
 need (labels, probabilities, every autofocus layer's attention, the rates, geometry, provenance and
 the loaded model), so looking at attention never re-runs the network. :func:`run_model` is the
-worker's body: it loads the model (torch is imported here, not before), normalises the inputs as
-the card says and predicts. No Qt.
+worker's body: it loads the model (torch is imported here, not before) and runs the predictor every
+caller uses (:mod:`napari_autofocus.inference.predictor`: the card's normalisation and spacing,
+outputs back on the layers' grid, warnings when the scan does not match the model). No Qt.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from napari_autofocus.card import ModelCard
 from napari_autofocus.errors import AutofocusError
 from napari_autofocus.model_library import is_reference_checkpoint, model_name
 from napari_autofocus.nifti import NiftiGeometry
-from napari_autofocus.normalization import normalize, padding_value, roi_mask
 
 RESULT_KEY = "autofocus_result"  # layer.metadata key of the labels layer that owns a result
 
@@ -64,13 +64,24 @@ class SegmentationResult:
         None  # ((z0, z1), (y0, y1), (x0, x1)) the network computed; NaN attention outside
     )
     mode: str = "whole"
+    network_spacing: tuple[float, ...] | None = None  # voxel size the network computed on (mm)
+    preprocessing: dict = field(default_factory=dict)  # the predictor's report, warnings included
     affine: np.ndarray | None = None  # the input layer's napari affine (display)
     created: str = field(default_factory=lambda: datetime.datetime.now().isoformat(timespec="seconds"))
     model: object = field(default=None, repr=False)  # the loaded torch module, reused by re-runs
 
+    def __post_init__(self) -> None:
+        if self.network_spacing is None:
+            self.network_spacing = tuple(self.scale[-3:])
+
     @property
     def name(self) -> str:
         return self.request.model_name
+
+    @property
+    def warnings(self) -> list[str]:
+        """How the scan does not match the model (the predictor's checks); empty when it matches."""
+        return list(self.preprocessing.get("warnings", []))
 
     def class_name(self, value: int) -> str:
         return self.card.class_names.get(str(value), f"class {value}")
@@ -91,6 +102,8 @@ class SegmentationResult:
                 "crop_to_foreground": self.request.crop,
                 "inference_mode": self.mode,
             },
+            "preprocessing": dict(self.preprocessing),
+            "warnings": self.warnings,
             "computed_box": [list(axis) for axis in self.crop_box] if self.crop_box else None,
             "outside_computed_box": "label 0, background probability 1, attention NaN",
             "inputs": list(self.input_layers),
@@ -110,29 +123,30 @@ def load(request: RunRequest):
     return load_model(request.model_path, **hints)
 
 
-def stack_inputs(inputs: Sequence[np.ndarray], card: ModelCard) -> tuple[np.ndarray, np.ndarray]:
-    """(C, D, H, W) float32 normalised as the card says, and the scan's foreground: the voxels
-    non-zero in any raw channel (the crop region; normalisation may move the background off 0)."""
+def stack_inputs(inputs: Sequence[np.ndarray], card: ModelCard) -> np.ndarray:
+    """The raw layers as one (C, D, H, W) float32 scan, after checking they fit the model."""
     if len(inputs) != card.in_channels:
         raise AutofocusError(f"the model expects {card.in_channels} input channel(s), got {len(inputs)}")
     shapes = {np.shape(a) for a in inputs}
     if len(shapes) != 1 or len(next(iter(shapes))) != 3:
         raise AutofocusError(f"inputs must be 3D volumes of one shape, got shapes {sorted(shapes)}")
-    raw = np.stack([np.asarray(a, dtype=np.float32) for a in inputs])
-    return normalize(raw, card.normalization), roi_mask(raw, "nonzero")
+    return np.stack([np.asarray(a, dtype=np.float32) for a in inputs])
 
 
 def predict(
     model,
     card: ModelCard,
-    image: np.ndarray,
+    inputs: Sequence[np.ndarray],
     request: RunRequest,
+    *,
+    spacing: Sequence[float],
+    input_layers: Sequence[str] | None = None,
+    scan_description: str | None = None,
     progress: Callable[[int, int], None] | None = None,
     cancel: threading.Event | None = None,
-    foreground: np.ndarray | None = None,
 ):
-    """``predict_volume`` with the card's padding, the request's crop and attention override."""
-    from napari_autofocus.inference import predict_volume
+    """(prediction, report) through the predictor every caller uses, with the request's options."""
+    from napari_autofocus.inference.predictor import predict_scan
 
     module = None
     if request.override is not None:
@@ -140,15 +154,18 @@ def predict(
         module = autofocus_module(model, layer)
         module.attention_override = value
     try:
-        return predict_volume(
+        return predict_scan(
             model,
-            image,
+            card,
+            stack_inputs(inputs, card),
+            spacing,
+            channel_names=input_layers,
+            scan_description=scan_description,
+            arrays=inputs,
             device=request.device,
             probabilities=request.probabilities,
             attention=True,
             crop=request.crop,
-            roi=foreground if request.crop else None,
-            pad_value=padding_value(card.normalization),
             progress=progress,
             cancel=cancel,
         )
@@ -187,11 +204,14 @@ def run_model(
         model, card = load(request)
     if cancel is not None and cancel.is_set():
         raise Cancelled("cancelled before the network ran")
-    image, foreground = stack_inputs(inputs, card)
     device = str(resolve_device(request.device))
     if status is not None:
         status(device)
-    prediction = predict(model, card, image, request, progress, cancel, foreground)
+    prediction, report = predict(
+        model, card, inputs, request, spacing=tuple(scale)[-3:], input_layers=input_layers,
+        scan_description=geometry.description if geometry is not None else None,
+        progress=progress, cancel=cancel,
+    )  # fmt: skip
     return SegmentationResult(
         request=request,
         card=card,
@@ -209,6 +229,8 @@ def run_model(
         seconds=prediction.seconds,
         crop_box=prediction.crop_box,
         mode=prediction.mode,
+        network_spacing=tuple(report.network_spacing),
+        preprocessing=report.to_dict(),
         model=model,
     )
 

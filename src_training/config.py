@@ -49,10 +49,12 @@ PRESETS: dict[str, dict] = {
 }
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
 SCHEDULES = ("poly", "step", "constant")
-# Settings that may differ from config.json when resuming (they do not change what is computed).
+# Settings that may differ from config.json when resuming (they do not change what is computed):
+# ``out`` so that a copied or moved run folder resumes where it now is, ``regions`` (what the card
+# and reports call the label groups) so that a run refused for a misspelt convention continues.
 RESUME_MUTABLE = {
     "epochs", "val_every", "workers", "device", "resume", "force", "stop_after_epochs",
-    "tensorboard", "cache", "debug_checksums", "config",
+    "tensorboard", "cache", "debug_checksums", "config", "out", "regions",
 }  # fmt: skip
 
 
@@ -139,6 +141,10 @@ class TrainConfig:
             (
                 self.regions is None or self.regions in REGION_CONVENTIONS,
                 f"--regions must be one of {', '.join(REGION_CONVENTIONS)}, got {self.regions!r}",
+            ),
+            (
+                self.spacing is None or (len(self.spacing) == 3 and all(float(v) > 0 for v in self.spacing)),
+                f"--spacing must be three positive voxel sizes in mm, got {self.spacing!r}",
             ),
             (bool(self.data), "--data is required"),
             (bool(self.out), "--out is required"),

@@ -38,6 +38,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from napari_autofocus.nifti import PHANTOM_MARK
 from src_training.phantom_styles import STYLES, default_size, smallest_size
 
 CHANNEL_NAMES = ("T1-like", "T2-like")
@@ -433,4 +434,5 @@ def _save(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
     img.header.set_xyzt_units("mm")
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
+    img.header["descrip"] = PHANTOM_MARK.encode()  # lets the predictor tell phantoms from real scans
     nib.save(img, str(path))

@@ -1,10 +1,10 @@
 """Preprocessing shared by training, validation and evaluation, with an on-disk cache.
 
-Per case: ROI = voxels where any channel is non-zero (or the whole image, as the normalisation spec
-says), z-score per channel inside the ROI with :func:`napari_autofocus.normalization.normalize`
-(outside = constant; the same function the plugin calls, so training and inference agree),
-then optional resampling to a target spacing (``scipy.ndimage.zoom``, linear for images, nearest
-for labels). The result and the per-class sampling indices are cached as ``.npy`` files under a
+Per case: :func:`napari_autofocus.inference.predictor.preprocess`, the function every prediction
+goes through (normalisation as the card will say, then optional resampling to ``--spacing``), so
+training, validation, ``evaluate`` and the plugin agree. The result, the per-class sampling
+indices, the foreground box the predictor computes and (when resampled) the label on the scan's
+own grid, which validation scores against, are cached as ``.npy`` files under a
 key made of the files' paths, sizes and mtimes plus the settings, so epochs (and later runs with
 the same settings) never re-read NIfTI; arrays are then opened memory-mapped, which lets
 DataLoader workers share pages instead of copying volumes.
@@ -15,21 +15,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from napari_autofocus.errors import DatasetError
-from napari_autofocus.normalization import DEFAULT_NORMALIZATION, normalize, roi_mask
+from napari_autofocus.inference.predictor import Preprocessed, preprocess
+from napari_autofocus.io.atomic import atomic_path, write_text
+from napari_autofocus.normalization import DEFAULT_NORMALIZATION
 
-from .checkpointing import publish
 from .data import Case, Dataset, check_label_values, read_case
 from .sampling import class_indices
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the predictor's preprocessing, foreground box and source-grid labels
 
 
 @dataclass
@@ -41,42 +40,26 @@ class PreparedCase:
     label: np.ndarray | None  # (D, H, W) int16
     indices: dict[str, np.ndarray]  # category -> flat voxel indices (see sampling.class_indices)
     spacing: tuple[float, float, float]
+    foreground_box: tuple = ()  # what the predictor computes (box of raw non-zero voxels)
+    source_shape: tuple = ()
+    source_spacing: tuple = ()
+    source_label: np.ndarray | None = None  # the label on the scan's own grid (what evaluate scores)
+
+    def for_predictor(self) -> Preprocessed:
+        """This case as :func:`napari_autofocus.inference.predictor.run_network` takes it."""
+        return Preprocessed(
+            image=self.image,
+            roi=np.ones(self.image.shape[1:], dtype=bool),  # not needed to predict
+            foreground_box=tuple(tuple(axis) for axis in self.foreground_box),
+            spacing=self.spacing,
+            source_shape=tuple(self.source_shape),
+            source_spacing=tuple(self.source_spacing),
+        )
 
 
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "napari-autofocus" / "preprocessed"
-
-
-def preprocess_arrays(
-    image: np.ndarray,
-    spacing,
-    spec: dict | None = None,
-    target_spacing=None,
-    label: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, tuple[float, float, float]]:
-    """Normalise (and resample) one case; returns image, label, ROI mask and the new spacing."""
-    spec = {**DEFAULT_NORMALIZATION, **(spec or {})}
-    roi = roi_mask(image, spec.get("roi", "nonzero"))
-    out = normalize(image, spec, roi)
-    spacing = tuple(float(s) for s in spacing)
-    if target_spacing is not None and not np.allclose(spacing, target_spacing, rtol=1e-3):
-        zoom = [s / t for s, t in zip(spacing, target_spacing, strict=True)]
-        out = np.stack([ndimage.zoom(c, zoom, order=1, mode="nearest", grid_mode=True) for c in out])
-        roi = ndimage.zoom(roi.astype(np.uint8), zoom, order=0, mode="nearest", grid_mode=True).astype(bool)
-        if label is not None:
-            label = ndimage.zoom(label, zoom, order=0, mode="nearest", grid_mode=True)
-        spacing = tuple(float(t) for t in target_spacing)
-    return out.astype(np.float32, copy=False), label, roi, spacing
-
-
-def resample_labels_to(labels: np.ndarray, shape) -> np.ndarray:
-    """Nearest-neighbour resampling of a label map back to ``shape`` (prediction -> source grid)."""
-    if tuple(labels.shape) == tuple(shape):
-        return labels
-    zoom = [n / o for n, o in zip(shape, labels.shape, strict=True)]
-    out = ndimage.zoom(labels, zoom, order=0, mode="nearest", grid_mode=True)
-    return out[tuple(slice(0, n) for n in shape)]
 
 
 def cache_key(case: Case, settings: dict) -> str:
@@ -88,18 +71,24 @@ def cache_key(case: Case, settings: dict) -> str:
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "wb") as fh:
+    with atomic_path(path) as tmp, tmp.open("wb") as fh:
         np.save(fh, array)
-    publish(tmp, path)
 
 
-def _load(folder: Path, name: str, spacing) -> PreparedCase:
-    image = np.load(folder / "image.npy", mmap_mode="r")
-    label = np.load(folder / "label.npy", mmap_mode="r") if (folder / "label.npy").exists() else None
+def _load(folder: Path, name: str, meta: dict) -> PreparedCase:
+    def array(file: str):
+        return np.load(folder / file, mmap_mode="r") if (folder / file).exists() else None
+
     with np.load(folder / "indices.npz") as data:
         indices = {k: data[k] for k in data.files}
-    return PreparedCase(name, image, label, indices, tuple(spacing))
+    label = array("label.npy")
+    source_label = array("source_label.npy")
+    return PreparedCase(
+        name, array("image.npy"), label, indices, tuple(meta["spacing"]),
+        foreground_box=tuple(tuple(axis) for axis in meta["foreground_box"]),
+        source_shape=tuple(meta["source_shape"]), source_spacing=tuple(meta["source_spacing"]),
+        source_label=label if source_label is None else source_label,
+    )  # fmt: skip
 
 
 def prepare_cases(
@@ -125,7 +114,7 @@ def prepare_cases(
         folder = cache_dir / f"{case.name}-{cache_key(case, settings)}"
         meta_path = folder / "meta.json"
         if meta_path.is_file():
-            prepared.append(_load(folder, case.name, json.loads(meta_path.read_text())["spacing"]))
+            prepared.append(_load(folder, case.name, json.loads(meta_path.read_text())))
             continue
         if log:
             log(f"preprocessing {case.name}")
@@ -135,23 +124,26 @@ def prepare_cases(
             if problem:
                 problems.append(problem)
                 continue
-        image, label, roi, spacing = preprocess_arrays(
-            raw.image, raw.spacing, spec, target_spacing, raw.label
-        )
+        done = preprocess(raw.image, raw.spacing, spec, target_spacing, raw.label)
+        image, label, spacing = done.image, done.label, done.spacing
         folder.mkdir(parents=True, exist_ok=True)
         _save_npy(folder / "image.npy", image)
         if label is not None:
             _save_npy(folder / "label.npy", label.astype(np.int16))
-            indices = class_indices(label, roi, dataset.num_classes, max_indices, seed=case.name)
+            if done.resampled:
+                _save_npy(folder / "source_label.npy", raw.label.astype(np.int16))
+            indices = class_indices(label, done.roi, dataset.num_classes, max_indices, seed=case.name)
         else:
             indices = {}
-        fd, tmp = tempfile.mkstemp(suffix=".npz", dir=folder)
-        with os.fdopen(fd, "wb") as fh:
+        with atomic_path(folder / "indices.npz") as tmp, tmp.open("wb") as fh:
             np.savez(fh, **indices)
-        publish(tmp, folder / "indices.npz")
-        meta = {"case": case.name, "spacing": list(spacing), "settings": settings, "shape": list(image.shape)}
-        meta_path.write_text(json.dumps(meta, indent=1))  # written last: marks the entry complete
-        prepared.append(_load(folder, case.name, spacing))
+        meta = {
+            "case": case.name, "spacing": list(spacing), "settings": settings, "shape": list(image.shape),
+            "foreground_box": [list(axis) for axis in done.foreground_box],
+            "source_shape": list(done.source_shape), "source_spacing": list(done.source_spacing),
+        }  # fmt: skip
+        write_text(meta_path, json.dumps(meta, indent=1))  # written last: marks the entry complete
+        prepared.append(_load(folder, case.name, meta))
     if problems:
         raise DatasetError(f"{dataset.root}: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
     return prepared

@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from napari_autofocus.errors import AutofocusError
+from napari_autofocus.io.atomic import write_text
 from napari_autofocus.metrics import REGION_CONVENTIONS, dice
 from napari_autofocus.normalization import padding_value
 
@@ -103,15 +104,26 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+# List settings whose flag takes one comma-separated value (``--channels 30,30,...``); other lists
+# (``--spacing 1 1 1``) take one argument per value.
+COMMA_LIST_FLAGS = {"channels", "flip_axes"}
+
+
 def command_line(flags: dict) -> str:
-    """A command that reproduces the run (the flags given, resolved through the same config)."""
+    """A command that reproduces the run: the flags given, spelt the way the CLI parses them."""
     parts = ["python", "-m", "src_training", "train"]
     for key, value in sorted(flags.items()):
         flag = "--" + key.replace("_", "-")
         if value is True:
             parts.append(flag)
-        elif value not in (False, None):
-            parts += [flag, *(map(str, value) if isinstance(value, list) else [str(value)])]
+        elif value is False or value is None:  # not "in (False, None)": 0 == False
+            continue
+        elif isinstance(value, (list, tuple)) and key in COMMA_LIST_FLAGS:
+            parts += [flag, ",".join(map(str, value))]
+        elif isinstance(value, (list, tuple)):
+            parts += [flag, *map(str, value)]
+        else:
+            parts += [flag, str(value)]
     return shlex.join(parts)
 
 
@@ -153,28 +165,70 @@ class Trainer:
         if self.config.force and not self.config.resume:
             for name in RUN_FILES:
                 (self.out / name).unlink(missing_ok=True)
-        (self.out / "config.json").write_text(
-            json.dumps(self.config.to_dict(), indent=2, sort_keys=True) + "\n"
+        write_text(
+            self.out / "config.json", json.dumps(self.config.to_dict(), indent=2, sort_keys=True) + "\n"
         )
+
+    def _check_settings(self):
+        """Open the dataset and build the network, collecting every setting problem into one error.
+
+        Runs before anything is written, so a refused run leaves no trace and the corrected
+        command starts cleanly. Label values are checked as the cases are preprocessed (all
+        problems listed together there too), also before the run folder is written.
+        """
+        from napari_autofocus.nets import build_network
+
+        cfg, problems = self.config, []
+        try:
+            dataset = open_dataset(cfg.data)
+            check_geometry(dataset)
+        except AutofocusError as exc:
+            raise AutofocusError(f"--data {cfg.data}: {exc}") from None
+        try:
+            split = split_cases([c.name for c in dataset.cases], cfg.val_cases, cfg.fold, cfg.num_folds)
+        except AutofocusError as exc:
+            problems.append(f"validation split: {exc}")
+            split = None
+        torch.manual_seed(cfg.seed)  # the weights depend on the seed only
+        options = {"channels": list(cfg.channels)} if cfg.channels else {}
+        net = out_size = None
+        try:
+            net = build_network(cfg.arch, len(dataset.modalities), dataset.num_classes, **options)
+        except AutofocusError as exc:
+            problems.append(
+                f"--arch {cfg.arch}"
+                + (f" --channels {','.join(map(str, cfg.channels))}" if cfg.channels else "")
+                + f": {exc}"
+            )
+        shaped = net
+        if shaped is None and options:  # the sizes do not depend on the widths: check them anyway
+            try:
+                shaped = build_network(cfg.arch, len(dataset.modalities), dataset.num_classes)
+            except AutofocusError:
+                shaped = None
+        if shaped is not None:
+            try:
+                out_size = shaped.output_size(cfg.patch_size)
+            except AutofocusError as exc:
+                problems.append(f"--patch-size {cfg.patch_size}: {exc}")
+        world = self.info.world_size
+        if cfg.batch_size < world:
+            problems.append(
+                f"--batch-size {cfg.batch_size} is smaller than the number of processes ({world})"
+            )
+        if problems:
+            raise AutofocusError(
+                f"training cannot start; {len(problems)} setting problem(s):\n  " + "\n  ".join(problems)
+            )
+        return dataset, split, net, out_size
 
     def setup(self) -> None:
         cfg, info = self.config, self.info
         self._check_run_folder()
         self.device = distributed.select_device(cfg.device, info)
         distributed.init(info, self.device)
-        distributed.barrier(info)  # every rank checked the folder before rank 0 writes to it
-        if self.main:
-            self._prepare_folder()
-
-        self.dataset = open_dataset(cfg.data)
-        check_geometry(self.dataset)
-        train_names, val_names = split_cases(
-            [c.name for c in self.dataset.cases], cfg.val_cases, cfg.fold, cfg.num_folds
-        )
+        self.dataset, (train_names, val_names), net, self.out_size = self._check_settings()
         self.train_names, self.val_names = train_names, val_names
-        if self.main:
-            split = {"train": train_names, "val": val_names}
-            (self.out / "split.json").write_text(json.dumps(split, indent=1) + "\n")
         cache = Path(cfg.cache) if cfg.cache else default_cache_dir()
         wanted = [self.dataset.case(n) for n in train_names + val_names]
         # Rank 0 fills the cache; the others then read it instead of preprocessing the same cases.
@@ -182,22 +236,16 @@ class Trainer:
             prepared = prepare_cases(
                 self.dataset, wanted, cache, cfg.normalization, cfg.spacing, log=self.log
             )
-        distributed.barrier(info)
+        distributed.barrier(info)  # every rank checked the folder and settings before rank 0 writes
         if not self.main:
             prepared = prepare_cases(self.dataset, wanted, cache, cfg.normalization, cfg.spacing)
+        if self.main:
+            self._prepare_folder()
+            split = {"train": train_names, "val": val_names}
+            write_text(self.out / "split.json", json.dumps(split, indent=1) + "\n")
         self.train_cases = prepared[: len(train_names)]
         self.val_cases = prepared[len(train_names) :]
         self.pad_value = padding_value(cfg.normalization)
-
-        from napari_autofocus.nets import build_network
-
-        torch.manual_seed(cfg.seed)
-        options = {"channels": list(cfg.channels)} if cfg.channels else {}
-        net = build_network(cfg.arch, len(self.dataset.modalities), self.dataset.num_classes, **options)
-        try:
-            self.out_size = net.output_size(cfg.patch_size)
-        except AutofocusError as exc:
-            raise AutofocusError(f"--patch-size {cfg.patch_size}: {exc}") from None
         self.use_amp = self.device.type == "cuda" and cfg.amp in ("auto", "on")
         if cfg.amp == "on" and self.device.type != "cuda":
             self.log("note: --amp on is ignored off CUDA (autocast on CPU is many times slower here)")
@@ -218,10 +266,6 @@ class Trainer:
         self.criterion = SegmentationLoss(cfg.loss, cfg.dice_include_background)
         world, rank = info.world_size, info.rank
         self.rank_batch = cfg.batch_size // world + (1 if rank < cfg.batch_size % world else 0)
-        if self.rank_batch < 1:
-            raise AutofocusError(
-                f"--batch-size {cfg.batch_size} is smaller than the number of processes ({world})"
-            )
         self.total_iters = cfg.epochs * cfg.iters_per_epoch
         self.epoch, self.iteration = 0, 0
         self.best = {"dice": -1.0, "epoch": -1}
@@ -320,8 +364,12 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Mean Dice per foreground class over the validation cases (whole-volume prediction)."""
-        from napari_autofocus.inference import predict_volume
+        """Mean Dice per foreground class over the validation cases, scored as ``evaluate`` scores them.
+
+        The predictor's path on the cached preprocessed case (whole volume, cropped to the foreground,
+        engine defaults), outputs back on the scan's own grid, Dice against the label there.
+        """
+        from napari_autofocus.inference.predictor import run_network, to_source
 
         net = unwrap(self.model)
         net.eval()
@@ -329,15 +377,16 @@ class Trainer:
         scores = torch.zeros(len(self.val_cases), len(classes), dtype=torch.float64)
         for i in range(self.info.rank, len(self.val_cases), self.info.world_size):
             case = self.val_cases[i]
-            pred = predict_volume(
-                net, np.asarray(case.image), device=self.device, pad_value=self.pad_value,
-                channels_last=self.channels_last, amp=self.use_amp,
-            )  # fmt: skip
+            prepared = case.for_predictor()
+            pred = to_source(
+                run_network(net, prepared, self.config.normalization, device=self.device), prepared
+            )
             labels = np.asarray(pred.labels)
-            truth = np.asarray(case.label)
+            truth = np.asarray(case.source_label)
             for j, value in enumerate(classes):
                 scores[i, j] = dice(labels == value, truth == value)
-        net.to(self.device)
+        layout = torch.channels_last_3d if self.channels_last else torch.contiguous_format
+        net.to(self.device, memory_format=layout)  # the engine may have chosen another layout
         net.train()
         if self.info.enabled:
             reduce_device = self.device if self.device.type == "cuda" else torch.device("cpu")
@@ -431,6 +480,7 @@ class Trainer:
             regions={k: list(v) for k, v in regions.items()},
             normalization=dict(cfg.normalization),
             spacing=[float(s) for s in spacing],
+            target_spacing=[float(s) for s in cfg.spacing] if cfg.spacing else None,
             provenance={
                 "source": "src_training train",
                 "command": command_line(self.flags),
@@ -444,7 +494,6 @@ class Trainer:
                 "patch_size": cfg.patch_size,
                 "batch_size": cfg.batch_size,
                 "preset": cfg.preset,
-                "resampled_to_spacing": cfg.spacing,
                 "loss": cfg.loss,
                 "optimizer": cfg.optimizer,
                 "world_size": self.info.world_size,

@@ -32,10 +32,10 @@ def test_predict_writes_labels_attention_and_json_in_the_source_geometry(tmp_pat
     out = tmp_path / "out"
     args = ["predict", "--model", str(model_file), "--input", str(case), "--out", str(out), "--attention"]
     assert main(args) == 0
-    labels = nib.load(out / "case_labels.nii.gz")
+    labels = nib.load(out / "case.nii.gz")
     assert labels.shape == (21, 18, 15)
     np.testing.assert_allclose(labels.affine, AFFINE)
-    attention = nib.load(out / "case_attention_AF1.nii.gz")
+    attention = nib.load(out / "case_AF1_attention.nii.gz")
     assert attention.shape == (21, 18, 15, 4)
     np.testing.assert_allclose(attention.get_fdata().sum(-1), 1.0, atol=2e-3)  # float16 storage
     for name in ("AF2_expected_rate", "AF1_argmax_rate", "AF1_entropy", "zoom_mm"):
@@ -45,7 +45,10 @@ def test_predict_writes_labels_attention_and_json_in_the_source_geometry(tmp_pat
     zoom = nib.load(out / "case_zoom_mm.nii.gz").get_fdata()
     assert zoom.min() >= 29 * (1.5 * 1.5 * 2.0) ** (1 / 3) - 1e-3
     info = json.loads((out / "case_prediction.json").read_text())
-    assert info["model_card"]["arch"] == "AFN2" and "case_labels.nii.gz" in info["outputs"]
+    assert info["model_card"]["arch"] == "AFN2" and "case.nii.gz" in info["outputs"]
+    # the scan has no zero background, which the card's normalisation expects: said and recorded
+    assert "warning: the scan has no zero background" in capsys.readouterr().out
+    assert any("no zero background" in w for w in info["warnings"])
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp folder left
 
 
@@ -53,10 +56,10 @@ def test_predict_refuses_to_overwrite_and_explains_channel_mismatch(tmp_path, mo
     case = _case(tmp_path)
     out = tmp_path / "out"
     assert main(["predict", "--model", str(model_file), "--input", str(case), "--out", str(out)]) == 0
-    before = (out / "case_labels.nii.gz").read_bytes()
+    before = (out / "case.nii.gz").read_bytes()
     assert main(["predict", "--model", str(model_file), "--input", str(case), "--out", str(out)]) == 2
     assert "--force" in capsys.readouterr().err
-    assert (out / "case_labels.nii.gz").read_bytes() == before
+    assert (out / "case.nii.gz").read_bytes() == before
     single = tmp_path / "single.nii.gz"
     nib.save(nib.Nifti1Image(np.ones((20, 20, 20), np.float32), AFFINE), str(single))
     args = ["predict", "--model", str(model_file), "--input", str(single), "--out", str(tmp_path / "o2")]
@@ -75,7 +78,7 @@ def test_predict_a_folder_of_nnunet_cases(tmp_path, model_file):
             nib.save(nib.Nifti1Image(data, AFFINE), str(folder / f"{case}_{c:04d}.nii.gz"))
     out = tmp_path / "pred"
     assert main(["predict", "--model", str(model_file), "--input", str(folder), "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.glob("*_labels.nii.gz")) == ["a_labels.nii.gz", "b_labels.nii.gz"]
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["a.nii.gz", "b.nii.gz"]  # nnU-Net's names
 
 
 def test_predict_crops_to_the_foreground_unless_told_not_to(tmp_path, model_file, capsys):
@@ -121,4 +124,27 @@ def test_attention_with_a_model_without_autofocus_layers_says_so(tmp_path, capsy
         == 0
     )
     assert "BASIC has no autofocus layer, so --attention writes no attention maps" in capsys.readouterr().out
-    assert (tmp_path / "o" / "case_labels.nii.gz").exists()
+    assert (tmp_path / "o" / "case.nii.gz").exists()
+
+
+def test_a_single_nnunet_file_keeps_its_case_name_without_0000(tmp_path, model_file):
+    data = np.random.default_rng(1).normal(size=(16, 16, 16, 2)).astype(np.float32)
+    path = tmp_path / "mni001_0000.nii.gz"
+    nib.save(nib.Nifti1Image(data, AFFINE), str(path))
+    out = tmp_path / "pred"
+    assert main(["predict", "--model", str(model_file), "--input", str(path), "--out", str(out)]) == 0
+    assert (out / "mni001.nii.gz").exists() and (out / "mni001_prediction.json").exists()
+
+
+def test_channel_files_named_like_other_modalities_are_flagged(tmp_path, model_file, capsys):
+    rng = np.random.default_rng(2)
+    files = []
+    for name in ("scan_t2", "scan_t1"):  # given in the wrong order
+        data = np.zeros((16, 16, 16), np.float32)
+        data[4:12, 4:12, 4:12] = rng.normal(100, 10, size=(8, 8, 8))
+        nib.save(nib.Nifti1Image(data, AFFINE), str(tmp_path / f"{name}.nii.gz"))
+        files.append(str(tmp_path / f"{name}.nii.gz"))
+    out = tmp_path / "pred"
+    assert main(["predict", "--model", str(model_file), "--input", *files, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "warning: channels may be in the wrong order (the model expects T1-like, T2-like)" in printed

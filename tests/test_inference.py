@@ -401,16 +401,17 @@ def test_the_bundled_afn6_shows_no_tile_seams_on_the_sample():
     two or three border planes per axis one layer's score also moves with the anatomy that happens
     to lie there, so layers are averaged."""
     from napari_autofocus.attention import expected_rate, seam_score
+    from napari_autofocus.inference.predictor import preprocess
     from napari_autofocus.model_library import bundled_models
     from napari_autofocus.nets import load_model
     from napari_autofocus.nifti import load_multichannel
-    from napari_autofocus.session import stack_inputs
 
     path = next(e.path for e in bundled_models() if "AFN6" in e.path)
     model, card = load_model(path)
     raw, _ = load_multichannel([REPO / "sample_data" / "phantom" / "imagesTr" / "phantom_09000.nii.gz"])
-    image, foreground = stack_inputs(list(raw), card)
-    kwargs = dict(roi=foreground, attention=True, device="cpu")
+    prepared = preprocess(raw, (1.0, 1.0, 1.0), card.normalization)
+    image = prepared.image
+    kwargs = dict(roi=prepared.foreground_box, attention=True, device="cpu")
     whole = predict_volume(model, image, **kwargs)
     tiled = predict_volume(model, image, mode="tiled", tile_size=30, **kwargs)
     assert whole.crop_box == tiled.crop_box and whole.mode == "whole"

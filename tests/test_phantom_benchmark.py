@@ -48,15 +48,16 @@ def expected_rates_by_hand(model_path: str, data: Path, lookalikes: dict | None 
     """Mean over cases of the per-case mean of sum_k a_k r_k inside each ground-truth region."""
     from napari_autofocus.inference import predict_volume
     from napari_autofocus.nets import load_model
+    from napari_autofocus.normalization import normalize
     from src_training.data import open_dataset, read_case
-    from src_training.preprocess import preprocess_arrays
 
     model, card = load_model(model_path)
     per_layer: dict = {}
     for case in open_dataset(data).cases:
         raw = read_case(case, 2)
-        image = preprocess_arrays(raw.image, raw.spacing, card.normalization)[0]
-        pred = predict_volume(model, image, device="cpu", attention=True)
+        image = normalize(raw.image, card.normalization)
+        foreground = (raw.image != 0).any(axis=0)  # the scan's non-zero voxels: what is computed
+        pred = predict_volume(model, image, roi=foreground, device="cpu", attention=True)
         truth = raw.label
         regions = {
             "small lesion": truth == 1,

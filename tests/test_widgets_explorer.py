@@ -5,16 +5,16 @@ from widget_helpers import PLUGIN, add_scan, open_segment, run_and_wait
 
 
 def _segmented(make_napari_viewer, qtbot, model_file, monkeypatch):
-    import napari_autofocus.inference as inference
+    import napari_autofocus.inference.predictor as predictor
 
     calls = []
-    original = inference.predict_volume
+    original = predictor.run_network
 
     def counting(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(inference, "predict_volume", counting)
+    monkeypatch.setattr(predictor, "run_network", counting)
     viewer = add_scan(make_napari_viewer())
     segment = open_segment(viewer, model_file)
     run_and_wait(qtbot, segment)

@@ -90,6 +90,7 @@ def test_attention_views_names_hues_and_readout():
         rates = {"AF1": (2, 6)}
         receptive_field_min = 29
         scale = (2.0, 2.0, 2.0)
+        network_spacing = (2.0, 2.0, 2.0)
 
     readout = voxel_readout(R, (1, 1, 1))
     assert readout["zoom_voxels"] == pytest.approx(29 + 2 * (4 - 2))

@@ -60,6 +60,10 @@ class SegmentWidget(QWidget):
         self.cancel_button.setEnabled(False)
         self.status = QLabel("Ready.")
         self.status.setWordWrap(True)
+        self.mismatch = QLabel()  # how the scan does not match the model (the predictor's warnings)
+        self.mismatch.setWordWrap(True)
+        self.mismatch.setStyleSheet("color: #e6a23c")
+        self.mismatch.setVisible(False)
         self.legend = QLabel()
         self.legend.setWordWrap(True)
         self.runner = BackgroundRun(self)
@@ -94,6 +98,7 @@ class SegmentWidget(QWidget):
         layout.addLayout(options)
         layout.addLayout(buttons)
         layout.addWidget(self.status)
+        layout.addWidget(self.mismatch)
         layout.addWidget(self.legend)
         layout.addStretch(1)
 
@@ -178,6 +183,7 @@ class SegmentWidget(QWidget):
             self.run_button.setEnabled(False)
             self.cancel_button.setEnabled(True)
             self.status.setText(f"Loading {request.model_name}…")
+            self.mismatch.setVisible(False)
 
     def cancel(self) -> None:
         self.runner.cancel()
@@ -197,6 +203,8 @@ class SegmentWidget(QWidget):
             + _computed_region_note(result)
         )
         self.legend.setText(f"Labels: {_outputs.legend(result)}")
+        self.mismatch.setText(mismatch_note(result))
+        self.mismatch.setVisible(bool(result.warnings))
 
     def _on_ended(self) -> None:
         self.run_button.setEnabled(True)
@@ -204,6 +212,13 @@ class SegmentWidget(QWidget):
         if self.runner.last_error:
             self.status.setText(self.runner.last_error)
         self.run_finished.emit()
+
+
+def mismatch_note(result) -> str:
+    """The predictor's warnings as the widget shows them (empty when the scan matches the model)."""
+    if not result.warnings:
+        return ""
+    return "Check the inputs: " + " ".join(f"• {w}." for w in result.warnings)
 
 
 def _computed_region_note(result) -> str:

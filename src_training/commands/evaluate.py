@@ -1,9 +1,11 @@
 """``python -m src_training evaluate``: score a model on a labelled dataset, or score existing predictions.
 
 Two modes:
-- ``--model FILE --data DATASET --out DIR``: preprocess every labelled case as the model card says,
-  predict the whole volume (``napari_autofocus.inference.predict_volume``), write
-  ``DIR/predictions/<case>.nii.gz`` with the source affine, and score;
+- ``--model FILE --data DATASET --out DIR``: predict every chosen case through the predictor every
+  caller uses (``napari_autofocus.inference.predictor``: the card's normalisation and spacing,
+  outputs back on the scan's grid), write ``DIR/predictions/<case>.nii.gz`` with the source
+  affine, and score. On the dataset a model was trained on, the default cases are the run's
+  validation cases (``split.json``);
 - ``--pred DIR --labels DIR``: score prediction files against label files matched by case name.
 Both write ``metrics.json`` and ``metrics.csv`` (to ``--out``, or next to the predictions) and print
 a table whose header states the metric conventions.
@@ -17,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_autofocus.errors import AutofocusError, DatasetError
+from napari_autofocus.model_library import model_file
 
 EXAMPLES = """examples:
   python -m src_training evaluate --model runs/afn6/model.safetensors --data Task01_BrainTumour \\
@@ -35,9 +38,13 @@ def register(subparsers, name: str, help_text: str) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", help="model file (.safetensors) to predict with; needs --data")
+    p.add_argument("--model", help="model file (.safetensors) or run folder to predict with; needs --data")
     p.add_argument("--data", help="dataset folder (Decathlon / nnU-Net v2 raw) with labels")
-    p.add_argument("--cases", help="comma-separated case names to evaluate (default: all labelled cases)")
+    p.add_argument(
+        "--cases",
+        help="comma-separated case names, or 'all' (default: the run's validation cases from split.json when "
+        "the model was trained on this dataset, else every labelled case)",
+    )
     p.add_argument("--pred", help="folder of predicted label maps (<case>.nii.gz); needs --labels")
     p.add_argument("--labels", help="folder of ground-truth label maps (<case>.nii.gz)")
     p.add_argument("--out", help="folder for predictions and metrics (default: --pred folder)")
@@ -60,6 +67,8 @@ def run(args) -> int:
     from src_training.evaluation import format_table, report, write_report
 
     if args.model:
+        if not args.data:
+            args.data = _training_data(args.model)
         if not args.data or not args.out:
             raise AutofocusError("--model needs --data (labelled dataset) and --out (where to write)")
         cases, settings = _predict_and_score(args)
@@ -76,28 +85,93 @@ def run(args) -> int:
     return 0
 
 
-def _wanted_cases(dataset, names: str | None):
-    cases = [c for c in dataset.cases if c.label is not None]
-    if names:
+def _wanted_cases(dataset, names: str | None, split: dict | None):
+    """The cases to score and a note on how they were chosen (None when there is nothing to say).
+
+    With a run's ``split`` (the model was trained on this dataset), the default is the run's
+    validation cases; ``--cases all`` scores every labelled case and names the training cases.
+    """
+    labelled = [c for c in dataset.cases if c.label is not None]
+    if not labelled:
+        raise DatasetError(f"{dataset.root}: no labelled cases to evaluate")
+    trained = set(split["train"]) if split else set()
+    if names and names.strip().lower() != "all":
         wanted = [n.strip() for n in names.split(",") if n.strip()]
         cases = [dataset.case(n) for n in wanted]
-    if not cases:
-        raise DatasetError(f"{dataset.root}: no labelled cases to evaluate")
-    return cases
+    elif split and not names:
+        val = set(split["val"])
+        cases = [c for c in labelled if c.name in val]
+        if not cases:
+            raise DatasetError(
+                f"{dataset.root}: none of the run's {len(val)} validation case(s) is here; "
+                "give --cases all to score every case"
+            )
+        return cases, (
+            f"scoring the run's {len(cases)} validation case(s) from split.json; "
+            "--cases all scores every case"
+        )
+    else:
+        cases = labelled
+    used = [c.name for c in cases if c.name in trained]
+    if used:
+        shown = ", ".join(used[:10]) + (" ..." if len(used) > 10 else "")
+        return cases, f"{len(used)} of the {len(cases)} scored case(s) were used to train this model: {shown}"
+    return cases, None
+
+
+def _training_data(model: str) -> str | None:
+    """The dataset a model was trained on, when its card names a folder that exists here."""
+    from napari_autofocus.card import read_card
+
+    path = model_file(model)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    data = read_card(path).provenance.get("dataset_path")
+    if data and Path(data).is_dir():
+        print(f"note: --data not given; using the dataset this model was trained on: {data}", flush=True)
+        return str(data)
+    return None
+
+
+def run_split(path: Path, card, dataset) -> dict | None:
+    """The run's train/validation split when this model was trained on ``dataset``.
+
+    Read from ``split.json`` beside the model file (a run folder), or else from the card, which
+    names the validation cases; None when the model comes from another dataset.
+    """
+    import json
+
+    if card.provenance.get("dataset") != dataset.name:
+        return None
+    split_file = path.parent / "split.json"
+    if split_file.is_file():
+        try:
+            split = json.loads(split_file.read_text())
+            return {"train": list(split["train"]), "val": list(split["val"])}
+        except (OSError, ValueError, KeyError, TypeError):
+            raise AutofocusError(
+                f"{split_file}: not a readable run split (expected train and val lists)"
+            ) from None
+    val = card.provenance.get("val_cases")
+    if isinstance(val, list):
+        return {"train": [c.name for c in dataset.cases if c.name not in set(val)], "val": val}
+    return None
 
 
 def _predict_and_score(args):
-    from napari_autofocus.inference import predict_volume
+    from napari_autofocus.inference.predictor import predict_scan
     from napari_autofocus.nets import load_model
     from napari_autofocus.nifti import save_nifti
-    from napari_autofocus.normalization import padding_value
     from src_training.data import check_geometry, check_label_values, open_dataset, read_case
     from src_training.evaluation import choose_regions, class_structures, score_case
-    from src_training.preprocess import preprocess_arrays, resample_labels_to
 
-    model, card = load_model(args.model)
+    path = model_file(args.model)
+    model, card = load_model(path)
     dataset = open_dataset(args.data)
-    cases = _wanted_cases(dataset, args.cases)
+    split = run_split(path, card, dataset)
+    cases, note = _wanted_cases(dataset, args.cases, split)
+    if note:
+        print(f"note: {note}", flush=True)
     check_geometry(dataset, cases)
     if len(dataset.modalities) != card.in_channels:
         raise AutofocusError(
@@ -107,26 +181,35 @@ def _predict_and_score(args):
     class_names = {int(k): v for k, v in card.class_names.items()} or dataset.class_names
     classes = class_structures(class_names)
     regions = choose_regions(args.regions, card.regions or dataset.regions)
-    target = card.provenance.get("resampled_to_spacing")
-    pred_dir = Path(args.out) / "predictions"
-    results = []
-    for case in cases:
+    raws = []
+    for case in cases:  # every label checked before anything is predicted or written
         raw = read_case(case, len(dataset.modalities))
         problem = check_label_values(case.name, case.label, raw.label, dataset.label_values)
         if problem:
             raise DatasetError(problem)
-        image, _, roi, _ = preprocess_arrays(raw.image, raw.spacing, card.normalization, target)
-        pred = predict_volume(  # cropped to the normalisation's region of interest, as the authors do
-            model, image, roi=roi, device=args.device, pad_value=padding_value(card.normalization)
-        )
-        labels = resample_labels_to(np.asarray(pred.labels), raw.label.shape)
-        save_nifti(pred_dir / f"{case.name}.nii.gz", labels, raw.geometry, is_label=True)
+        raws.append(raw)
+    pred_dir = Path(args.out) / "predictions"
+    results, warned = [], set()
+    for case, raw in zip(cases, raws, strict=True):
+        pred, report = predict_scan(
+            model, card, raw.image, raw.spacing, channel_names=dataset.modalities, strict_names=True,
+            scan_description=raw.geometry.description, device=args.device,
+        )  # fmt: skip
+        for warning in report.warnings:
+            if warning not in warned:  # the same mismatch on every case is said once
+                print(f"warning: {warning}", flush=True)
+                warned.add(warning)
+        labels = np.asarray(pred.labels)
+        save_nifti(pred_dir / f"{case.name}.nii.gz", labels, raw.geometry, is_label=True, overwrite=True)
         results.append(score_case(case.name, labels, raw.label, raw.spacing, classes, regions, args.hd_empty))
         print(f"{case.name}: " + ", ".join(f"{k} {v['dice']:.3f}" for k, v in results[-1]["classes"].items()))
     settings = {
         "mode": "model",
         "model": str(args.model),
         "data": str(args.data),
+        "cases": [c.name for c in cases],
+        "case_choice": note,
+        "warnings": sorted(warned),
         "regions": regions,
         "classes": classes,
         "hd_empty": args.hd_empty,

@@ -1,20 +1,20 @@
 """``python -m src_training predict``: segment NIfTI scans with a model file, NIfTI out.
 
 Inputs: one 4D file, one 3D file per modality (in the model card's order), or a folder of cases
-(Decathlon 4D files, or nnU-Net ``<case>_0000.nii.gz`` per channel). Outputs per case, in the
-source geometry (affine and header): labels, optionally probabilities, every autofocus layer's
-attention (4D, one volume per rate) and derived maps, and a JSON of parameters and versions.
-Each case is written to a temporary folder first and moved into place when complete, so a failed
-or interrupted run leaves no half-written output; existing files are not overwritten without --force.
+(Decathlon 4D files, or nnU-Net ``<case>_0000.nii.gz`` per channel). Each scan is prepared as the
+model card says (normalisation; resampling to the model's voxel size, and back) and anything that
+does not match the model is reported. Outputs per case, in the source geometry (affine and
+header), named so that ``evaluate --pred`` reads them as they are: ``<case>.nii.gz`` (labels),
+optionally ``<case>_probabilities.nii.gz``, every autofocus layer's attention (4D, one volume per
+rate) and derived maps, and ``<case>_prediction.json`` (parameters, versions, warnings). Each case
+is written to a hidden folder first and moved into place when complete; existing outputs are
+checked for every case before anything runs and are not overwritten without --force.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 from napari_autofocus.errors import AutofocusError
@@ -36,7 +36,11 @@ def register(subparsers, name: str, help_text: str) -> None:
         "t2.nii.gz --out pred/\n"
         "  python -m src_training predict --model afn6.safetensors --input imagesTs/ --out predTs/",
     )
-    parser.add_argument("--model", required=True, help="model file (.safetensors) or a reference .pth.tar")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="model file (.safetensors), training run folder, or a reference .pth.tar",
+    )
     parser.add_argument("--arch", help="architecture of a reference checkpoint, if it cannot be inferred")
     parser.add_argument(
         "--input", required=True, nargs="+", help="4D file, one file per modality, or a folder"
@@ -85,17 +89,27 @@ def find_cases(inputs: list[str]) -> dict[str, list[Path]]:
         if not is_nifti_path(p):
             raise AutofocusError(f"{p}: not a .nii or .nii.gz file")
     name = strip_nifti_suffix(paths[0])
-    match = _CHANNEL_FILE.match(name)
-    return {match["case"] if match and len(paths) > 1 else name: paths}
+    match = _CHANNEL_FILE.match(name)  # nnU-Net's <case>_0000: the case is the name without it
+    return {match["case"] if match else name: paths}
 
 
 def run(args) -> int:
+    from napari_autofocus.io.prediction_files import existing_outputs
+    from napari_autofocus.model_library import model_file
     from napari_autofocus.nets import load_model
 
     cases = find_cases(args.input)
     out = Path(args.out)
+    clashes = {case: existing_outputs(out, case) for case in cases}
+    clashes = {case: files for case, files in clashes.items() if files}
+    if clashes and not args.force:
+        case, files = next(iter(clashes.items()))
+        raise AutofocusError(
+            f"{len(clashes)} case(s) already have outputs in {out} (e.g. {files[0].name} of {case}); "
+            "use --force to overwrite them or choose another --out"
+        )
     hints = {"arch": args.arch} if args.arch else {}
-    model, card = load_model(args.model, **hints)
+    model, card = load_model(model_file(args.model), **hints)
     if args.attention and not model.autofocus_geometry():
         print(
             f"note: {card.arch} has no autofocus layer, so --attention writes no attention maps", flush=True
@@ -104,11 +118,6 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     try:
         for index, (case, files) in enumerate(cases.items(), 1):
-            existing = sorted(out.glob(f"{case}_*"))
-            if existing and not args.force:
-                raise AutofocusError(
-                    f"{existing[0]} exists; use --force to overwrite outputs for case {case}"
-                )
             print(f"[{index}/{len(cases)}] {case}: {len(files)} file(s)", flush=True)
             predict_case(model, card, case, files, out, args)
     except BaseException:
@@ -118,11 +127,22 @@ def run(args) -> int:
     return 0
 
 
+def channel_names(case: str, files: list[Path]) -> list[str] | None:
+    """What the files say about their channels: names for one file per modality, else nothing."""
+    if len(files) < 2:
+        return None
+    names = [strip_nifti_suffix(f) for f in files]
+    if all(_CHANNEL_FILE.match(n) for n in names):  # nnU-Net's <case>_0000: numbers, not names
+        return None
+    return [n[len(case) :].lstrip("_-") or n if n.startswith(case) else n for n in names]
+
+
 def predict_case(model, card, case: str, files: list[Path], out: Path, args) -> list[Path]:
-    """Predict one case into a temporary folder, then move the finished files into ``out``."""
-    from napari_autofocus.inference import predict_volume
+    """Predict one case through the predictor and write its files (see the module docstring)."""
+    from napari_autofocus import __version__
+    from napari_autofocus.inference.predictor import predict_scan
+    from napari_autofocus.io.prediction_files import output_files, write_outputs
     from napari_autofocus.nifti import load_multichannel
-    from napari_autofocus.normalization import normalize, padding_value, roi_mask
 
     image, geometry = load_multichannel(files)
     if image.shape[0] != card.in_channels:
@@ -131,38 +151,61 @@ def predict_case(model, card, case: str, files: list[Path], out: Path, args) -> 
             f"{case}: the model expects {card.in_channels} input channel(s) ({names}) but got "
             f"{image.shape[0]}; give one 4D file or one file per modality in that order"
         )
-    normalized = normalize(image, card.normalization)
 
     def progress(done: int, total: int) -> None:
         print(f"  step {done}/{total}", end="\r" if done < total else "\n", flush=True)
 
-    prediction = predict_volume(
+    prediction, report = predict_scan(
         model,
-        normalized,
+        card,
+        image,
+        geometry.spacing,
+        channel_names=channel_names(case, files),
+        scan_description=geometry.description,
         mode=args.mode,
         device=args.device,
         probabilities=args.probabilities,
         attention=args.attention,
         crop=args.crop,
-        roi=roi_mask(image, "nonzero") if args.crop else None,  # non-zero in any raw channel
-        pad_value=padding_value(card.normalization),
         memory_budget_gib=args.memory_gib,
         progress=progress,
     )
-    with tempfile.TemporaryDirectory(prefix=f".{case}-", dir=out) as tmp:
-        written = write_prediction(
-            Path(tmp), case, prediction, geometry, card, args, model.receptive_field_min
-        )
-        final = []
-        for path in written:
-            target = out / path.name
-            shutil.move(str(path), target)
-            final.append(target)
-    print(
-        f"  {describe_run(prediction)} in {prediction.seconds:.1f} s on {prediction.device}, "
-        f"peak memory {prediction.peak_memory_gib:.2f} GiB -> {len(final)} files"
+    for warning in report.warnings:
+        print(f"  warning: {warning}", flush=True)
+    outputs = output_files(
+        case,
+        labels=prediction.labels,
+        probabilities=prediction.probabilities,
+        attention=prediction.attention,
+        rates=prediction.rates,
+        receptive_field_min=model.receptive_field_min,
+        network_spacing=report.network_spacing,
     )
-    return final
+    info = {
+        "case": case,
+        "inputs": [f.name for f in files],
+        "model": str(args.model),
+        "model_card": card.to_dict(),
+        "preprocessing": report.to_dict(),
+        "warnings": report.warnings,
+        "mode": prediction.mode,
+        "device": prediction.device,
+        "computed_box": [list(axis) for axis in prediction.crop_box] if prediction.crop_box else None,
+        "outside_computed_box": "label 0, background probability 1, attention NaN",
+        "network_input_size": list(prediction.tile_size),
+        "tiles_run": prediction.tiles_run,
+        "seconds": round(prediction.seconds, 3),
+        "peak_memory_gib": round(prediction.peak_memory_gib, 3),
+        "napari_autofocus_version": __version__,
+        "torch_version": __import__("torch").__version__,
+    }
+    written = write_outputs(out, case, outputs, geometry, info, overwrite=args.force)
+    steps = ", ".join(report.steps())
+    print(
+        f"  {describe_run(prediction)} ({steps}) in {prediction.seconds:.1f} s on {prediction.device}, "
+        f"peak memory {prediction.peak_memory_gib:.2f} GiB -> {len(written)} files"
+    )
+    return written
 
 
 def describe_run(prediction) -> str:
@@ -176,56 +219,3 @@ def describe_run(prediction) -> str:
     if prediction.mode == "whole":
         return f"whole volume {where}"
     return f"{prediction.tiles_run} {prediction.mode} tiles over {where}"
-
-
-def write_prediction(folder: Path, case: str, prediction, geometry, card, args, rf_min: int) -> list[Path]:
-    from napari_autofocus import __version__
-    from napari_autofocus.attention import (
-        argmax_rate,
-        expected_rate,
-        normalized_entropy,
-        zoom_mm,
-        zoom_voxels,
-    )
-    from napari_autofocus.nifti import save_nifti
-
-    written = [Path(save_nifti(folder / f"{case}_labels.nii.gz", prediction.labels, geometry, is_label=True))]
-    if prediction.probabilities is not None:
-        written.append(
-            Path(save_nifti(folder / f"{case}_probabilities.nii.gz", prediction.probabilities, geometry))
-        )
-    for name, attention in prediction.attention.items():
-        rates = prediction.rates[name]
-        written.append(Path(save_nifti(folder / f"{case}_attention_{name}.nii.gz", attention, geometry)))
-        derived = {
-            "expected_rate": expected_rate(attention, rates),
-            "argmax_rate": argmax_rate(attention, rates),
-            "entropy": normalized_entropy(attention),
-        }
-        for kind, array in derived.items():
-            path = folder / f"{case}_{name}_{kind}.nii.gz"
-            written.append(Path(save_nifti(path, array, geometry, is_label=kind == "argmax_rate")))
-    if prediction.attention:
-        zoom = zoom_voxels(prediction.attention, prediction.rates, rf_min)
-        written.append(
-            Path(save_nifti(folder / f"{case}_zoom_mm.nii.gz", zoom_mm(zoom, geometry.spacing), geometry))
-        )
-    info = {
-        "case": case,
-        "model": str(args.model),
-        "model_card": card.to_dict(),
-        "mode": prediction.mode,
-        "device": prediction.device,
-        "computed_box": [list(axis) for axis in prediction.crop_box] if prediction.crop_box else None,
-        "outside_computed_box": "label 0, background probability 1, attention NaN",
-        "network_input_size": list(prediction.tile_size),
-        "tiles_run": prediction.tiles_run,
-        "seconds": round(prediction.seconds, 3),
-        "peak_memory_gib": round(prediction.peak_memory_gib, 3),
-        "outputs": [p.name for p in written],
-        "napari_autofocus_version": __version__,
-        "torch_version": __import__("torch").__version__,
-    }
-    info_path = folder / f"{case}_prediction.json"
-    info_path.write_text(json.dumps(info, indent=2) + "\n")
-    return [*written, info_path]

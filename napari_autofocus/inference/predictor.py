@@ -1,0 +1,387 @@
+"""The one prediction path every caller takes: the model card's preprocessing, the network on the
+model's grid, the outputs back on the scan's grid, and a report of what was done and what did not
+match the model.
+
+nnU-Net's preprocess -> predict -> export, in one place, so that ``predict``, ``evaluate --model``,
+the trainer's validation, the phantom benchmark and the plugin's Segment, Compare and
+Counterfactuals give the same labels for the same scan:
+
+1. :func:`preprocess`: normalise as the card says (:mod:`napari_autofocus.normalization`), then
+   resample to the card's ``target_spacing`` when it has one (linear for images, nearest for masks
+   and labels). The crop region is the bounding box of the voxels non-zero in any raw channel.
+2. :func:`run_network`: :func:`~napari_autofocus.inference.predict_volume` on that grid.
+3. :func:`to_source`: labels, probabilities, logits and attention back to the scan's grid by
+   nearest neighbour (each scan voxel shows what the network computed at the nearest network
+   voxel: no invented values, labels stay the arg-max of the probabilities, attention still sums
+   to 1).
+
+:func:`check_scan` lists what does not match the model (voxel size, channel names, intensities, a
+phantom model on a real scan) as one-line warnings; :class:`Report` carries them with the steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from napari_autofocus.card import ModelCard
+from napari_autofocus.errors import AutofocusError
+from napari_autofocus.nifti import PHANTOM_MARK
+from napari_autofocus.normalization import DEFAULT_NORMALIZATION, normalize, padding_value, roi_mask
+
+SPACING_TOLERANCE = 0.1  # relative voxel-size difference that counts as "not the model's spacing"
+
+
+@dataclass(frozen=True)
+class Contract:
+    """What a model expects of its input, read from its card."""
+
+    modalities: tuple[str, ...]
+    normalization: dict
+    target_spacing: tuple[float, float, float] | None  # resample to this grid; None = the scan's own
+    trained_spacing: tuple[float, float, float] | None  # voxel size of the training data
+    trained_on: str
+    phantom: bool
+
+    @classmethod
+    def from_card(cls, card: ModelCard) -> Contract:
+        dataset = str(card.provenance.get("dataset") or "")
+        return cls(
+            modalities=tuple(card.modalities),
+            normalization={**DEFAULT_NORMALIZATION, **(card.normalization or {})},
+            target_spacing=_triple(card.target_spacing),
+            trained_spacing=_triple(card.spacing),
+            trained_on=dataset,
+            phantom="phantom" in dataset.lower() or "phantom" in (card.description or "").lower(),
+        )
+
+
+def _triple(value) -> tuple[float, float, float] | None:
+    return None if value is None else tuple(float(v) for v in value)
+
+
+@dataclass
+class Preprocessed:
+    """A scan ready for the network: normalised, on the network's grid."""
+
+    image: np.ndarray  # (C, D, H, W) float32
+    roi: np.ndarray  # (D, H, W) bool: the normalisation's region (training samples from it)
+    foreground_box: tuple  # box of the voxels non-zero in any raw channel: what is computed
+    spacing: tuple[float, float, float]  # the network grid's voxel size (mm)
+    source_shape: tuple[int, int, int]
+    source_spacing: tuple[float, float, float]
+    label: np.ndarray | None = None  # the label map on the network grid, when one was given
+
+    @property
+    def resampled(self) -> bool:
+        return tuple(self.image.shape[1:]) != tuple(self.source_shape)
+
+
+def nearest_indices(n_from: int, n_to: int) -> np.ndarray:
+    """For each of ``n_to`` cells, the index of the ``n_from`` cell whose centre is nearest."""
+    return np.minimum(((np.arange(n_to) + 0.5) * (n_from / n_to)).astype(np.intp), n_from - 1)
+
+
+def resample_nearest(array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Nearest-neighbour resampling of the last three axes to ``shape`` (any dtype, NaN kept)."""
+    shape = tuple(int(n) for n in shape)
+    if tuple(array.shape[-3:]) == shape:
+        return array
+    index = np.ix_(*(nearest_indices(a, b) for a, b in zip(array.shape[-3:], shape, strict=True)))
+    return np.asarray(array)[(..., *index)]
+
+
+def box_of(mask: np.ndarray) -> tuple:
+    """((z0, z1), (y0, y1), (x0, x1)) around the true voxels; the whole volume when there are none."""
+    if not mask.any():
+        return tuple((0, n) for n in mask.shape)
+    out = []
+    for axis in range(3):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        out.append((int(hits[0]), int(hits[-1]) + 1))
+    return tuple(out)
+
+
+def box_to_shape(box, shape_from: Sequence[int], shape_to: Sequence[int]) -> tuple:
+    """A box on one grid expressed on another grid of the same extent (covering, never smaller)."""
+    out = []
+    for (a, b), m, n in zip(box, shape_from, shape_to, strict=True):
+        out.append((int(np.floor(a * n / m)), min(int(n), int(np.ceil(b * n / m)))))
+    return tuple(out)
+
+
+def preprocess(
+    raw: np.ndarray,
+    spacing: Sequence[float],
+    normalization: dict | None = None,
+    target_spacing: Sequence[float] | None = None,
+    label: np.ndarray | None = None,
+) -> Preprocessed:
+    """Normalise a raw (C, D, H, W) scan as a card says and resample it to ``target_spacing``."""
+    spec = {**DEFAULT_NORMALIZATION, **(normalization or {})}
+    raw = np.asarray(raw, dtype=np.float32)
+    if raw.ndim != 4:
+        raise AutofocusError(f"expected a (channels, D, H, W) image, got shape {raw.shape}")
+    source_spacing = tuple(float(s) for s in spacing)
+    roi = roi_mask(raw, spec.get("roi", "nonzero"))
+    foreground_box = box_of(roi if spec.get("roi", "nonzero") == "nonzero" else roi_mask(raw, "nonzero"))
+    image = normalize(raw, spec, roi)
+    new_spacing = source_spacing
+    if target_spacing is not None and not np.allclose(source_spacing, target_spacing, rtol=1e-3):
+        zoom = [s / t for s, t in zip(source_spacing, target_spacing, strict=True)]
+        image = np.stack([ndimage.zoom(c, zoom, order=1, mode="nearest", grid_mode=True) for c in image])
+        roi = resample_nearest(roi, image.shape[1:])
+        # every network voxel whose cell touches the scan's foreground: the box covers it all
+        foreground_box = box_to_shape(foreground_box, raw.shape[1:], image.shape[1:])
+        if label is not None:
+            label = resample_nearest(label, image.shape[1:])
+        new_spacing = tuple(float(t) for t in target_spacing)
+    return Preprocessed(
+        image=image.astype(np.float32, copy=False),
+        roi=roi,
+        foreground_box=foreground_box,
+        spacing=new_spacing,
+        source_shape=tuple(raw.shape[1:]),
+        source_spacing=source_spacing,
+        label=label,
+    )
+
+
+def run_network(model, prepared: Preprocessed, normalization: dict, *, crop: bool = True, **engine):
+    """The engine on the network grid, computing the foreground's box unless ``crop`` is False."""
+    from napari_autofocus.inference.engine import predict_volume
+
+    return predict_volume(
+        model,
+        prepared.image,
+        crop=crop,
+        roi=prepared.foreground_box if crop else None,
+        pad_value=padding_value(normalization),
+        **engine,
+    )
+
+
+def to_source(prediction, prepared: Preprocessed):
+    """The engine's outputs brought back from the network grid to the scan's grid."""
+    if not prepared.resampled:
+        return prediction
+    shape = prepared.source_shape
+
+    def back(array):
+        return None if array is None else resample_nearest(array, shape)
+
+    return dataclasses.replace(
+        prediction,
+        labels=back(prediction.labels),
+        probabilities=back(prediction.probabilities),
+        logits=back(prediction.logits),
+        attention={name: back(a) for name, a in prediction.attention.items()},
+        computed=back(prediction.computed),
+        crop_box=None
+        if prediction.crop_box is None
+        else box_to_shape(prediction.crop_box, prepared.image.shape[1:], shape),
+    )
+
+
+# -- what does not match -------------------------------------------------------------------------
+
+
+def _mm(spacing) -> str:
+    return "x".join(f"{s:g}" for s in spacing) + " mm"
+
+
+_GENERIC_WORDS = {"like", "weighted", "image", "scan", "mri", "mr", "volume", "channel", "case"}
+
+
+def _words(name: str) -> set[str]:
+    return {w for w in re.split(r"[^a-z0-9]+", name.lower()) if w and w not in _GENERIC_WORDS}
+
+
+def _same_modality(given: str, expected: str) -> bool:
+    """ "case [T1-like]" and "BraTS_001_flair" name T1-like and FLAIR: every word of the modality's
+    name (generic words aside) is one of the given name's words."""
+    wanted = _words(expected)
+    return bool(wanted) and wanted <= _words(given)
+
+
+def check_spacing(spacing: Sequence[float], contract: Contract) -> list[str]:
+    if contract.target_spacing is not None:
+        if not np.allclose(spacing, contract.target_spacing, rtol=1e-3):
+            return [
+                f"voxel size {_mm(spacing)} is not the model's {_mm(contract.target_spacing)}: resampled "
+                "to the model's grid and the outputs back to the scan's"
+            ]
+        return []
+    trained = contract.trained_spacing
+    if trained is None:
+        return []
+    relative = np.abs(np.asarray(spacing) - np.asarray(trained)) / np.asarray(trained)
+    if (relative > SPACING_TOLERANCE).any():
+        return [
+            f"voxel size {_mm(spacing)} differs from the {_mm(trained)} the model was trained on, and "
+            "the model does not resample (it was trained without --spacing): expect poorer results"
+        ]
+    return []
+
+
+def check_channels(
+    names: Sequence[str] | None, contract: Contract, arrays: Sequence[np.ndarray] | None = None,
+    strict: bool = False,
+) -> list[str]:  # fmt: skip
+    """Channel names that point at another of the model's modalities, or the same image twice.
+
+    ``strict``: the names are modality names (e.g. a dataset.json's), so any difference counts.
+    """
+    warnings = []
+    expected = contract.modalities
+    if names and expected and len(names) == len(expected):
+        for given, wanted in zip(names, expected, strict=True):
+            if _same_modality(given, wanted):
+                continue
+            other = next((m for m in expected if m != wanted and _same_modality(given, m)), None)
+            if other is not None:
+                warnings.append(f"the {wanted} input is {given!r}, which looks like {other}")
+            elif strict:
+                warnings.append(f"the {wanted} input is called {given!r}")
+        if warnings:
+            warnings = [
+                f"channels may be in the wrong order (the model expects {', '.join(expected)}): "
+                + "; ".join(warnings)
+            ]
+    if arrays is not None and len(arrays) > 1:
+        for i in range(len(arrays)):
+            for j in range(i + 1, len(arrays)):
+                a, b = arrays[i], arrays[j]
+                if a is b or (np.shape(a) == np.shape(b) and np.array_equal(a, b)):
+                    label = lambda k: expected[k] if k < len(expected) else f"channel {k + 1}"  # noqa: E731
+                    warnings.append(f"the same image is given as {label(i)} and {label(j)}")
+    return warnings
+
+
+def check_intensities(raw: np.ndarray, contract: Contract) -> list[str]:
+    """Intensities the card's normalisation is not made for."""
+    spec = contract.normalization
+    scheme, roi_rule = spec.get("scheme", "zscore"), spec.get("roi", "nonzero")
+    nonzero = np.any(raw != 0, axis=0)
+    warnings = []
+    names = list(contract.modalities) or [f"channel {c + 1}" for c in range(raw.shape[0])]
+    names += [f"channel {c + 1}" for c in range(len(names), raw.shape[0])]
+    if not nonzero.any():
+        return ["the scan is zero everywhere: there is nothing to segment"]
+    for c, channel in enumerate(raw):
+        values = channel[nonzero]
+        mean, std = float(values.mean()), float(values.std())
+        if std <= 1e-6 * max(1.0, abs(mean)):
+            warnings.append(f"{names[c]} is constant ({mean:g}) inside the scan")
+        elif scheme == "none" and (abs(mean) > 3 or not 0.1 < std < 10):
+            warnings.append(
+                f"{names[c]} has mean {mean:.3g} and std {std:.3g}, but the model expects intensities "
+                "already normalised (mean about 0, std about 1)"
+            )
+    if scheme != "none" and roi_rule == "nonzero" and nonzero.mean() > 0.995:
+        warnings.append(
+            "the scan has no zero background: the model normalises over the non-zero voxels "
+            "(skull-stripped scans with background 0), which here is the whole volume"
+        )
+    return warnings
+
+
+def check_phantom(contract: Contract, scan_description: str | None) -> list[str]:
+    if contract.phantom and PHANTOM_MARK not in (scan_description or ""):
+        return [
+            f"this model was trained on synthetic phantoms ({contract.trained_on or 'phantom data'}): a "
+            "teaching model, whose output on a real scan means little"
+        ]
+    return []
+
+
+def check_scan(
+    raw: np.ndarray,
+    spacing: Sequence[float],
+    contract: Contract,
+    channel_names: Sequence[str] | None = None,
+    scan_description: str | None = None,
+    arrays: Sequence[np.ndarray] | None = None,
+    strict_names: bool = False,
+) -> list[str]:
+    """Every way this scan does not match the model, one line each (empty when it matches)."""
+    return [
+        *check_spacing(spacing, contract),
+        *check_channels(channel_names, contract, arrays, strict_names),
+        *check_intensities(raw, contract),
+        *check_phantom(contract, scan_description),
+    ]
+
+
+# -- the whole path -------------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    """What the predictor did to a scan and what did not match the model."""
+
+    channels: list[str]
+    normalization: dict
+    source_spacing: tuple[float, float, float]
+    network_spacing: tuple[float, float, float]
+    resampled: bool
+    warnings: list[str] = field(default_factory=list)
+
+    def steps(self) -> list[str]:
+        out = [f"normalised ({self.normalization.get('scheme', 'zscore')})"]
+        if self.resampled:
+            out.append(f"resampled {_mm(self.source_spacing)} -> {_mm(self.network_spacing)} and back")
+        return out
+
+    def to_dict(self) -> dict:
+        return {
+            "channels": list(self.channels),
+            "normalization": dict(self.normalization),
+            "source_spacing": list(self.source_spacing),
+            "network_spacing": list(self.network_spacing),
+            "resampled": self.resampled,
+            "warnings": list(self.warnings),
+        }
+
+
+def predict_scan(
+    model,
+    card: ModelCard,
+    raw: np.ndarray,
+    spacing: Sequence[float],
+    *,
+    channel_names: Sequence[str] | None = None,
+    scan_description: str | None = None,
+    arrays: Sequence[np.ndarray] | None = None,
+    strict_names: bool = False,
+    crop: bool = True,
+    **engine,
+):
+    """(prediction on the scan's grid, :class:`Report`) for a raw (C, D, H, W) scan.
+
+    ``engine`` options go to :func:`~napari_autofocus.inference.predict_volume` (mode, device,
+    probabilities, attention, memory budget, progress, cancel...).
+    """
+    if raw.shape[0] != card.in_channels:
+        names = ", ".join(card.modalities) or f"{card.in_channels} channels"
+        raise AutofocusError(
+            f"the model expects {card.in_channels} input channel(s) ({names}) but got {raw.shape[0]}"
+        )
+    contract = Contract.from_card(card)
+    warnings = check_scan(raw, spacing, contract, channel_names, scan_description, arrays, strict_names)
+    prepared = preprocess(raw, spacing, contract.normalization, contract.target_spacing)
+    prediction = run_network(model, prepared, contract.normalization, crop=crop, **engine)
+    report = Report(
+        channels=list(channel_names or contract.modalities),
+        normalization=contract.normalization,
+        source_spacing=prepared.source_spacing,
+        network_spacing=prepared.spacing,
+        resampled=prepared.resampled,
+        warnings=warnings,
+    )
+    return to_source(prediction, prepared), report
