@@ -70,6 +70,9 @@ class ModelCard:
         missing = [k for k in ("arch", "in_channels", "num_classes") if k not in data]
         if missing:
             raise CheckpointError(f"model card lacks required field(s) {missing}")
+        problems = schema_problems(data)
+        if problems:
+            raise CheckpointError("model card is not valid: " + "; ".join(problems))
         kwargs = {k: v for k, v in data.items() if k in known}
         if "target_spacing" not in data:  # cards before it was a field kept it in the provenance
             kwargs["target_spacing"] = (data.get("provenance") or {}).get("resampled_to_spacing")
@@ -92,6 +95,66 @@ class ModelCard:
     def replace(self, **changes) -> ModelCard:
         """A copy with some fields changed (unknown field names raise TypeError)."""
         return dataclasses.replace(self, **changes)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _spacing(value) -> bool:
+    return value is None or (
+        isinstance(value, list) and len(value) == 3 and all(_is_number(v) and v > 0 for v in value)
+    )
+
+
+# field -> (check, what it must be); fields not listed here are free-form or checked elsewhere.
+_SCHEMA = {
+    "arch": (lambda v: isinstance(v, str) and bool(v), "a non-empty string"),
+    "in_channels": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "num_classes": (lambda v: _is_int(v) and v >= 2, "an integer >= 2"),
+    "options": (lambda v: isinstance(v, dict), "an object"),
+    "dilations": (
+        lambda v: isinstance(v, list) and all(_is_int(d) and d >= 1 for d in v),
+        "a list of integers >= 1",
+    ),
+    "autofocus_layers": (
+        lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v),
+        "a list of names",
+    ),
+    "modalities": (lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v), "a list of names"),
+    "class_names": (
+        lambda v: isinstance(v, dict) and all(str(k).lstrip("-").isdigit() for k in v),
+        "an object of label value -> name",
+    ),
+    "regions": (
+        lambda v: (
+            isinstance(v, dict) and all(isinstance(x, list) and all(map(_is_int, x)) for x in v.values())
+        ),
+        "an object of name -> list of label values",
+    ),
+    "normalization": (lambda v: isinstance(v, dict), "an object"),
+    "spacing": (_spacing, "null or three positive voxel sizes (mm)"),
+    "target_spacing": (_spacing, "null or three positive voxel sizes (mm)"),
+    "receptive_field": (lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
+    "margin": (lambda v: v is None or (_is_int(v) and v >= 0), "null or an integer >= 0"),
+    "provenance": (lambda v: isinstance(v, dict), "an object"),
+    "metrics": (lambda v: isinstance(v, dict), "an object"),
+    "description": (lambda v: isinstance(v, str), "a string"),
+    "extra": (lambda v: isinstance(v, dict), "an object"),
+}
+
+
+def schema_problems(data: dict) -> list[str]:
+    """What is wrong with a card's fields, one line each (empty when every field is well-typed)."""
+    problems = []
+    for name, (ok, expected) in _SCHEMA.items():
+        if name in data and not ok(data[name]):
+            problems.append(f"field {name!r} must be {expected}, got {data[name]!r:.60}")
+    return problems
 
 
 def read_header(path: str | Path) -> tuple[dict, int]:

@@ -19,3 +19,17 @@ class CheckpointError(AutofocusError):
 
 class DatasetError(AutofocusError):
     """A training/evaluation dataset folder is malformed."""
+
+
+def describe_os_error(exc: OSError) -> str:
+    """'run/model.safetensors: No space left on device (the disk is full: ...)' from any OSError."""
+    import errno
+
+    where = exc.filename if exc.filename is not None else None
+    reason = exc.strerror or str(exc)
+    hint = {
+        errno.ENOSPC: " (the disk is full: free space or choose another folder)",
+        errno.EACCES: " (permission denied: choose a folder you can write to)",
+        errno.EROFS: " (read-only file system: choose another folder)",
+    }.get(exc.errno or 0, "")
+    return f"{where}: {reason}{hint}" if where else f"{reason}{hint}"

@@ -8,6 +8,7 @@ killed run resumes bit-for-bit from its last checkpoint and nobody has to trust 
 
 from __future__ import annotations
 
+import errno
 import random
 from pathlib import Path
 
@@ -62,8 +63,13 @@ def set_rng_state(state: dict) -> None:
 
 def save_checkpoint(path: str | Path, payload: dict) -> None:
     """``torch.save`` to a temporary file in the same folder, then ``os.replace``: never half-written."""
-    with atomic_path(path, fsync=True) as tmp:
-        torch.save(payload, tmp)
+    try:
+        with atomic_path(path, fsync=True) as tmp:
+            torch.save(payload, tmp)
+    except RuntimeError as exc:  # torch reports a failed write (e.g. a full disk) as a RuntimeError
+        raise OSError(
+            errno.EIO, f"could not write the checkpoint ({exc}); is the disk full?", str(path)
+        ) from None
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from napari_autofocus.errors import AutofocusError
+from napari_autofocus.errors import AutofocusError, describe_os_error
 
 # (command, module, one-line help). Order is the order shown in --help.
 COMMANDS = [
@@ -73,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except AutofocusError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # disk full, permission denied, read-only folder...: one line, no traceback
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -54,7 +54,7 @@ SCHEDULES = ("poly", "step", "constant")
 # and reports call the label groups) so that a run refused for a misspelt convention continues.
 RESUME_MUTABLE = {
     "epochs", "val_every", "workers", "device", "resume", "force", "stop_after_epochs",
-    "tensorboard", "cache", "debug_checksums", "config", "out", "regions",
+    "tensorboard", "cache", "debug_checksums", "config", "out", "regions", "ddp_timeout",
 }  # fmt: skip
 
 
@@ -98,6 +98,7 @@ class TrainConfig:
     amp: str = "auto"
     channels_last: str = "auto"  # channels_last_3d layout; auto = on for CPU (oneDNN is much faster there)
     workers: int = 2
+    ddp_timeout: float = 30.0  # minutes a process waits for the others before it stops with a message
     cache: str | None = None
     tensorboard: bool = False
     debug_checksums: bool = False
@@ -138,6 +139,10 @@ class TrainConfig:
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
             (self.val_every >= 0, f"--val-every must be >= 0 (0 = never), got {self.val_every}"),
             (self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),
+            (
+                isinstance(self.ddp_timeout, (int, float)) and 0 < self.ddp_timeout < 10_000,
+                f"--ddp-timeout must be a positive number of minutes, got {self.ddp_timeout!r}",
+            ),
             (
                 self.regions is None or self.regions in REGION_CONVENTIONS,
                 f"--regions must be one of {', '.join(REGION_CONVENTIONS)}, got {self.regions!r}",

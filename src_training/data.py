@@ -134,6 +134,13 @@ def open_dataset(root: str | Path) -> Dataset:
         raise DatasetError(
             f"{meta_path}: needs 'modality' (Decathlon) or 'channel_names' (nnU-Net) naming the channels"
         )
+    not_numbers = [k for k in names if not str(k).strip().isdigit()]
+    if not_numbers:
+        raise DatasetError(
+            f'{meta_path}: channel keys must be channel numbers ("0", "1", ...), got {not_numbers[:5]}'
+        )
+    if sorted(int(k) for k in names) != list(range(len(names))):
+        raise DatasetError(f"{meta_path}: channels must be numbered 0..{len(names) - 1}, got {sorted(names)}")
     modalities = [str(names[k]) for k in sorted(names, key=int)]
     if layout == "msd":
         cases = _msd_cases(root, meta, meta_path)
@@ -254,6 +261,10 @@ def read_case(case: Case, n_channels: int) -> RawCase:
     labels = None
     if label is not None:
         data = label.data
+        if data.ndim != 3:
+            raise DatasetError(
+                f"case {case.name}: {case.label.name} has shape {data.shape}; a label map is one 3D volume"
+            )
         if not np.allclose(data, np.round(data)):
             raise DatasetError(f"case {case.name}: {case.label.name} holds non-integer values")
         labels = np.round(data).astype(np.int16)

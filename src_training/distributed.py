@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
+import threading
+import time
 from dataclasses import dataclass
 
 import torch
@@ -58,12 +61,43 @@ def select_device(name: str, info: DistInfo) -> torch.device:
     return torch.device(name)
 
 
-def init(info: DistInfo, device: torch.device) -> None:
-    """Join the process group (no-op for a single process)."""
+def init(info: DistInfo, device: torch.device, timeout_minutes: float = 30.0) -> None:
+    """Join the process group (no-op for a single process) and stop if the launcher dies.
+
+    ``timeout_minutes``: how long a collective waits for the other processes before this one
+    stops with a message (validation runs on every rank in parallel and must fit in it).
+    """
     if info.enabled and not dist.is_initialized():
+        watch_launcher()
         backend = "nccl" if device.type == "cuda" else "gloo"
-        # Validation runs on every rank in parallel but can take long on big cases: generous timeout.
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(hours=2))
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+
+
+def watch_launcher(interval: float = 1.0) -> threading.Thread:
+    """End this worker when the process that started it (torchrun) is gone, instead of training on as
+    an orphan: a SIGKILLed launcher cannot stop its workers itself."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent:
+                print(
+                    f"rank {os.environ.get('RANK', '?')}: the launcher (process {parent}) is gone; stopping",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                os._exit(1)
+
+    thread = threading.Thread(target=watch, name="launcher-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """True for the error a collective raises when another process did not answer in time."""
+    text = str(exc).lower()
+    return "timed out" in text or "timeout" in text
 
 
 def wrap(model: torch.nn.Module, info: DistInfo, device: torch.device) -> torch.nn.Module:

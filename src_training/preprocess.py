@@ -119,6 +119,13 @@ def prepare_cases(
         if log:
             log(f"preprocessing {case.name}")
         raw = read_case(case, len(dataset.modalities))
+        bad = int((~np.isfinite(raw.image)).sum())
+        if bad:
+            problems.append(
+                f"case {case.name}: {', '.join(p.name for p in case.images)} has {bad} NaN or infinite "
+                "voxel(s); fix or remove the case"
+            )
+            continue
         if raw.label is not None:
             problem = check_label_values(case.name, case.label, raw.label, dataset.label_values)
             if problem:
@@ -127,6 +134,9 @@ def prepare_cases(
         done = preprocess(raw.image, raw.spacing, spec, target_spacing, raw.label)
         image, label, spacing = done.image, done.label, done.spacing
         folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob(".*"):  # temporary files of a preprocessing that was killed
+            if stale.is_file():
+                stale.unlink(missing_ok=True)
         _save_npy(folder / "image.npy", image)
         if label is not None:
             _save_npy(folder / "label.npy", label.astype(np.int16))

@@ -125,8 +125,10 @@ class PatchStream(IterableDataset):
         self.mode, self.fg_fraction, self.pad_value = mode, fg_fraction, pad_value
         self.augment = augment or {}
 
-    def worker_seed(self, worker: int) -> list[int]:
-        return [self.seed + self.rank * 1000 + worker, self.epoch]
+    def batch_seed(self, index: int) -> list[int]:
+        """Each batch has its own generator, so the patches do not depend on how many DataLoader
+        workers share the epoch (a run resumed with another --workers draws the same patches)."""
+        return [self.seed + self.rank * 1000, self.epoch, index]
 
     def batch(self, rng) -> tuple[torch.Tensor, torch.Tensor]:
         xs, ys = [], []
@@ -143,9 +145,9 @@ class PatchStream(IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        rng = np.random.default_rng(self.worker_seed(worker))
-        for _ in range(worker, self.n_batches, n_workers):
-            yield self.batch(rng)
+        # the DataLoader takes one batch from each worker in turn: batches arrive in index order
+        for index in range(worker, self.n_batches, n_workers):
+            yield self.batch(np.random.default_rng(self.batch_seed(index)))
 
     def __len__(self) -> int:
         return self.n_batches

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from napari_autofocus.errors import AutofocusError
 from napari_autofocus.io.atomic import write_text
 from napari_autofocus.metrics import REGION_CONVENTIONS, dice
+from napari_autofocus.nets.checkpoints import nonfinite_tensors
 from napari_autofocus.normalization import padding_value
 
 from . import distributed
@@ -40,7 +41,14 @@ RUN_FILES = (
     "config.json", "split.json", "log.csv", "log.jsonl", "progress.png", "checkpoint_latest.pt",
     "checkpoint_best.pt", "checkpoint_final.pt", "model.safetensors",
 )  # fmt: skip
+# What a start writes before the first epoch: a folder holding only these is restarted, not refused.
+STARTUP_FILES = ("config.json", "split.json")
 SPLIT_SEED = 12345  # fixed, like nnU-Net's, so folds do not move when the training seed changes
+
+
+def is_stale_temporary(path: Path) -> bool:
+    """A hidden temporary file of ours (``.<run file>.<random>``) that a killed write left behind."""
+    return path.is_file() and any(path.name.startswith(f".{name}.") for name in RUN_FILES)
 
 
 def split_cases(
@@ -149,12 +157,22 @@ class Trainer:
             print(message, flush=True)
 
     def _check_run_folder(self) -> None:
+        """Refuse a folder holding another run; accept one a failed start left (settings only)."""
         out, cfg = self.out, self.config
-        existing = [p.name for p in out.iterdir()] if out.is_dir() else []
+        existing = [p.name for p in out.iterdir() if not is_stale_temporary(p)] if out.is_dir() else []
         if cfg.resume:
             if not (out / "checkpoint_latest.pt").is_file():
-                raise AutofocusError(f"--resume: {out} has no checkpoint_latest.pt to continue from")
-        elif existing and not cfg.force:
+                started = "config.json" in existing
+                raise AutofocusError(
+                    f"--resume: {out} has no checkpoint_latest.pt to continue from"
+                    + (
+                        " (the run stopped before its first epoch ended); run the same command without "
+                        "--resume to start it again"
+                        if started
+                        else ""
+                    )
+                )
+        elif set(existing) - set(STARTUP_FILES) and not cfg.force:
             raise AutofocusError(
                 f"run folder {out} is not empty ({', '.join(sorted(existing)[:5])}...); use --resume to "
                 "continue it, --force to start over in it, or choose a new --out"
@@ -162,6 +180,9 @@ class Trainer:
 
     def _prepare_folder(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
+        for path in self.out.iterdir():  # left by a run killed while it wrote a file
+            if is_stale_temporary(path):
+                path.unlink(missing_ok=True)
         if self.config.force and not self.config.resume:
             for name in RUN_FILES:
                 (self.out / name).unlink(missing_ok=True)
@@ -226,19 +247,16 @@ class Trainer:
         cfg, info = self.config, self.info
         self._check_run_folder()
         self.device = distributed.select_device(cfg.device, info)
-        distributed.init(info, self.device)
+        distributed.init(info, self.device, cfg.ddp_timeout)
         self.dataset, (train_names, val_names), net, self.out_size = self._check_settings()
         self.train_names, self.val_names = train_names, val_names
         cache = Path(cfg.cache) if cfg.cache else default_cache_dir()
         wanted = [self.dataset.case(n) for n in train_names + val_names]
-        # Rank 0 fills the cache; the others then read it instead of preprocessing the same cases.
-        if self.main:
-            prepared = prepare_cases(
-                self.dataset, wanted, cache, cfg.normalization, cfg.spacing, log=self.log
-            )
+        # Every rank fills the cache with its share of the cases, then all read every case from it.
+        mine = wanted[info.rank :: info.world_size]
+        prepare_cases(self.dataset, mine, cache, cfg.normalization, cfg.spacing, log=self.log)
         distributed.barrier(info)  # every rank checked the folder and settings before rank 0 writes
-        if not self.main:
-            prepared = prepare_cases(self.dataset, wanted, cache, cfg.normalization, cfg.spacing)
+        prepared = prepare_cases(self.dataset, wanted, cache, cfg.normalization, cfg.spacing)
         if self.main:
             self._prepare_folder()
             split = {"train": train_names, "val": val_names}
@@ -253,8 +271,11 @@ class Trainer:
         net = net.to(self.device)
         from napari_autofocus.inference import prefers_channels_last
 
+        # CPU DDP keeps the default layout: its gradient buckets are contiguous, channels-last gradients
+        # would be copied every step ("Grad strides do not match bucket view strides").
+        cpu_ddp = info.enabled and self.device.type == "cpu"
         self.channels_last = cfg.channels_last == "on" or (
-            cfg.channels_last == "auto" and prefers_channels_last(self.device)
+            cfg.channels_last == "auto" and prefers_channels_last(self.device) and not cpu_ddp
         )
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last_3d)
@@ -353,6 +374,12 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
                 logits = self.model(x)
             loss = self.criterion(logits, y)
+            if not bool(torch.isfinite(loss)):
+                raise AutofocusError(
+                    f"the training loss became {float(loss.detach())} at iteration {self.iteration + 1} "
+                    f"(epoch {epoch + 1}); training stopped before that step changed the weights. "
+                    + self._last_good()
+                )
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -395,6 +422,19 @@ class Trainer:
         return {self.dataset.class_names[v]: float(mean[j]) for j, v in enumerate(classes)}
 
     def run(self) -> dict:
+        """Train; a collective that times out (another process stopped) ends with a message."""
+        try:
+            return self._run()
+        except RuntimeError as exc:
+            if not (self.info.enabled and distributed.is_timeout(exc)):
+                raise
+            raise AutofocusError(
+                f"rank {self.info.rank}: another training process did not answer within --ddp-timeout "
+                f"{self.config.ddp_timeout:g} min (stopped, killed or far slower); stopping. The checkpoints "
+                "of finished epochs are kept: --resume continues"
+            ) from None
+
+    def _run(self) -> dict:
         self.setup()
         cfg = self.config
         if self.epoch >= cfg.epochs:
@@ -424,6 +464,12 @@ class Trainer:
                     self.logger.log_epoch(record)
                     self._report(record)
                 payload = self._payload()
+                bad = nonfinite_tensors(payload["model"])
+                if bad:
+                    raise AutofocusError(
+                        f"after epoch {self.epoch} {len(bad)} weight tensor(s) hold NaN or infinite values "
+                        f"(e.g. {bad[0]}); not saved. " + self._last_good()
+                    )
                 self._save("checkpoint_latest.pt", payload)
                 if improved:
                     self._save("checkpoint_best.pt", payload)
@@ -438,6 +484,17 @@ class Trainer:
             if self.logger:
                 self.logger.close()
             distributed.cleanup(self.info)
+
+    def _last_good(self) -> str:
+        """Where the last good state is, for messages that stop a run."""
+        if (self.out / "checkpoint_latest.pt").is_file():
+            return (
+                "checkpoint_latest.pt keeps the last good state: lower --lr or check the data, then "
+                "--resume (with the same settings) or start a new run"
+            )
+        return (
+            "No epoch had finished, so there is no checkpoint: lower --lr or check the data and start again"
+        )
 
     def _report(self, record: dict) -> None:
         line = (

@@ -94,7 +94,7 @@ def test_tampered_file_is_refused(tmp_path):
     data = bytearray(path.read_bytes())
     data[_data_start(path) + 100] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match="content hash mismatch: the file was modified or damaged"):
+    with pytest.raises(CheckpointError, match="content hash mismatch: the weights were modified or damaged"):
         load_model(path)
 
 

@@ -188,6 +188,36 @@ def to_source(prediction, prepared: Preprocessed):
     )
 
 
+# -- inputs that are not numbers -------------------------------------------------------------------
+
+NONFINITE_CHOICES = ("error", "background")
+
+
+def replace_nonfinite(
+    raw: np.ndarray, policy: str = "error", source: str = "the scan"
+) -> tuple[np.ndarray, int]:
+    """(scan, how many voxels were NaN or infinite); refuses them unless ``policy`` is "background".
+
+    "background" sets them to 0, the raw background that normalisation and the crop treat as
+    outside the scan, on purpose and reported, never silently.
+    """
+    if policy not in NONFINITE_CHOICES:
+        raise AutofocusError(
+            f"non-finite policy must be one of {', '.join(NONFINITE_CHOICES)}, got {policy!r}"
+        )
+    bad = ~np.isfinite(raw)
+    count = int(bad.sum())
+    if count == 0:
+        return raw, 0
+    if policy == "error":
+        raise AutofocusError(
+            f"{source} has {count} NaN or infinite voxel(s) ({100 * count / bad.size:.3g} % of the values); "
+            "fix the file, or set them to the background value on purpose (predict/evaluate "
+            "--nonfinite background)"
+        )
+    return np.where(bad, np.float32(0), raw), count
+
+
 # -- what does not match -------------------------------------------------------------------------
 
 
@@ -360,12 +390,15 @@ def predict_scan(
     arrays: Sequence[np.ndarray] | None = None,
     strict_names: bool = False,
     crop: bool = True,
+    nonfinite: str = "error",
+    source: str = "the scan",
     **engine,
 ):
     """(prediction on the scan's grid, :class:`Report`) for a raw (C, D, H, W) scan.
 
     ``engine`` options go to :func:`~napari_autofocus.inference.predict_volume` (mode, device,
-    probabilities, attention, memory budget, progress, cancel...).
+    probabilities, attention, memory budget, progress, cancel...). NaN or infinite voxels are
+    refused with a message naming ``source``, unless ``nonfinite="background"``.
     """
     if raw.shape[0] != card.in_channels:
         names = ", ".join(card.modalities) or f"{card.in_channels} channels"
@@ -373,7 +406,12 @@ def predict_scan(
             f"the model expects {card.in_channels} input channel(s) ({names}) but got {raw.shape[0]}"
         )
     contract = Contract.from_card(card)
+    raw, replaced = replace_nonfinite(np.asarray(raw, dtype=np.float32), nonfinite, source)
     warnings = check_scan(raw, spacing, contract, channel_names, scan_description, arrays, strict_names)
+    if replaced:
+        warnings.insert(
+            0, f"{replaced} NaN or infinite voxel(s) were set to the background value (0), as asked"
+        )
     prepared = preprocess(raw, spacing, contract.normalization, contract.target_spacing)
     prediction = run_network(model, prepared, contract.normalization, crop=crop, **engine)
     report = Report(

@@ -5,9 +5,12 @@ without renaming: the label map is ``<stem>.nii.gz``; beside it ``<stem>_probabi
 per autofocus layer ``<stem>_<AF>_attention.nii.gz`` (4D, one volume per rate) and the derived
 ``<stem>_<AF>_argmax_rate``, ``_expected_rate`` and ``_entropy`` maps, ``<stem>_zoom_mm.nii.gz``,
 and ``<stem>_prediction.json`` (how the prediction was made). Every volume is written with the
-source scan's geometry. A stem's files are written into a hidden folder first and moved into place
-with the JSON last, so an interrupted run never leaves a complete-looking half; overwriting a stem
-also removes its files from an earlier run that this one does not write.
+source scan's geometry. A stem's files are written into a hidden staging folder first and moved
+into place with the JSON last: the JSON marks the stem complete. A killed write leaves its staging
+folder behind, which is how the next write of that stem (or ``evaluate --pred``) knows that files
+without a JSON are an interrupted run's and not somebody's own; those are removed then. Overwriting
+removes the old JSON first, so two runs never pass for one, and also removes the stem's files that
+the new run does not write.
 """
 
 from __future__ import annotations
@@ -63,6 +66,30 @@ def existing_outputs(folder: str | Path, stem: str) -> list[Path]:
         return []
     pattern = _stem_pattern(stem)
     return sorted(p for p in folder.iterdir() if pattern.match(p.name))
+
+
+def interrupted(folder: str | Path, stem: str) -> bool:
+    """True when a write of ``stem`` was killed: its staging folder is there and its JSON is not."""
+    folder = Path(folder)
+    staged = any(p.is_dir() for p in folder.glob(f".{glob_escape(stem)}-*"))
+    return staged and not (folder / info_name(stem)).is_file()
+
+
+def remove_interrupted(folder: str | Path, stem: str) -> list[Path]:
+    """Remove what a killed write of ``stem`` left: its staging folders and, without a JSON, its files."""
+    folder = Path(folder)
+    removed = existing_outputs(folder, stem) if interrupted(folder, stem) else []
+    for path in removed:
+        path.unlink(missing_ok=True)
+    for staging in folder.glob(f".{glob_escape(stem)}-*"):
+        if staging.is_dir():
+            shutil.rmtree(staging, ignore_errors=True)
+            removed.append(staging)
+    return removed
+
+
+def glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", text)
 
 
 def output_files(
@@ -137,6 +164,7 @@ def write_outputs(
     from napari_autofocus.nifti import save_nifti
 
     folder = Path(folder)
+    remove_interrupted(folder, stem)
     old = existing_outputs(folder, stem)
     if old and not overwrite:
         raise AutofocusError(
@@ -152,10 +180,11 @@ def write_outputs(
             names.append(item.filename)
         record = {**info, "outputs": [*names, info_name(stem)]}
         write_text(staging / info_name(stem), json.dumps(record, indent=2, default=str) + "\n")
+        (folder / info_name(stem)).unlink(missing_ok=True)  # the old set is incomplete from here on
         for path in old:
             if path.name not in record["outputs"]:
-                path.unlink()
-        for name in record["outputs"]:  # the JSON last: it marks the stem's outputs complete
+                path.unlink(missing_ok=True)
+        for name in record["outputs"]:  # the JSON last: it marks the stem complete
             os.replace(staging / name, folder / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -1,9 +1,12 @@
 """Saving and loading models: our safetensors files and the reference ``.pth.tar`` checkpoints.
 
 Our format is one ``.safetensors`` file: the state dict plus header metadata ``format``,
-``format_version``, ``model_card`` (JSON, see :mod:`napari_autofocus.card`) and ``content_sha256``.
-The hash covers every tensor (name, dtype, shape, bytes, in sorted key order) so a damaged or
-edited file is refused instead of silently producing wrong segmentations.
+``format_version``, ``model_card`` (JSON, see :mod:`napari_autofocus.card`), ``content_sha256``
+(every tensor: name, dtype, shape, bytes, in sorted key order) and ``sha256``, which covers the
+weights and the card's exact text together: a damaged or edited file, weights or card (a changed
+dilation, normalisation or class name), is refused instead of silently producing wrong
+segmentations. Files written before ``sha256`` existed are checked for what their hash covers (the
+weights) and their card is reported as unprotected. Weights must be finite, on save and on load.
 
 Loading never unpickles arbitrary objects (safetensors has no code; reference files go through
 ``torch.load(weights_only=True)``) and never loads part of a model: keys and shapes are checked
@@ -53,6 +56,20 @@ def content_sha256(tensors: dict[str, torch.Tensor]) -> str:
         h.update(header.encode("utf-8"))
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def file_sha256(weights_sha256: str, card_json: str) -> str:
+    """The hash that protects a model file: its weights' hash and its card's exact text together."""
+    return hashlib.sha256(f"{weights_sha256}\0{card_json}".encode()).hexdigest()
+
+
+def nonfinite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of floating-point tensors holding NaN or infinite values."""
+    return [
+        name
+        for name, t in sorted(tensors.items())
+        if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
 
 
 # -- cards ------------------------------------------------------------------------------------------
@@ -114,11 +131,20 @@ def save_model(
     path = Path(path)
     card = card_for(model, card, **card_fields)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    bad = nonfinite_tensors(tensors)
+    if bad:
+        raise CheckpointError(
+            f"refusing to save {path}: {len(bad)} of {len(tensors)} tensors hold NaN or infinite values "
+            f"(e.g. {bad[0]}); the model is unusable"
+        )
+    card_json = card.to_json()
+    weights_sha = content_sha256(tensors)
     metadata = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
-        "model_card": card.to_json(),
-        "content_sha256": content_sha256(tensors),
+        "model_card": card_json,
+        "content_sha256": weights_sha,
+        "sha256": file_sha256(weights_sha, card_json),
     }
     data = st_save(tensors, metadata=metadata)
     write_bytes(path, data, fsync=True)
@@ -159,17 +185,41 @@ def _strict_load(model: torch.nn.Module, state: dict, path: Path) -> None:
 
 def _load_ours(path: Path, hints: dict) -> tuple[torch.nn.Module, ModelCard]:
     meta = read_metadata(path)
-    card = _apply_hints(ModelCard.from_json(meta["model_card"]), hints, path)
+    try:
+        card = ModelCard.from_json(meta["model_card"])
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
     raw = path.read_bytes()
     try:
         tensors = st_load(raw)
     except Exception as exc:  # safetensors raises its own error types for damaged files
         raise CheckpointError(f"{path}: damaged or truncated model file ({exc})") from None
-    if content_sha256(tensors) != meta.get("content_sha256"):
-        raise CheckpointError(f"{path}: content hash mismatch: the file was modified or damaged")
+    weights_sha = content_sha256(tensors)
+    if weights_sha != meta.get("content_sha256"):
+        raise CheckpointError(f"{path}: content hash mismatch: the weights were modified or damaged")
+    if "sha256" in meta:
+        if file_sha256(weights_sha, meta["model_card"]) != meta["sha256"]:
+            raise CheckpointError(
+                f"{path}: content hash mismatch: the model card was modified (the hash covers the card "
+                "and the weights together)"
+            )
+    else:
+        card.extra["integrity"] = "weights only: written before the hash covered the model card"
+        warnings.warn(
+            f"{path}: an older model file whose hash covers the weights only; its model card is not "
+            "protected against changes",
+            stacklevel=3,
+        )
+    bad = nonfinite_tensors(tensors)
+    if bad:
+        raise CheckpointError(
+            f"{path}: {len(bad)} of {len(tensors)} tensors hold NaN or infinite values (e.g. {bad[0]}); "
+            "the model is unusable"
+        )
+    card = _apply_hints(card, hints, path)
     try:
         model = build_network(card.arch, card.in_channels, card.num_classes, **card.options)
-    except AutofocusError as exc:
+    except (AutofocusError, TypeError, ValueError, KeyError) as exc:
         raise CheckpointError(f"{path}: model card describes a network we cannot build: {exc}") from None
     _strict_load(model, tensors, path)
     return model, card
@@ -230,15 +280,25 @@ def reference_card(model, path: Path, epoch=None) -> ModelCard:
 
 def _load_reference(path: Path, hints: dict) -> tuple[torch.nn.Module, ModelCard]:
     content = _read_reference(path)
-    state = reference.strip_prefix(content["state"])
-    arch = reference.detect_arch(state)
-    if "arch" in hints and canonical_arch(hints["arch"]) != arch:
+    try:
+        state = reference.strip_prefix(content["state"])
+        arch = reference.detect_arch(state)
+        if "arch" in hints and canonical_arch(hints["arch"]) != arch:
+            raise CheckpointError(
+                f"{path}: requested arch {canonical_arch(hints['arch'])} but the checkpoint holds {arch}"
+            )
+        in_channels, num_classes = reference.detect_sizes(state)
+        model = build_network(arch, in_channels, num_classes)
+        converted = reference.reference_to_ours(state)
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError, RuntimeError) as exc:
         raise CheckpointError(
-            f"{path}: requested arch {canonical_arch(hints['arch'])} but the checkpoint holds {arch}"
-        )
-    in_channels, num_classes = reference.detect_sizes(state)
-    model = build_network(arch, in_channels, num_classes)
-    _strict_load(model, reference.reference_to_ours(state), path)
+            f"{path}: not a checkpoint of the authors' networks (its tensors do not have their layout: "
+            f"{type(exc).__name__}: {exc})"
+        ) from None
+    bad = nonfinite_tensors({k: v for k, v in converted.items() if isinstance(v, torch.Tensor)})
+    if bad:
+        raise CheckpointError(f"{path}: {len(bad)} tensors hold NaN or infinite values (e.g. {bad[0]})")
+    _strict_load(model, converted, path)
     card = _apply_hints(reference_card(model, path, content["epoch"]), hints, path)
     return model, card
 

@@ -15,7 +15,7 @@ from napari.qt.threading import create_worker
 from napari.utils import progress as napari_progress
 from qtpy.QtCore import QObject, Signal
 
-from napari_autofocus.errors import AutofocusError
+from napari_autofocus.errors import AutofocusError, describe_os_error
 from napari_autofocus.session import is_out_of_memory
 from napari_autofocus.widgets import _common
 
@@ -91,6 +91,9 @@ class BackgroundRun(QObject):
             _common.error(message)
         elif isinstance(exc, AutofocusError):
             message = f"{self._description}: {exc}"
+            _common.error(message)
+        elif isinstance(exc, OSError):  # disk full, permission denied, read-only folder
+            message = f"{self._description}: {describe_os_error(exc)}"
             _common.error(message)
         else:
             traceback.print_exception(type(exc), exc, exc.__traceback__)

@@ -60,6 +60,12 @@ def register(subparsers, name: str, help_text: str) -> None:
         help="HD95 when exactly one mask is empty: NaN (default) or the image diagonal in mm",
     )
     p.add_argument("--device", default="auto", help="inference device for --model (auto/cpu/cuda/mps)")
+    p.add_argument(
+        "--nonfinite",
+        choices=["error", "background"],
+        default="error",
+        help="NaN or infinite image voxels (--model): refuse (default) or set them to the background value 0",
+    )
     p.set_defaults(func=run)
 
 
@@ -158,11 +164,42 @@ def run_split(path: Path, card, dataset) -> dict | None:
     return None
 
 
+def check_labels(dataset, cases) -> None:
+    """Read every case's label file and report all problems at once (values, integers, files)."""
+    from napari_autofocus.errors import NiftiError
+    from napari_autofocus.nifti import load_nifti
+    from src_training.data import check_label_values
+
+    problems = []
+    for case in cases:
+        try:
+            data = load_nifti(case.label).data
+        except NiftiError as exc:
+            problems.append(f"case {case.name}: {exc}")
+            continue
+        if data.ndim != 3:
+            problems.append(
+                f"case {case.name}: {case.label.name} is {data.ndim}D; a label map is one 3D volume"
+            )
+        elif not np.isfinite(data).all() or not np.allclose(data, np.round(data)):
+            problems.append(f"case {case.name}: {case.label.name} holds non-integer values")
+        else:
+            problem = check_label_values(
+                case.name, case.label, np.round(data).astype(np.int64), dataset.label_values
+            )
+            if problem:
+                problems.append(problem)
+    if problems:
+        raise DatasetError(
+            f"{len(problems)} label problem(s), nothing was predicted:\n  " + "\n  ".join(problems)
+        )
+
+
 def _predict_and_score(args):
     from napari_autofocus.inference.predictor import predict_scan
     from napari_autofocus.nets import load_model
     from napari_autofocus.nifti import save_nifti
-    from src_training.data import check_geometry, check_label_values, open_dataset, read_case
+    from src_training.data import check_geometry, open_dataset, read_case
     from src_training.evaluation import choose_regions, class_structures, score_case
 
     path = model_file(args.model)
@@ -181,19 +218,15 @@ def _predict_and_score(args):
     class_names = {int(k): v for k, v in card.class_names.items()} or dataset.class_names
     classes = class_structures(class_names)
     regions = choose_regions(args.regions, card.regions or dataset.regions)
-    raws = []
-    for case in cases:  # every label checked before anything is predicted or written
-        raw = read_case(case, len(dataset.modalities))
-        problem = check_label_values(case.name, case.label, raw.label, dataset.label_values)
-        if problem:
-            raise DatasetError(problem)
-        raws.append(raw)
+    check_labels(dataset, cases)  # every label, before anything is predicted or written
     pred_dir = Path(args.out) / "predictions"
     results, warned = [], set()
-    for case, raw in zip(cases, raws, strict=True):
+    for case in cases:
+        raw = read_case(case, len(dataset.modalities))
         pred, report = predict_scan(
             model, card, raw.image, raw.spacing, channel_names=dataset.modalities, strict_names=True,
-            scan_description=raw.geometry.description, device=args.device,
+            scan_description=raw.geometry.description, device=args.device, nonfinite=args.nonfinite,
+            source=f"case {case.name} ({', '.join(p.name for p in case.images)})",
         )  # fmt: skip
         for warning in report.warnings:
             if warning not in warned:  # the same mismatch on every case is said once
@@ -240,6 +273,14 @@ def _score_folders(args):
     if args.cases:
         wanted = {n.strip() for n in args.cases.split(",")}
         truths = {k: v for k, v in truths.items() if k in wanted}
+    from napari_autofocus.io.prediction_files import interrupted
+
+    broken = sorted(name for name in truths if interrupted(args.pred, name))
+    if broken:
+        raise DatasetError(
+            f"{args.pred}: the prediction of {len(broken)} case(s) was interrupted while being written "
+            f"({', '.join(broken[:10])}); predict them again"
+        )
     missing = sorted(set(truths) - set(preds))
     if not truths:
         raise DatasetError(f"{args.labels}: no label files (.nii/.nii.gz)")
@@ -251,8 +292,15 @@ def _score_folders(args):
             + (" ..." if len(preds) > 5 else "")
         )
     dataset = open_dataset(args.data) if args.data else None
+    from napari_autofocus.io.prediction_files import interrupted
+
     loaded, problems, values = {}, [], set()
     for name, truth_path in truths.items():
+        if interrupted(args.pred, name):
+            problems.append(
+                f"case {name}: its prediction was interrupted while being written; predict it again"
+            )
+            continue
         try:
             truth, pred = load_nifti(truth_path), load_nifti(preds[name])
         except NiftiError as exc:
@@ -266,6 +314,9 @@ def _score_folders(args):
             problems.append(
                 f"case {name}: prediction and label have different affines (not on the same grid)"
             )
+        elif not (np.isfinite(pred.data).all() and np.isfinite(truth.data).all()):
+            which = "prediction" if not np.isfinite(pred.data).all() else "label"
+            problems.append(f"case {name}: the {which} file holds NaN or infinite values")
         else:
             t, p = np.round(truth.data).astype(np.int64), np.round(pred.data).astype(np.int64)
             loaded[name] = (p, t, truth.geometry.spacing)

@@ -65,6 +65,12 @@ def register(subparsers, name: str, help_text: str) -> None:
     parser.add_argument(
         "--memory-gib", type=float, default=2.0, help="memory budget of the process while it predicts (GiB)"
     )
+    parser.add_argument(
+        "--nonfinite",
+        choices=["error", "background"],
+        default="error",
+        help="NaN or infinite input voxels: refuse the case (default) or set them to the background value 0",
+    )
     parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
     parser.set_defaults(func=run)
 
@@ -94,13 +100,14 @@ def find_cases(inputs: list[str]) -> dict[str, list[Path]]:
 
 
 def run(args) -> int:
-    from napari_autofocus.io.prediction_files import existing_outputs
+    from napari_autofocus.io.prediction_files import existing_outputs, interrupted
     from napari_autofocus.model_library import model_file
     from napari_autofocus.nets import load_model
 
     cases = find_cases(args.input)
     out = Path(args.out)
-    clashes = {case: existing_outputs(out, case) for case in cases}
+    # a case whose earlier write was killed is not a clash: its leftovers are removed when it is written
+    clashes = {case: existing_outputs(out, case) for case in cases if not interrupted(out, case)}
     clashes = {case: files for case, files in clashes.items() if files}
     if clashes and not args.force:
         case, files = next(iter(clashes.items()))
@@ -167,6 +174,8 @@ def predict_case(model, card, case: str, files: list[Path], out: Path, args) -> 
         probabilities=args.probabilities,
         attention=args.attention,
         crop=args.crop,
+        nonfinite=args.nonfinite,
+        source=", ".join(str(f) for f in files),
         memory_budget_gib=args.memory_gib,
         progress=progress,
     )

@@ -91,6 +91,10 @@ def register(subparsers, name: str, help_text: str) -> None:
         "convolutions about 1.5x faster here; a bare --channels-last means on",
     )  # fmt: skip
     g.add_argument("--workers", type=int, help="DataLoader worker processes per rank (default 2)")
+    g.add_argument(
+        "--ddp-timeout", type=float,
+        help="minutes a process waits for the others (torchrun) before it stops with a message (default 30)",
+    )  # fmt: skip
     g.add_argument("--val-every", type=int, help="validate every N epochs (default 1; 0 = never)")
     g.add_argument("--tensorboard", action="store_true", help="also log to <out>/tensorboard if installed")
     g.add_argument("--debug-checksums", action="store_true", help="each rank writes a parameter checksum")
