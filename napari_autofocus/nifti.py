@@ -13,6 +13,7 @@ No torch, no Qt: the reader and writer use this module directly.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import zlib
@@ -31,6 +32,7 @@ from nibabel.orientations import (
 
 from napari_autofocus.errors import NiftiError
 from napari_autofocus.io.atomic import atomic_path
+from napari_autofocus.io.scratch import BIG_ARRAY_BYTES, is_scratch, release, slabs
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # Voxel-axis codes of the reoriented array before the final transpose to napari's (S, P, L).
@@ -142,9 +144,14 @@ def to_source_orientation(array: np.ndarray, geometry: NiftiGeometry) -> np.ndar
     """Inverse of :func:`to_display_orientation` for a 3D (S, P, L) array."""
     if array.ndim != 3:
         raise NiftiError(f"expected a 3D array to write, got shape {array.shape}")
+    return np.ascontiguousarray(source_view(array, geometry))
+
+
+def source_view(array: np.ndarray, geometry: NiftiGeometry) -> np.ndarray:
+    """A (S, P, L) array seen in the source file's voxel order: a view, nothing is copied."""
     lps = array.transpose(2, 1, 0)
     back = ornt_transform(_LPS_ORNT, io_orientation(geometry.source_affine))
-    return np.ascontiguousarray(apply_orientation(lps, back))
+    return apply_orientation(lps, back)
 
 
 def check_nifti_file(path: str | os.PathLike) -> None:
@@ -183,9 +190,11 @@ def load_nifti(path: str | os.PathLike) -> NiftiVolume:
     path = Path(path)
     check_nifti_file(path)
     try:
-        img = nib.load(str(path))
+        img = nib.load(str(path), keep_file_open=True)
         if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
             raise NiftiError(f"{path}: {type(img).__name__} is not a NIfTI image")
+        if _read_by_slabs(img):  # a big image: straight into display order, one slab at a time
+            return _load_big_image(path, img)
         raw = np.asanyarray(img.dataobj)
     except NiftiError:
         raise
@@ -213,6 +222,40 @@ def load_nifti(path: str | os.PathLike) -> NiftiVolume:
     return NiftiVolume(
         data=data, geometry=geometry, is_label=is_label, channel_names=_channel_names(path, data)
     )
+
+
+def _read_by_slabs(img) -> bool:
+    """Big intensity images (float data, or 4D) are read a slab at a time (no second full copy)."""
+    shape, dtype = img.shape, img.get_data_dtype()
+    big = int(np.prod(shape)) * 4 > BIG_ARRAY_BYTES
+    return big and len(shape) in (3, 4) and (len(shape) == 4 or dtype.kind == "f")
+
+
+def _load_big_image(path: Path, img) -> NiftiVolume:
+    """The image as float32 in napari order, filled through a source-ordered view of the result
+    a few source planes at a time: memory peaks at the result plus one slab, not twice the image."""
+    shape = img.shape
+    geometry = NiftiGeometry(
+        source_affine=np.asarray(img.affine, dtype=float),
+        source_shape=tuple(int(s) for s in shape[:3]),
+        header=img.header.copy(),
+        path=str(path),
+    )
+    channels = shape[3] if len(shape) == 4 else 1
+    display = np.empty((channels, *geometry.display_shape), dtype=np.float32)
+    proxy = img.dataobj
+    try:
+        for c in range(channels):  # the file's order: channel, then source planes
+            target = source_view(display[c], geometry)
+            for planes in slabs(shape[2]):
+                index = (slice(None), slice(None), planes) + ((c,) if len(shape) == 4 else ())
+                target[:, :, planes] = np.asanyarray(proxy[index])
+    except (OSError, EOFError, zlib.error, ValueError) as exc:
+        raise NiftiError(
+            f"{path}: cannot read the voxel data ({exc}); the file is truncated or damaged"
+        ) from None
+    data = display if len(shape) == 4 else display[0]
+    return NiftiVolume(data=data, geometry=geometry, is_label=False, channel_names=_channel_names(path, data))
 
 
 def _looks_like_labels(path: Path, img, raw: np.ndarray) -> bool:
@@ -264,31 +307,66 @@ def save_nifti(
         raise NiftiError(f"{path} exists; refusing to overwrite it")
     data = np.asarray(data)
     expected = tuple(geometry.source_shape[:3])
-    if data.ndim == 4:  # (C, S, P, L) -> a 4D file with channels last
-        source = np.stack([to_source_orientation(channel, geometry) for channel in data], axis=-1)
-    else:
-        source = to_source_orientation(data, geometry)
-    if source.shape[:3] != expected:
+    channels = list(data) if data.ndim == 4 else [data]  # (C, S, P, L) -> a 4D file, channels last
+    views = [source_view(channel, geometry) for channel in channels]
+    if any(v.ndim != 3 for v in views) or views[0].shape != expected:
         raise NiftiError(
             f"cannot write {path.name}: the array has shape {data.shape} but its geometry is for a "
             f"{expected} volume"
         )
     if is_label:
-        source = source.astype(
-            np.uint8 if source.max(initial=0) < 256 and source.min(initial=0) >= 0 else np.int16
-        )
-    elif source.dtype == np.float64 or source.dtype == np.float16:
-        source = source.astype(np.float32)
+        low, high = _min_max(data)
+        dtype = np.dtype(np.uint8 if high < 256 and low >= 0 else np.int16)
+    elif data.dtype in (np.float64, np.float16):
+        dtype = np.dtype(np.float32)
+    else:
+        dtype = data.dtype
+    shape = (*expected, len(channels)) if data.ndim == 4 else expected
     header = geometry.header.copy() if geometry.header is not None else None
-    img = nib.Nifti1Image(source, geometry.source_affine, header=header)
-    img.set_data_dtype(source.dtype)
+    streamed = data.nbytes > BIG_ARRAY_BYTES or is_scratch(data)
+    if streamed:  # a stand-in array for the header; the voxels are written slab by slab below
+        img = nib.Nifti1Image(np.zeros((1,) * len(shape), dtype), geometry.source_affine, header=header)
+    else:
+        source = np.stack(views, axis=-1) if data.ndim == 4 else views[0]
+        img = nib.Nifti1Image(source.astype(dtype, copy=False), geometry.source_affine, header=header)
+    img.set_data_dtype(dtype)
     if header is not None:
         img.header.set_slope_inter(1.0, 0.0)
         img.set_qform(geometry.source_affine, code=int(header["qform_code"]) or 1)
         img.set_sform(geometry.source_affine, code=int(header["sform_code"]) or 1)
     with atomic_path(path, suffix=".nii.gz" if path.name.endswith(".gz") else ".nii") as tmp:
-        nib.save(img, tmp)
+        if streamed:
+            img.header.set_data_shape(shape)
+            _write_streamed(tmp, img.header, views, dtype, data)
+        else:
+            nib.save(img, tmp)
     return str(path)
+
+
+def _min_max(data: np.ndarray) -> tuple[float, float]:
+    low, high = 0.0, 0.0
+    for planes in slabs(data.shape[-3]):
+        chunk = data[..., planes, :, :]
+        if chunk.size:
+            low, high = min(low, float(chunk.min())), max(high, float(chunk.max()))
+        release(data)
+    return low, high
+
+
+def _write_streamed(path: Path, header, views: list[np.ndarray], dtype, data: np.ndarray) -> None:
+    """The header, then the voxels in the file's (Fortran) order, a few source planes at a time:
+    memory stays at one slab whatever the volume's size (scratch arrays hand their pages back)."""
+    header["vox_offset"] = 0  # nibabel sets it for a single file, after the extensions
+    opener = functools.partial(gzip.open, compresslevel=1) if str(path).endswith(".gz") else open
+    with opener(path, "wb") as fh:
+        header.write_to(fh)
+        offset = int(header["vox_offset"])
+        written = 348 + 4 + int(header.extensions.get_sizeondisk())
+        fh.write(b"\0" * int(max(offset - written, 0)))
+        for view in views:  # channels are the slowest axis of the file
+            for planes in slabs(view.shape[2]):
+                fh.write(view[:, :, planes].astype(dtype).tobytes(order="F"))
+                release(data)
 
 
 def load_multichannel(paths: list[str | os.PathLike]) -> tuple[np.ndarray, NiftiGeometry]:

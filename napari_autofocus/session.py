@@ -162,6 +162,7 @@ def predict(
             channel_names=input_layers,
             scan_description=scan_description,
             arrays=inputs,
+            own_input=True,  # stack_inputs made a new array: the layers' data is never changed
             device=request.device,
             probabilities=request.probabilities,
             attention=True,

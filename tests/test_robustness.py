@@ -330,3 +330,69 @@ def test_dataset_json_channel_keys_and_4d_labels_are_explained(dataset, tmp_path
     nib.save(nib.Nifti1Image(np.stack([np.asarray(img.dataobj)] * 2, -1), img.affine), str(label))
     assert main(_train_args(ds, tmp_path / "run", tmp_path / "cache2", "--epochs", "1")) == 2
     assert "a label map is one 3D volume" in capsys.readouterr().err
+
+
+# -- 4. a memory budget that holds ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("budget", ["0", "-1", "nan", "inf", "1e-9"])
+def test_unusable_memory_budgets_are_refused(tmp_path, model_file, budget, capsys):
+    scan = _scan(tmp_path / "case.nii.gz")
+    argv = ["predict", "--model", str(model_file), "--input", str(scan), "--out", str(tmp_path / "p"),
+            "--memory-gib", budget]  # fmt: skip
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert "the memory budget must be a finite number of GiB >= 0.1" in capsys.readouterr().err
+    from napari_autofocus.errors import AutofocusError
+    from napari_autofocus.inference import predict_volume
+
+    if budget == "1e-9":
+        return  # a library caller may force spilling with a tiny budget (tiles keep a minimum size)
+    with pytest.raises(AutofocusError, match="memory budget"):
+        predict_volume(
+            build_network("BASIC", 2, 3, channels=(4,) * 8), np.zeros((2, 8, 8, 8)), memory_budget_gib=budget
+        )
+
+
+def test_scratch_outputs_equal_in_memory_outputs_and_stream_to_the_same_files(tmp_path, monkeypatch):
+    import napari_autofocus.io.prediction_files as files
+    import napari_autofocus.nifti as nifti
+    from napari_autofocus.inference import predict_volume
+    from napari_autofocus.io.scratch import is_scratch
+    from napari_autofocus.nifti import load_nifti
+
+    model = build_network("AFN1", 2, 3, channels=(4,) * 8)
+    image = np.zeros((2, 30, 34, 26), np.float32)
+    image[:, 4:26, 5:30, 3:22] = np.random.default_rng(1).normal(size=(2, 22, 25, 19))
+    kwargs = dict(device="cpu", attention=True, probabilities=True, logits=True)
+    memory = predict_volume(model, image, scratch_outputs=False, **kwargs)
+    scratch = predict_volume(model, image, scratch_outputs=True, **kwargs)
+    assert (
+        is_scratch(scratch.labels) and is_scratch(scratch.attention["AF1"]) and not is_scratch(memory.labels)
+    )
+    for name in ("labels", "probabilities", "logits", "computed"):
+        np.testing.assert_array_equal(getattr(memory, name), getattr(scratch, name), err_msg=name)
+    np.testing.assert_array_equal(memory.attention["AF1"], scratch.attention["AF1"])
+
+    scan = _scan(tmp_path / "case.nii.gz")
+    geometry = load_nifti(scan).geometry
+    crop = tuple(slice(0, n) for n in (24, 24, 24))
+
+    def write(folder, prediction):
+        outputs = files.output_files(
+            "case", labels=prediction.labels[crop], probabilities=None,
+            attention={"AF1": prediction.attention["AF1"][(slice(None), *crop)]}, rates=prediction.rates,
+            receptive_field_min=29, network_spacing=(1.0, 1.0, 1.0),
+        )  # fmt: skip
+        return files.write_outputs(folder, "case", outputs, geometry, {})
+
+    small = write(tmp_path / "in_memory", memory)
+    monkeypatch.setattr(files, "BIG_ARRAY_BYTES", 0)  # every map derived and written a slab at a time
+    monkeypatch.setattr(nifti, "BIG_ARRAY_BYTES", 0)
+    streamed = write(tmp_path / "streamed", scratch)
+    for a, b in zip(small, streamed, strict=True):
+        if a.name.endswith(".nii.gz"):
+            x, y = nib.load(a), nib.load(b)
+            assert x.get_data_dtype() == y.get_data_dtype() and np.allclose(x.affine, y.affine), a.name
+            np.testing.assert_array_equal(np.asanyarray(x.dataobj), np.asanyarray(y.dataobj), err_msg=a.name)

@@ -32,11 +32,28 @@ from torch import nn
 
 from napari_autofocus.errors import AutofocusError
 from napari_autofocus.inference.tiling import TilePlan, plan_tiles
+from napari_autofocus.io.scratch import release, scratch_array, slabs
 from napari_autofocus.nets import AutofocusConv, capture_attention
 from napari_autofocus.normalization import roi_mask
 
 REFERENCE_OUTPUT_TILE = 47  # the reference: 75^3 input tiles, 47^3 output, stride 47
 DEFAULT_MEMORY_BUDGET_GIB = 2.0  # peak memory of the process while it predicts
+MIN_MEMORY_BUDGET_GIB = 0.1  # the smallest budget users may ask for (predict --memory-gib, the plugin)
+MIN_TILE_OUTPUT = 8  # tiles never shrink below this output edge, whatever the budget
+
+
+def check_memory_budget(gib, minimum: float = MIN_MEMORY_BUDGET_GIB) -> float:
+    """The budget as a float, or a clear error for one that cannot be honoured (0, negative, NaN,
+    inf, or below ``minimum``; library callers and tests may pass a smaller one to force spilling)."""
+    try:
+        value = float(gib)
+    except (TypeError, ValueError):
+        raise AutofocusError(f"the memory budget must be a number of GiB, got {gib!r}") from None
+    if not math.isfinite(value) or value <= 0 or value < minimum:
+        raise AutofocusError(f"the memory budget must be a finite number of GiB >= {minimum:g}, got {gib!r}")
+    return value
+
+
 MODES = ("whole", "tiled", "reference")
 _MODE_ALIASES = {"fast": "tiled", "exact": "whole"}  # earlier names
 
@@ -103,7 +120,7 @@ def tile_cap_for_budget(model: nn.Module, budget_gib: float) -> int:
     """Largest output tile edge whose input tile fits the activation budget."""
     voxels = budget_gib * 2**30 / bytes_per_input_voxel(model)
     edge = int(math.floor(voxels ** (1 / 3)))
-    return max(edge - 2 * int(model.margin), 1)
+    return max(edge - 2 * int(model.margin), MIN_TILE_OUTPUT)
 
 
 def _is_cancelled(cancel) -> bool:
@@ -177,6 +194,7 @@ def predict_volume(
     progress: Callable[[int, int], None] | None = None,
     cancel=None,
     spill_dir: str | None = None,
+    scratch_outputs: bool | None = None,
 ) -> Prediction:
     """Segment a normalised (C, D, H, W) volume of any size; outputs align with the input grid.
 
@@ -194,7 +212,9 @@ def predict_volume(
     ``memory_budget_gib``: the peak the process should stay under while it predicts (resident
     memory on a CPU, what it has already counts; allocated memory on CUDA). In whole mode, full
     activations that would not fit go to temporary files in ``spill_dir``; the outputs are the
-    same either way. ``logits``: also return the raw network outputs (float32, NaN outside).
+    same either way; outputs that would take more than a quarter of the budget live in unlinked
+    temporary files whose pages are handed back after each slab (``scratch_outputs`` forces
+    either way). ``logits``: also return the raw network outputs (float32, NaN outside).
     ``progress(done, total)`` is called after each slab or tile; ``cancel`` (a
     ``threading.Event`` or a callable) is checked before each and raises :class:`Cancelled`.
     """
@@ -208,31 +228,41 @@ def predict_volume(
     mode = _MODE_ALIASES.get(mode, mode)
     if mode not in MODES:
         raise AutofocusError(f"unknown inference mode {mode!r}; expected one of {', '.join(MODES)}")
-    if not memory_budget_gib > 0:
-        raise AutofocusError(f"the memory budget must be positive, got {memory_budget_gib} GiB")
+    memory_budget_gib = check_memory_budget(memory_budget_gib, minimum=0.0)
     started = time.perf_counter()
     dev = resolve_device(device)
     shape = tuple(image.shape[1:])
-    mask = (
-        _roi_mask(roi, shape)
-        if roi is not None
-        else (roi_mask(image, "nonzero") if crop or mode == "reference" else None)
-    )
-    box = _region(mask, shape, mode, crop, explicit=roi is not None)
+    if roi is not None and not isinstance(roi, np.ndarray):  # a box: no full-size mask is made
+        box = _given_box(roi, shape) if crop or mode == "reference" else tuple((0, n) for n in shape)
+    else:
+        mask = (
+            _roi_mask(roi, shape)
+            if roi is not None
+            else (roi_mask(image, "nonzero") if crop or mode == "reference" else None)
+        )
+        box = _region(mask, shape, mode, crop, explicit=roi is not None)
+        del mask
     tiles_box = box
     if mode == "reference" and box is not None:
         box = _reference_cover(box, shape)  # where the authors' tiles put their output
 
     channels_last = prefers_channels_last(dev) if channels_last is None else channels_last
+    wanted = _wanted_layers(model, attention)
+    # outputs that would take more than a quarter of the budget live in scratch files (box and grid)
+    voxels = int(np.prod([b - a for a, b in box])) + int(np.prod(shape)) if box is not None else 0
+    scratch = scratch_outputs
+    if scratch is None:
+        need = _Outputs.bytes_for(model, voxels, probabilities, wanted, attention_dtype, logits)
+        scratch = need > memory_budget_gib * 2**30 / 4
     in_use = memory_in_use(dev)  # the budget bounds the process's peak: what it holds already counts
     run = _Run(
         model=model.eval(),
         device=dev,
         memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format,
         amp=(dev.type == "cuda") if amp is None else (amp and dev.type == "cuda"),
-        wanted=_wanted_layers(model, attention),
+        wanted=wanted,
         outputs=_Outputs.allocate(
-            model, box, probabilities, _wanted_layers(model, attention), attention_dtype, logits
+            model, box, probabilities, wanted, attention_dtype, logits, scratch=scratch, folder=spill_dir
         ),
         budget=int(memory_budget_gib * 2**30),
         in_use=in_use,
@@ -286,29 +316,64 @@ class _Outputs:
     box: tuple | None
     logits: np.ndarray | None = None
 
+    scratch: bool = False  # the arrays live in unlinked temporary files (see napari_autofocus.io.scratch)
+    folder: str | None = None
+
+    @staticmethod
+    def bytes_for(model, voxels: int, probabilities: bool, wanted: list[str], dtype, logits=False) -> int:
+        """What the output arrays of ``voxels`` voxels take."""
+        geometry = {g["name"]: g for g in model.autofocus_geometry()} if wanted else {}
+        per_voxel = 2 + 4 * model.num_classes * (int(probabilities) + int(logits))
+        per_voxel += sum(len(geometry[n]["rates"]) * np.dtype(dtype).itemsize for n in wanted)
+        return per_voxel * voxels
+
     @classmethod
-    def allocate(cls, model, box, probabilities: bool, wanted: list[str], dtype, logits=False) -> _Outputs:
+    def allocate(
+        cls,
+        model,
+        box,
+        probabilities: bool,
+        wanted: list[str],
+        dtype,
+        logits=False,
+        scratch=False,
+        folder=None,
+    ) -> _Outputs:
         geometry = {g["name"]: g for g in model.autofocus_geometry()} if wanted else {}
         size = tuple(b - a for a, b in box) if box is not None else (0, 0, 0)
+
+        def array(shape, dtype, fill):
+            return scratch_array(shape, dtype, fill, folder) if scratch else np.full(shape, fill, dtype=dtype)
+
         probs = None
         if probabilities:
-            probs = np.zeros((model.num_classes, *size), dtype=np.float32)
+            probs = array((model.num_classes, *size), np.float32, 0.0)
             probs[0] = 1.0
+            release(probs)
         return cls(
-            labels=np.zeros(size, dtype=np.uint8 if model.num_classes <= 256 else np.int16),
+            labels=array(size, np.uint8 if model.num_classes <= 256 else np.int16, 0),
             probabilities=probs,
-            maps={n: np.full((len(geometry[n]["rates"]), *size), np.nan, dtype=dtype) for n in wanted},
+            maps={n: array((len(geometry[n]["rates"]), *size), dtype, np.nan) for n in wanted},
             rates={n: tuple(geometry[n]["rates"]) for n in wanted},
-            computed=np.zeros(size, dtype=bool),
+            computed=array(size, bool, False),
             box=box,
-            logits=np.full((model.num_classes, *size), np.nan, np.float32) if logits else None,
+            logits=array((model.num_classes, *size), np.float32, np.nan) if logits else None,
+            scratch=scratch,
+            folder=folder,
         )
+
+    def arrays(self) -> list[np.ndarray]:
+        out = [self.labels, self.computed, *self.maps.values()]
+        return out + [a for a in (self.probabilities, self.logits) if a is not None]
 
     @property
     def nbytes(self) -> int:
-        arrays = [self.labels, self.computed, *self.maps.values()]
-        arrays += [a for a in (self.probabilities, self.logits) if a is not None]
-        return sum(a.nbytes for a in arrays)
+        """What the outputs hold in memory (scratch arrays hold only the slab being written)."""
+        return 0 if self.scratch else sum(a.nbytes for a in self.arrays())
+
+    def release(self) -> None:
+        if self.scratch:
+            release(*self.arrays())
 
     def on_grid(self, shape) -> _Outputs:
         """The same outputs on the whole (D, H, W) grid: background and NaN outside the box."""
@@ -317,16 +382,27 @@ class _Outputs:
         inside = tuple(slice(a, b) for a, b in self.box) if self.box is not None else None
 
         def place(array, fill):
-            out = np.full((*array.shape[:-3], *shape), fill, dtype=array.dtype)
-            if inside is not None:
-                out[(..., *inside)] = array
+            if not self.scratch:
+                out = np.full((*array.shape[:-3], *shape), fill, dtype=array.dtype)
+                if inside is not None:
+                    out[(..., *inside)] = array
+                return out
+            out = scratch_array((*array.shape[:-3], *shape), array.dtype, fill, self.folder)
+            if inside is not None:  # slab by slab, handing pages back as it goes
+                z0 = inside[0].start
+                for planes in slabs(array.shape[-3]):
+                    target = slice(z0 + planes.start, z0 + planes.stop)
+                    out[(..., target, inside[1], inside[2])] = array[..., planes, :, :]
+                    release(out, array)
             return out
 
         computed = place(self.computed, False)
         probs = None
         if self.probabilities is not None:
             probs = place(self.probabilities, 0.0)
-            probs[0][~computed] = 1.0  # certain background where nothing was computed
+            for planes in slabs(shape[0]):
+                probs[0, planes][~computed[planes]] = 1.0  # certain background where nothing was computed
+                release(probs, computed)
         return _Outputs(
             labels=place(self.labels, 0),
             probabilities=probs,
@@ -335,6 +411,8 @@ class _Outputs:
             computed=computed,
             box=self.box,
             logits=None if self.logits is None else place(self.logits, np.nan),
+            scratch=self.scratch,
+            folder=self.folder,
         )
 
     def write_logits(self, start: tuple[int, int, int], logits: torch.Tensor) -> None:
@@ -406,6 +484,7 @@ class _Run:
             raise Cancelled(f"cancelled after {self.done} of {self.total} steps; nothing was written")
 
     def step_done(self) -> None:
+        self.outputs.release()  # scratch outputs keep only the slab being written in memory
         self.done += 1
         if self.progress is not None:
             self.progress(self.done, self.total)
@@ -413,22 +492,50 @@ class _Run:
     def tensor(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array)[None].to(self.device).contiguous(memory_format=self.memory_format)
 
+    def source_tensor(
+        self, image: np.ndarray, box, margin: int, pad_value: float, planes: int = 8
+    ) -> torch.Tensor:
+        """``crop_with_margin`` made straight into the network's input tensor, a few planes at a time:
+        one copy of the (cropped) scan, not two."""
+        extent = tuple(b - a + 2 * margin for a, b in box)
+        x = torch.empty((1, image.shape[0], *extent), dtype=torch.float32, device=self.device,
+                        memory_format=self.memory_format)  # fmt: skip
+        x.fill_(pad_value)
+        src, dst = [], []
+        for (a, b), n in zip(box, image.shape[1:], strict=True):
+            lo, hi = a - margin, b + margin
+            src.append((max(lo, 0), min(hi, n)))
+            dst.append(max(lo, 0) - lo)
+        (z0, z1), (y0, y1), (x0, x1) = src
+        for z in range(z0, z1, planes):
+            chunk = np.ascontiguousarray(image[:, z : min(z + planes, z1), y0:y1, x0:x1], dtype=np.float32)
+            dz = dst[0] + z - z0
+            target = x[0, :, dz : dz + chunk.shape[1], dst[1] : dst[1] + y1 - y0, dst[2] : dst[2] + x1 - x0]
+            target.copy_(torch.from_numpy(chunk))
+        return x
+
 
 def _run_whole(run: _Run, image, box, pad_value, one_pass, spill_dir, tile_size) -> tuple[str, dict]:
     """Exact mode: per-layer streaming (or one pass); models without streaming steps are tiled."""
-    from napari_autofocus.inference.streaming import WORKING_SET_BYTES, network_steps, plan_stream, run_stream
+    from napari_autofocus.inference.streaming import (
+        WORKING_SET_BYTES,
+        CropStore,
+        network_steps,
+        plan_stream,
+        run_stream,
+    )
 
     model, margin = run.model, int(run.model.margin)
     steps = network_steps(model)
     if steps is None:  # all-valid networks (DM) are exact under tiling; others have no streaming plan
         return "tiled", _run_tiled(run, image, box, pad_value, run.budget / 2**30, tile_size)
-    source = crop_with_margin(image, box, margin, pad_value)
+    extent = tuple(b - a + 2 * margin for a, b in box)
     if one_pass is None:
-        one_pass = run.device.type == "cuda" and _fits_on_gpu(model, source, run.device)
+        one_pass = run.device.type == "cuda" and _fits_on_gpu(model, extent, run.device)
     if one_pass:
-        return "whole", _run_one_pass(run, source)
+        return "whole", _run_one_pass(run, crop_with_margin(image, box, margin, pad_value))
     working_set = min(WORKING_SET_BYTES, run.budget // 4)
-    plan = plan_stream(steps, source.shape[0], source.shape[1:], working_set)
+    plan = plan_stream(steps, image.shape[0], extent, working_set)
     run.total = plan.total_slabs
     outputs = run.outputs
 
@@ -439,11 +546,17 @@ def _run_whole(run: _Run, image, box, pad_value, one_pass, spill_dir, tile_size)
         if logits is not None:
             outputs.write_logits((start, 0, 0), logits)
 
-    x = run.tensor(source)
-    del source
-    # what the budget leaves for full activations after the process, the outputs and one slab's
-    # working set, with headroom for the convolutions' own buffers and the allocator
-    free = int(0.9 * run.budget) - run.in_use - outputs.nbytes - working_set - _model_bytes(model)
+    # the input is read from the scan slab by slab (no copy of it) unless one copy is affordable
+    copy_bytes = 4 * image.shape[0] * int(np.prod(extent))
+    held = run.in_use + outputs.nbytes + working_set + _model_bytes(model)
+    if held + copy_bytes <= 0.5 * run.budget:
+        x = run.source_tensor(image, box, margin, pad_value)
+        held += copy_bytes
+    else:
+        x = CropStore(image, box, margin, pad_value, run.device, run.memory_format)
+    # what the budget leaves for full activations after the process, the input, the outputs and one
+    # slab's working set, with headroom for the convolutions' own buffers and the allocator
+    free = int(0.9 * run.budget) - held
     placement = run_stream(
         steps,
         x,
@@ -456,7 +569,7 @@ def _run_whole(run: _Run, image, box, pad_value, one_pass, spill_dir, tile_size)
         spill_dir=spill_dir,
     )
     return "whole", {
-        "tile_size": tuple(int(n) for n in x.shape[2:]),
+        "tile_size": extent,
         "slabs_run": run.done,
         "activations": placement,
     }
@@ -478,8 +591,8 @@ def _run_one_pass(run: _Run, source: np.ndarray) -> dict:
     return {"tile_size": tuple(int(n) for n in x.shape[2:]), "tiles_run": 1}
 
 
-def _fits_on_gpu(model, source: np.ndarray, device: torch.device) -> bool:
-    need = bytes_per_input_voxel(model) * int(np.prod(source.shape[1:]))
+def _fits_on_gpu(model, extent, device: torch.device) -> bool:
+    need = bytes_per_input_voxel(model) * int(np.prod(extent))
     free, _ = torch.cuda.mem_get_info(device)
     return need < 0.8 * free
 
@@ -592,6 +705,20 @@ def _restore_cudnn_benchmark(value: bool):
         yield
     finally:
         torch.backends.cudnn.benchmark = value
+
+
+def _given_box(roi, shape) -> tuple | None:
+    """A ((z0, z1), (y0, y1), (x0, x1)) ROI clipped to the volume; None when nothing is left."""
+    try:
+        box = [(int(a), int(b)) for a, b in roi]
+    except (TypeError, ValueError):
+        raise AutofocusError(
+            f"roi must be a boolean mask of shape {tuple(shape)} or ((z0, z1), (y0, y1), (x0, x1))"
+        ) from None
+    if len(box) != 3:
+        raise AutofocusError(f"a bounding box needs 3 (start, stop) pairs, got {len(box)}")
+    clipped = tuple((max(a, 0), min(b, n)) for (a, b), n in zip(box, shape, strict=True))
+    return None if any(b <= a for a, b in clipped) else clipped
 
 
 def _roi_mask(roi, shape) -> np.ndarray | None:

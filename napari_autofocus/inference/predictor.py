@@ -70,7 +70,7 @@ class Preprocessed:
     """A scan ready for the network: normalised, on the network's grid."""
 
     image: np.ndarray  # (C, D, H, W) float32
-    roi: np.ndarray  # (D, H, W) bool: the normalisation's region (training samples from it)
+    roi: np.ndarray | None  # (D, H, W) bool: the normalisation's region (training samples from it)
     foreground_box: tuple  # box of the voxels non-zero in any raw channel: what is computed
     spacing: tuple[float, float, float]  # the network grid's voxel size (mm)
     source_shape: tuple[int, int, int]
@@ -121,23 +121,30 @@ def preprocess(
     normalization: dict | None = None,
     target_spacing: Sequence[float] | None = None,
     label: np.ndarray | None = None,
+    in_place: bool = False,
 ) -> Preprocessed:
-    """Normalise a raw (C, D, H, W) scan as a card says and resample it to ``target_spacing``."""
+    """Normalise a raw (C, D, H, W) scan as a card says and resample it to ``target_spacing``.
+
+    ``in_place``: the caller hands the scan over; it is normalised where it lies (no second copy
+    of a big scan)."""
     spec = {**DEFAULT_NORMALIZATION, **(normalization or {})}
+    given = raw
     raw = np.asarray(raw, dtype=np.float32)
+    in_place = in_place or raw is not given  # a converted copy is ours anyway
     if raw.ndim != 4:
         raise AutofocusError(f"expected a (channels, D, H, W) image, got shape {raw.shape}")
     source_spacing = tuple(float(s) for s in spacing)
     roi = roi_mask(raw, spec.get("roi", "nonzero"))
     foreground_box = box_of(roi if spec.get("roi", "nonzero") == "nonzero" else roi_mask(raw, "nonzero"))
-    image = normalize(raw, spec, roi)
+    source_shape = tuple(raw.shape[1:])
+    image = normalize(raw, spec, roi, out=raw if in_place and raw.flags.writeable else None)
     new_spacing = source_spacing
     if target_spacing is not None and not np.allclose(source_spacing, target_spacing, rtol=1e-3):
         zoom = [s / t for s, t in zip(source_spacing, target_spacing, strict=True)]
         image = np.stack([ndimage.zoom(c, zoom, order=1, mode="nearest", grid_mode=True) for c in image])
         roi = resample_nearest(roi, image.shape[1:])
         # every network voxel whose cell touches the scan's foreground: the box covers it all
-        foreground_box = box_to_shape(foreground_box, raw.shape[1:], image.shape[1:])
+        foreground_box = box_to_shape(foreground_box, source_shape, image.shape[1:])
         if label is not None:
             label = resample_nearest(label, image.shape[1:])
         new_spacing = tuple(float(t) for t in target_spacing)
@@ -146,7 +153,7 @@ def preprocess(
         roi=roi,
         foreground_box=foreground_box,
         spacing=new_spacing,
-        source_shape=tuple(raw.shape[1:]),
+        source_shape=source_shape,
         source_spacing=source_spacing,
         label=label,
     )
@@ -205,17 +212,18 @@ def replace_nonfinite(
         raise AutofocusError(
             f"non-finite policy must be one of {', '.join(NONFINITE_CHOICES)}, got {policy!r}"
         )
-    bad = ~np.isfinite(raw)
-    count = int(bad.sum())
+    count = sum(
+        int(np.count_nonzero(~np.isfinite(channel))) for channel in raw
+    )  # per channel: small temporaries
     if count == 0:
         return raw, 0
     if policy == "error":
         raise AutofocusError(
-            f"{source} has {count} NaN or infinite voxel(s) ({100 * count / bad.size:.3g} % of the values); "
+            f"{source} has {count} NaN or infinite voxel(s) ({100 * count / raw.size:.3g} % of the values); "
             "fix the file, or set them to the background value on purpose (predict/evaluate "
             "--nonfinite background)"
         )
-    return np.where(bad, np.float32(0), raw), count
+    return np.where(np.isfinite(raw), raw, np.float32(0)), count
 
 
 # -- what does not match -------------------------------------------------------------------------
@@ -297,12 +305,17 @@ def check_intensities(raw: np.ndarray, contract: Contract) -> list[str]:
     """Intensities the card's normalisation is not made for."""
     spec = contract.normalization
     scheme, roi_rule = spec.get("scheme", "zscore"), spec.get("roi", "nonzero")
-    nonzero = np.any(raw != 0, axis=0)
+    if not raw.any():
+        return ["the scan is zero everywhere: there is nothing to segment"]
+    raw = raw[:, ::2, ::2, ::2]  # every 8th voxel: plenty for these statistics, cheap on big scans
+    nonzero = np.zeros(raw.shape[1:], dtype=bool)
+    for channel in raw:
+        nonzero |= channel != 0
+    if not nonzero.any():  # a few scattered voxels: too little to judge
+        return []
     warnings = []
     names = list(contract.modalities) or [f"channel {c + 1}" for c in range(raw.shape[0])]
     names += [f"channel {c + 1}" for c in range(len(names), raw.shape[0])]
-    if not nonzero.any():
-        return ["the scan is zero everywhere: there is nothing to segment"]
     for c, channel in enumerate(raw):
         values = channel[nonzero]
         mean, std = float(values.mean()), float(values.std())
@@ -392,13 +405,15 @@ def predict_scan(
     crop: bool = True,
     nonfinite: str = "error",
     source: str = "the scan",
+    own_input: bool = False,
     **engine,
 ):
     """(prediction on the scan's grid, :class:`Report`) for a raw (C, D, H, W) scan.
 
     ``engine`` options go to :func:`~napari_autofocus.inference.predict_volume` (mode, device,
     probabilities, attention, memory budget, progress, cancel...). NaN or infinite voxels are
-    refused with a message naming ``source``, unless ``nonfinite="background"``.
+    refused with a message naming ``source``, unless ``nonfinite="background"``. ``own_input``:
+    the caller hands ``raw`` over, so it is normalised in place.
     """
     if raw.shape[0] != card.in_channels:
         names = ", ".join(card.modalities) or f"{card.in_channels} channels"
@@ -406,13 +421,17 @@ def predict_scan(
             f"the model expects {card.in_channels} input channel(s) ({names}) but got {raw.shape[0]}"
         )
     contract = Contract.from_card(card)
+    given = raw
     raw, replaced = replace_nonfinite(np.asarray(raw, dtype=np.float32), nonfinite, source)
+    own_input = own_input or raw is not given
     warnings = check_scan(raw, spacing, contract, channel_names, scan_description, arrays, strict_names)
     if replaced:
         warnings.insert(
             0, f"{replaced} NaN or infinite voxel(s) were set to the background value (0), as asked"
         )
-    prepared = preprocess(raw, spacing, contract.normalization, contract.target_spacing)
+    prepared = preprocess(raw, spacing, contract.normalization, contract.target_spacing, in_place=own_input)
+    del raw, given  # normalised in place when owned: the prepared image is the scan now
+    prepared.roi = None  # only training samples from it: room for the network
     prediction = run_network(model, prepared, contract.normalization, crop=crop, **engine)
     report = Report(
         channels=list(channel_names or contract.modalities),

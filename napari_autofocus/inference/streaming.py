@@ -288,6 +288,44 @@ class _MemoryStore:
         return out
 
 
+class CropStore:
+    """The network's input read straight from the (C, D, H, W) scan: the box grown by the margin,
+    ``pad_value`` beyond the scan's border, a slab of planes at a time. No full copy of the scan
+    is made (the scan itself belongs to the caller)."""
+
+    def __init__(self, image: np.ndarray, box, margin: int, pad_value: float, device, memory_format) -> None:
+        self.image, self.box, self.margin, self.pad = image, box, margin, float(pad_value)
+        self.extent = tuple(b - a + 2 * margin for a, b in box)
+        self.device, self.memory_format = torch.device(device), memory_format
+        self.can_release = False
+
+    def read(self, lo: int, hi: int) -> torch.Tensor:
+        """Planes [lo, hi) of the padded crop: the scan, ``pad_value`` where the crop lies beyond the
+        scan, zeros beyond the crop's own planes."""
+        out = torch.empty((1, self.image.shape[0], hi - lo, *self.extent[1:]), dtype=torch.float32,
+                          device=self.device, memory_format=self.memory_format)  # fmt: skip
+        (z0, _), (y0, y1), (x0, x1) = self.box
+        m = self.margin
+        depth = self.extent[0]
+        a, b = max(lo, 0), min(hi, depth)  # planes of the padded crop this read covers
+        out.zero_()  # beyond the crop's planes: zeros, as for any activation read past its border
+        if b > a:
+            out[:, :, a - lo : b - lo].fill_(self.pad)  # inside it but beyond the scan: the padding
+        src = [(z0 - m + a, z0 - m + b), (y0 - m, y1 + m), (x0 - m, x1 + m)]
+        limits = self.image.shape[1:]
+        clipped = [(max(u, 0), min(v, n)) for (u, v), n in zip(src, limits, strict=True)]
+        if b > a and all(v > u for u, v in clipped):
+            (za, zb), (ya, yb), (xa, xb) = clipped
+            chunk = np.ascontiguousarray(self.image[:, za:zb, ya:yb, xa:xb], dtype=np.float32)
+            dz, dy, dx = za - (z0 - m) - lo, ya - (y0 - m), xa - (x0 - m)
+            target = out[0, :, dz : dz + zb - za, dy : dy + yb - ya, dx : dx + xb - xa]
+            target.copy_(torch.from_numpy(chunk))
+        return out
+
+    def release(self, below: int) -> None:
+        """The scan is the caller's: nothing to give back."""
+
+
 class _FileStore:
     """A full activation kept plane by plane (D, H, W, C float32) in a temporary file.
 
@@ -487,8 +525,12 @@ def run_stream(
     "file".
     """
     last_use = _last_use(steps)
-    stores = {"input": _MemoryStore(image)}
-    device, memory_format = image.device, _format_of(image)
+    if isinstance(image, CropStore):  # read from the scan itself, slab by slab
+        stores = {"input": image}
+        device, memory_format = image.device, image.memory_format
+    else:
+        stores = {"input": _MemoryStore(image)}
+        device, memory_format = image.device, _format_of(image)
     in_memory = peak_activation_bytes(steps, plan, stores["input"].can_release) <= memory_bytes
     with tempfile.TemporaryDirectory(prefix="napari-autofocus-", dir=spill_dir) as folder:
         try:

@@ -29,6 +29,7 @@ import numpy as np
 from napari_autofocus import attention as maps
 from napari_autofocus.errors import AutofocusError
 from napari_autofocus.io.atomic import write_text
+from napari_autofocus.io.scratch import BIG_ARRAY_BYTES, is_scratch, release, scratch_array, slabs
 
 KINDS = ("labels", "probabilities", "attention", "derived")
 DERIVED = ("argmax_rate", "expected_rate", "entropy")
@@ -119,32 +120,54 @@ def output_files(
     if "probabilities" in kinds and probabilities is not None:
         files.append(OutputFile(f"{stem}_probabilities.nii.gz", lambda: probabilities))
     for name, weights in attention.items():
-        layer_rates = tuple(rates[name])
-        if "attention" in kinds:
-            files.append(
-                OutputFile(f"{stem}_{name}_attention.nii.gz", lambda w=weights: w.astype(np.float32))
-            )
+        r = tuple(rates[name])
+        if "attention" in kinds:  # float16 maps are written as float32, a slab at a time
+            files.append(OutputFile(f"{stem}_{name}_attention.nii.gz", lambda w=weights: w))
         if "derived" in kinds:
-            files += [
-                OutputFile(
-                    f"{stem}_{name}_argmax_rate.nii.gz",
-                    lambda w=weights, r=layer_rates: maps.argmax_rate(w, r),
-                    is_label=True,
-                ),
-                OutputFile(
-                    f"{stem}_{name}_expected_rate.nii.gz",
-                    lambda w=weights, r=layer_rates: maps.expected_rate(w, r),
-                ),
-                OutputFile(f"{stem}_{name}_entropy.nii.gz", lambda w=weights: maps.normalized_entropy(w)),
-            ]
+            files += derived_files(stem, name, weights, r)
     if "derived" in kinds and attention:
+        names = list(attention)
+
+        def zoom_mm(*layers) -> np.ndarray:
+            voxels = maps.zoom_voxels(dict(zip(names, layers, strict=True)), rates, receptive_field_min)
+            return maps.zoom_mm(voxels, network_spacing).astype(np.float32)
 
         def zoom() -> np.ndarray:
-            voxels = maps.zoom_voxels(attention, rates, receptive_field_min)
-            return maps.zoom_mm(voxels, network_spacing).astype(np.float32)
+            return by_slabs(zoom_mm, *attention.values(), dtype=np.float32)
 
         files.append(OutputFile(f"{stem}_zoom_mm.nii.gz", zoom))
     return files
+
+
+def derived_files(stem: str, name: str, weights: np.ndarray, rates: tuple[int, ...]) -> list[OutputFile]:
+    """One autofocus layer's arg-max rate, expected rate and normalised entropy maps."""
+
+    def argmax() -> np.ndarray:
+        return by_slabs(lambda a: maps.argmax_rate(a, rates), weights, dtype=np.int16)
+
+    def expected() -> np.ndarray:
+        return by_slabs(lambda a: maps.expected_rate(a, rates), weights, dtype=np.float32)
+
+    def entropy() -> np.ndarray:
+        return by_slabs(maps.normalized_entropy, weights, dtype=np.float32)
+
+    return [
+        OutputFile(f"{stem}_{name}_argmax_rate.nii.gz", argmax, is_label=True),
+        OutputFile(f"{stem}_{name}_expected_rate.nii.gz", expected),
+        OutputFile(f"{stem}_{name}_entropy.nii.gz", entropy),
+    ]
+
+
+def by_slabs(function, *maps_, dtype) -> np.ndarray:
+    """``function`` of (K, D, H, W) maps: computed whole for small maps, and a slab of planes at a
+    time into a scratch array for big ones (memory stays bounded whatever the volume's size)."""
+    if not any(is_scratch(m) or m.nbytes > BIG_ARRAY_BYTES for m in maps_):
+        return function(*maps_)
+    out = scratch_array(maps_[0].shape[1:], dtype)
+    for planes in slabs(maps_[0].shape[1]):
+        out[planes] = function(*(m[:, planes] for m in maps_))
+        release(out, *maps_)
+    return out
 
 
 def write_outputs(

@@ -226,6 +226,7 @@ def _predict_and_score(args):
         pred, report = predict_scan(
             model, card, raw.image, raw.spacing, channel_names=dataset.modalities, strict_names=True,
             scan_description=raw.geometry.description, device=args.device, nonfinite=args.nonfinite,
+            own_input=True,
             source=f"case {case.name} ({', '.join(p.name for p in case.images)})",
         )  # fmt: skip
         for warning in report.warnings:

@@ -63,7 +63,12 @@ def register(subparsers, name: str, help_text: str) -> None:
         help="compute the whole volume, not just the bounding box of voxels non-zero in any channel",
     )
     parser.add_argument(
-        "--memory-gib", type=float, default=2.0, help="memory budget of the process while it predicts (GiB)"
+        "--memory-gib",
+        type=memory_gib,
+        default=2.0,
+        help="memory budget (GiB, >= 0.1): the peak the process should stay under while it predicts, "
+        "counting what it holds already (torch, the loaded scan); activations and outputs that do not fit "
+        "go to temporary files (default 2)",
     )
     parser.add_argument(
         "--nonfinite",
@@ -73,6 +78,16 @@ def register(subparsers, name: str, help_text: str) -> None:
     )
     parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
     parser.set_defaults(func=run)
+
+
+def memory_gib(text: str) -> float:
+    """argparse type: a budget the engine can honour, or a usage error that says why."""
+    from napari_autofocus.inference.engine import check_memory_budget
+
+    try:
+        return check_memory_budget(text)
+    except AutofocusError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def find_cases(inputs: list[str]) -> dict[str, list[Path]]:
@@ -176,9 +191,11 @@ def predict_case(model, card, case: str, files: list[Path], out: Path, args) -> 
         crop=args.crop,
         nonfinite=args.nonfinite,
         source=", ".join(str(f) for f in files),
+        own_input=True,  # loaded here for this case alone: normalised in place
         memory_budget_gib=args.memory_gib,
         progress=progress,
     )
+    del image  # normalised in place and no longer needed: room for writing the outputs
     for warning in report.warnings:
         print(f"  warning: {warning}", flush=True)
     outputs = output_files(
