@@ -237,8 +237,9 @@ def test_resume_without_a_checkpoint_says_to_start_again(dataset, tmp_path, caps
 # -- 5. interrupted outputs ------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("killed_after", range(7))  # 7 renames: 6 volumes, then the JSON
 def test_a_killed_write_leaves_no_complete_looking_case_and_the_next_run_cleans_it(
-    tmp_path, model_file, monkeypatch, capsys
+    tmp_path, model_file, monkeypatch, capsys, killed_after
 ):
     import napari_autofocus.io.prediction_files as files
 
@@ -246,17 +247,17 @@ def test_a_killed_write_leaves_no_complete_looking_case_and_the_next_run_cleans_
     out = tmp_path / "pred"
     real_replace, moved = files.os.replace, []
 
-    def killed_after_two(src, dst):
-        if len(moved) == 2:
+    def dies_before_a_rename(src, dst):
+        if len(moved) == killed_after:
             raise KeyboardInterrupt  # the process dies between two renames
         moved.append(dst)
         real_replace(src, dst)
 
-    monkeypatch.setattr(files, "os", SimpleNamespace(replace=killed_after_two))  # only the final renames
+    monkeypatch.setattr(files, "os", SimpleNamespace(replace=dies_before_a_rename))  # only the final renames
     monkeypatch.setattr(files.shutil, "rmtree", lambda *a, **k: None)  # a SIGKILL runs no cleanup
     args = ["predict", "--model", str(model_file), "--input", str(scan), "--out", str(out), "--attention"]
     assert main(args) == 130
-    assert len(moved) == 2 and (out / "case.nii.gz").exists() and not (out / "case_prediction.json").exists()
+    assert len(moved) == killed_after and not (out / "case_prediction.json").exists()
     monkeypatch.undo()
     labels = tmp_path / "labels"
     labels.mkdir()

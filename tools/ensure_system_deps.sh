@@ -7,6 +7,7 @@ APT_PACKAGES=(
   xvfb xauth libgl1 libegl1 libgl1-mesa-dri libglx-mesa0 libxkbcommon-x11-0 libxcb-cursor0
   libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-randr0 libxcb-render-util0 libxcb-shape0
   libxcb-xfixes0 libxcb-xinerama0 libdbus-1-3 libfontconfig1 fonts-dejavu-core
+  time  # /usr/bin/time -v: benchmarks/memory.py reads each run's peak memory from it
 )
 # Shared libraries whose absence makes Qt abort ("could not load the Qt platform plugin xcb").
 LIBS=(libxcb-icccm.so.4 libxcb-keysyms.so.1 libxcb-xinerama.so.0 libxkbcommon-x11.so.0 libxcb-cursor.so.0
@@ -14,6 +15,7 @@ LIBS=(libxcb-icccm.so.4 libxcb-keysyms.so.1 libxcb-xinerama.so.0 libxkbcommon-x1
 
 missing=()
 command -v Xvfb >/dev/null 2>&1 || missing+=("Xvfb")
+[ -x /usr/bin/time ] || missing+=("/usr/bin/time")
 if command -v ldconfig >/dev/null 2>&1; then
   cache=$(ldconfig -p 2>/dev/null || true)
   for lib in "${LIBS[@]}"; do

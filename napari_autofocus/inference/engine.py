@@ -511,7 +511,7 @@ class _Run:
             chunk = np.ascontiguousarray(image[:, z : min(z + planes, z1), y0:y1, x0:x1], dtype=np.float32)
             dz = dst[0] + z - z0
             target = x[0, :, dz : dz + chunk.shape[1], dst[1] : dst[1] + y1 - y0, dst[2] : dst[2] + x1 - x0]
-            target.copy_(torch.from_numpy(chunk))
+            target.copy_(torch.from_numpy(np.require(chunk, requirements="W")))
         return x
 
 

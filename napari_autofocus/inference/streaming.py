@@ -319,7 +319,7 @@ class CropStore:
             chunk = np.ascontiguousarray(self.image[:, za:zb, ya:yb, xa:xb], dtype=np.float32)
             dz, dy, dx = za - (z0 - m) - lo, ya - (y0 - m), xa - (x0 - m)
             target = out[0, :, dz : dz + zb - za, dy : dy + yb - ya, dx : dx + xb - xa]
-            target.copy_(torch.from_numpy(chunk))
+            target.copy_(torch.from_numpy(np.require(chunk, requirements="W")))
         return out
 
     def release(self, below: int) -> None:
