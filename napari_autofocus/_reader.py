@@ -27,14 +27,33 @@ def read_nifti(path):
     paths = [path] if isinstance(path, str | os.PathLike) else list(path)
     layers = []
     for p in paths:
-        layers.extend(volume_layer_data(load_nifti(p), strip_nifti_suffix(p)))
+        volume = load_nifti(p)
+        layers.extend(volume_layer_data(volume, strip_nifti_suffix(p)))
+        if volume.geometry.oblique:
+            _warn(f"{os.path.basename(p)}: {OBLIQUE_NOTE}")
     prefer_this_reader()
     return layers
+
+
+OBLIQUE_NOTE = (
+    "its voxel axes are oblique to the scanner's; it is shown axis-aligned (the rotation is not drawn), "
+    "and every file written from it keeps its original affine"
+)
+
+
+def _warn(message: str) -> None:
+    try:
+        from napari.utils.notifications import show_warning
+    except ImportError:
+        return
+    show_warning(message)
 
 
 def volume_layer_data(volume, name: str) -> list[tuple]:
     """napari LayerData tuples for a NiftiVolume: labels, or one image layer per channel."""
     base = volume.geometry.layer_kwargs()
+    if volume.geometry.oblique:
+        base["metadata"] = {**base["metadata"], "oblique": OBLIQUE_NOTE}
     if volume.is_label:
         return [(volume.data, {**base, "name": name}, "labels")]
     channels = volume.channels

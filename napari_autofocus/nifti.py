@@ -97,6 +97,11 @@ class NiftiGeometry:
         return (lps[2], lps[1], lps[0])
 
     @property
+    def oblique(self) -> bool:
+        """Whether the voxel axes are rotated against the world's (napari shows them axis-aligned)."""
+        return is_oblique(self.source_affine)
+
+    @property
     def description(self) -> str:
         """The header's free-text ``descrip`` field ("" when there is none)."""
         try:
@@ -258,12 +263,39 @@ def _load_big_image(path: Path, img) -> NiftiVolume:
     return NiftiVolume(data=data, geometry=geometry, is_label=False, channel_names=_channel_names(path, data))
 
 
+LABEL_MAX_VALUES = 32  # at most this many distinct values: a label map whatever its name
+NAMED_LABEL_MAX_VALUES = 1000  # ... or this many when its name or folder says it holds labels
+
+
 def _looks_like_labels(path: Path, img, raw: np.ndarray) -> bool:
-    if raw.ndim != 3 or not np.issubdtype(raw.dtype, np.integer):
+    """A 3D volume of few distinct non-negative integers (by content; the name only decides the
+    ambiguous middle): an int16 T1 named 'T1_brain_masked' stays an image, a 0/1 mask named
+    'brain' is a label map."""
+    if raw.ndim != 3 or not np.issubdtype(raw.dtype, np.integer) or raw.size == 0:
         return False
+    if int(raw.min()) < 0:
+        return False
+    values = distinct_values(raw, NAMED_LABEL_MAX_VALUES + 1)
+    if values <= LABEL_MAX_VALUES:
+        return True
     name = path.name.lower()
-    in_label_folder = path.parent.name.lower().startswith("labels")
-    return in_label_folder or any(hint in name for hint in _LABEL_HINTS)
+    named = path.parent.name.lower().startswith("labels") or any(hint in name for hint in _LABEL_HINTS)
+    return named and values <= NAMED_LABEL_MAX_VALUES
+
+
+def distinct_values(data: np.ndarray, stop_at: int) -> int:
+    """How many distinct values an integer array holds, counting at most to ``stop_at``."""
+    low, high = int(data.min()), int(data.max())
+    if high - low < 1 << 16:
+        return min(int(np.count_nonzero(np.bincount((data - low).ravel().astype(np.int64)))), stop_at)
+    return min(len(np.unique(data)), stop_at)
+
+
+def is_oblique(affine: np.ndarray, tolerance: float = 1e-3) -> bool:
+    """Whether the voxel axes are rotated against the world axes (not a permutation with flips)."""
+    columns = np.asarray(affine, dtype=float)[:3, :3]
+    unit = columns / np.maximum(np.linalg.norm(columns, axis=0), 1e-12)
+    return bool(np.abs(np.abs(unit).max(axis=0) - 1).max() > tolerance)
 
 
 def _channel_names(path: Path, data: np.ndarray) -> list[str]:

@@ -109,3 +109,32 @@ def test_corrupt_and_truncated_files_give_clear_errors(tmp_path):
 def test_5d_or_2d_volumes_are_refused(tmp_path):
     with pytest.raises(NiftiError, match="expected a 3D volume"):
         load_nifti(_write(tmp_path / "flat.nii", np.ones((4, 4), np.float32)))
+
+
+def test_label_maps_are_recognised_by_content_not_by_name(tmp_path):
+    rng = np.random.default_rng(3)
+    t1 = rng.integers(0, 3000, size=(12, 11, 10)).astype(np.int16)  # an int16 T1 named like a mask
+    [(_, _, kind)] = read_nifti(_write(tmp_path / "T1_brain_masked.nii.gz", t1))
+    assert kind == "image"
+    mask = (rng.random((12, 11, 10)) > 0.5).astype(np.uint8)  # a 0/1 mask with an ordinary name
+    [(_, _, kind)] = read_nifti(_write(tmp_path / "brain.nii.gz", mask))
+    assert kind == "labels"
+    parcels = rng.integers(0, 200, size=(12, 11, 10)).astype(np.int16)  # many labels: the name decides
+    assert read_nifti(_write(tmp_path / "aparc_seg.nii.gz", parcels))[0][2] == "labels"
+    assert read_nifti(_write(tmp_path / "ct.nii.gz", parcels))[0][2] == "image"
+    signed = rng.integers(-5, 5, size=(12, 11, 10)).astype(np.int16)
+    assert read_nifti(_write(tmp_path / "diff_seg.nii.gz", signed))[0][2] == "image"
+
+
+def test_an_oblique_scan_says_it_is_shown_axis_aligned(tmp_path, monkeypatch):
+    import napari_autofocus._reader as reader
+
+    said = []
+    monkeypatch.setattr(reader, "_warn", said.append)
+    angle = np.deg2rad(15)
+    oblique = np.eye(4)
+    oblique[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+    [(_, meta, _)] = read_nifti(_write(tmp_path / "tilted.nii.gz", np.ones((6, 6, 6), np.float32), oblique))
+    assert "oblique" in meta["metadata"] and len(said) == 1 and "shown axis-aligned" in said[0]
+    read_nifti(_write(tmp_path / "straight.nii.gz", np.ones((6, 6, 6), np.float32), np.eye(4)))
+    assert len(said) == 1

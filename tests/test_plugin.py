@@ -107,3 +107,14 @@ def test_demo_command_writes_a_screenshot(tmp_path):
     image = np.asarray(Image.open(out).convert("RGB")).astype(float)
     assert image.shape[0] > 600 and image.shape[1] > 1000
     assert image.std() > 10
+
+
+def test_every_dock_scrolls_instead_of_growing_the_window(make_napari_viewer):
+    """All six docks at once fit a 1280x800 screen: each one's content sits in a scroll area."""
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "phantom")
+    docks = ["Scan info", "Segment", "Attention explorer", "Counterfactuals", "Compare models", "Export"]
+    for name in docks:
+        _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+        assert widget.scroll_area.widget() is not None, name
+        assert widget.minimumSizeHint().height() < 200, (name, widget.minimumSizeHint().height())

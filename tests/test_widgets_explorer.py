@@ -79,3 +79,20 @@ def test_voxel_readout_and_structure_chart(make_napari_viewer, qtbot, model_file
     assert explorer.show_voxel((99, 0, 0)) is None
     assert "Outside" in explorer.readout.text()
     assert len(calls) == 1
+
+
+def test_rerunning_segment_with_the_explorer_open_raises_nothing(
+    make_napari_viewer, qtbot, model_file, monkeypatch
+):
+    """The explorer's own layer removals re-triggered its refresh, which removed the same layers twice."""
+    viewer, explorer, calls = _segmented(make_napari_viewer, qtbot, model_file, monkeypatch)
+    explorer.set_checked(explorer.layer_list, ["AF1", "AF2"])
+    errors = []
+    monkeypatch.setattr("sys.excepthook", lambda *exc: errors.append(exc))
+    segment = next(w for w in viewer.window.dock_widgets.values() if hasattr(w, "run_button"))
+    run_and_wait(qtbot, segment)
+    assert not errors and not segment.runner.last_error
+    assert explorer.result_combo.currentText() == "tiny_afn2 labels"
+    names = [layer.name for layer in viewer.layers]
+    assert sum(n.startswith("AF1 · r=") for n in names) == 4  # the new result's layers, once each
+    assert len(names) == len(set(names))

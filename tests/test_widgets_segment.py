@@ -125,3 +125,34 @@ def test_crop_option_computes_the_foreground_box_or_the_whole_volume(make_napari
     assert result.crop_box == ((0, 32), (0, 36), (0, 40))
     assert np.isfinite(result.attention["AF1"].astype(np.float32)).all()
     assert "foreground box" not in widget.status.text()
+
+
+def test_cancel_during_a_run_stops_within_one_more_slab_and_keeps_the_previous_result(
+    make_napari_viewer, qtbot, model_file, monkeypatch, notes
+):
+    import napari_autofocus.inference.predictor as predictor
+
+    viewer = add_scan(make_napari_viewer())
+    widget = open_segment(viewer, model_file)
+    run_and_wait(qtbot, widget)
+    before = widget.result
+    labels_before = viewer.layers["tiny_afn2 labels"].data
+    reports = {"before": [], "after": []}
+    original = predictor.run_network
+
+    def cancelled_after_the_first_slab(*args, progress=None, **kwargs):
+        def report(done, total):
+            reports["after" if widget.runner.cancel_event.is_set() else "before"].append((done, total))
+            widget.runner.cancel_event.set()  # as the Cancel button does, while the run is under way
+            progress(done, total)
+
+        return original(*args, progress=report, **kwargs)
+
+    monkeypatch.setattr(predictor, "run_network", cancelled_after_the_first_slab)
+    run_and_wait(qtbot, widget)
+    assert (
+        reports["before"] == [(1, reports["before"][0][1])] and reports["before"][0][1] > 2
+    )  # reported early
+    assert len(reports["after"]) <= 1  # at most one more slab ran after Cancel
+    assert widget.result is before and viewer.layers["tiny_afn2 labels"].data is labels_before
+    assert any("cancelled" in m for m in notes["info"])

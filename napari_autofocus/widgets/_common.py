@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from napari.layers import Image, Labels
 from napari.utils import notifications
-from qtpy.QtWidgets import QComboBox
+from qtpy.QtWidgets import QComboBox, QFrame, QScrollArea, QVBoxLayout, QWidget
 
 from napari_autofocus.inputs import LayerInfo
 from napari_autofocus.session import RESULT_KEY
@@ -65,6 +65,21 @@ def set_items(
     combo.blockSignals(False)
     if combo.currentText() != current:
         combo.currentTextChanged.emit(combo.currentText())
+
+
+def scroll_body(widget) -> QVBoxLayout:
+    """The layout to fill a dock widget with, inside a scroll area: a tall dock scrolls instead of
+    squeezing its controls or stretching the window past the screen (usable at 1280x800)."""
+    content = QWidget()
+    scroll = QScrollArea()
+    scroll.setWidgetResizable(True)
+    scroll.setFrameShape(QFrame.Shape.NoFrame)
+    scroll.setWidget(content)
+    outer = QVBoxLayout(widget)
+    outer.setContentsMargins(0, 0, 0, 0)
+    outer.addWidget(scroll)
+    widget.scroll_area = scroll
+    return QVBoxLayout(content)
 
 
 def watch_layers(viewer, callback) -> None:

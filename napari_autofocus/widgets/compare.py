@@ -13,7 +13,6 @@ from qtpy.QtWidgets import (
     QListWidget,
     QListWidgetItem,
     QPushButton,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -68,7 +67,7 @@ class CompareWidget(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
-        layout = QVBoxLayout(self)
+        layout = _common.scroll_body(self)
         layout.addWidget(QLabel("models"))
         layout.addWidget(self.models)
         layout.addWidget(self.add_button)

@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import QComboBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QComboBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QWidget
 
 from napari_autofocus._reader import prefer_this_reader
 from napari_autofocus.counterfactual import compare_to_reference, override_choices
@@ -48,7 +48,7 @@ class CounterfactualWidget(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
-        layout = QVBoxLayout(self)
+        layout = _common.scroll_body(self)
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.status)

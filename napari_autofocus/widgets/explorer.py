@@ -50,6 +50,7 @@ class ExplorerWidget(QWidget):
         prefer_this_reader()
         self.viewer = napari_viewer
         self._last_index = None
+        self._changing_layers = False  # our own layer changes fire layer events: do not react to them
         self.result_combo = QComboBox()
         self.layer_list = QListWidget()
         self.rate_list = QListWidget()
@@ -96,7 +97,7 @@ class ExplorerWidget(QWidget):
         classes.addRow("classes from", self.classes_combo)
         s.addLayout(classes)
         s.addWidget(self.structure_chart)
-        layout = QVBoxLayout(self)
+        layout = _common.scroll_body(self)
         layout.addLayout(form)
         layout.addLayout(choose)
         layout.addWidget(maps)
@@ -115,6 +116,8 @@ class ExplorerWidget(QWidget):
         return layer.metadata.get(RESULT_KEY) if layer is not None else None
 
     def _refresh_results(self, *_) -> None:
+        if self._changing_layers:
+            return
         names = [layer.name for layer in _common.result_layers(self.viewer)]
         default = names[-1] if names else None
         _common.set_items(self.result_combo, names, default=default)
@@ -190,22 +193,39 @@ class ExplorerWidget(QWidget):
             if (layer.metadata.get(TAG) or {}).get("owner") == OWNER
         }
 
+    def _remove(self, layers) -> None:
+        """Remove our layers (still there) without reacting to the removals ourselves."""
+        self._changing_layers = True
+        try:
+            for layer in list(layers):
+                if layer in self.viewer.layers:
+                    self.viewer.layers.remove(layer)
+        finally:
+            self._changing_layers = False
+
     def _clear_layers(self) -> None:
-        for layer in self._explorer_layers().values():
-            self.viewer.layers.remove(layer)
+        self._remove(self._explorer_layers().values())
 
     def update_view(self, *_) -> None:
         """Show the chosen maps, hide the rest; derived maps come from the cached attention."""
         result = self.result
         wanted = self.wanted_layers()
+        if self._changing_layers:
+            return
         existing = self._explorer_layers()
-        for name, layer in existing.items():
-            if name not in wanted or layer.metadata[TAG].get("result") != id(result):
-                self.viewer.layers.remove(layer)
+        self._remove(
+            layer
+            for name, layer in existing.items()
+            if name not in wanted or layer.metadata[TAG].get("result") != id(result)
+        )
         existing = self._explorer_layers()
-        for name, (kind, spec) in wanted.items():
-            if name not in existing:
-                self._add_layer(result, name, kind, spec)
+        self._changing_layers = True
+        try:
+            for name, (kind, spec) in wanted.items():
+                if name not in existing:
+                    self._add_layer(result, name, kind, spec)
+        finally:
+            self._changing_layers = False
         self.update_structure_chart()
 
     def _add_layer(self, result, name: str, kind: str, spec) -> None:

@@ -14,7 +14,6 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QMessageBox,
     QPushButton,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -57,7 +56,7 @@ class ExportWidget(QWidget):
         folder.addWidget(self.folder, 1)
         folder.addWidget(self.browse)
         form.addRow("folder", folder)
-        layout = QVBoxLayout(self)
+        layout = _common.scroll_body(self)
         layout.addLayout(form)
         for box in self.kind_boxes.values():
             layout.addWidget(box)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QLabel, QWidget
 
 from napari_autofocus._reader import prefer_this_reader
 from napari_autofocus.nifti import NiftiGeometry
+from napari_autofocus.widgets import _common
 
 
 def describe_layer(layer) -> str:
@@ -48,7 +49,7 @@ class ScanInfoWidget(QWidget):
         prefer_this_reader()
         self.label = QLabel()
         self.label.setWordWrap(True)
-        layout = QVBoxLayout(self)
+        layout = _common.scroll_body(self)
         layout.addWidget(self.label)
         layout.addStretch(1)
         napari_viewer.layers.selection.events.active.connect(self._refresh)

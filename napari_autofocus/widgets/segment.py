@@ -92,7 +92,7 @@ class SegmentWidget(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
-        layout = QVBoxLayout(self)
+        layout = _common.scroll_body(self)
         layout.addWidget(model_box)
         layout.addWidget(inputs_box)
         layout.addLayout(options)
