@@ -41,17 +41,44 @@ def derived_layer_name(layer: str, kind: str) -> str:
 
 
 def argmax_colors(rates: Sequence[int]) -> dict[int | None, tuple]:
-    """Colours for an arg-max-index labels layer: value k+1 gets the hue of rate k, 0 is clear."""
+    """Colours for an arg-max-rate labels layer: the value is the rate itself (hovering a voxel shows
+    14, as the exported file holds 14), coloured with its rate's hue; 0 (not computed) is clear."""
     colors: dict[int | None, tuple] = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0)}
-    for k in range(len(rates)):
-        colors[k + 1] = (*rate_hue(k), 1.0)
+    for k, rate in enumerate(rates):
+        colors[int(rate)] = (*rate_hue(k), 1.0)
     return colors
 
 
+def blend(attention: np.ndarray) -> np.ndarray:
+    """(D, H, W, 3) RGB in [0, 1]: the rates' hues mixed by their weights, black where not computed.
+
+    The weights sum to 1, so the mix stays inside the hues' range: it never washes to white the way
+    K additive layers do, and a voxel's colour says at once which rates it listens to."""
+    hues = np.asarray([rate_hue(k) for k in range(attention.shape[0])], dtype=np.float32)
+    weights = np.nan_to_num(attention.astype(np.float32), nan=0.0)
+    return np.clip(np.tensordot(weights, hues, axes=([0], [0])), 0.0, 1.0)
+
+
+def legend_html(rates: Sequence[int], spacing_mm: float | None = None) -> str:
+    """'■ r=2 ■ r=6 ...' with each square in its rate's colour (the dock's legend)."""
+    parts = []
+    for k, rate in enumerate(rates):
+        r, g, b = (int(255 * c) for c in rate_hue(k))
+        gap = f" ({rate * spacing_mm:.0f} mm)" if spacing_mm else ""
+        parts.append(f'<span style="color: rgb({r},{g},{b})">&#9632;</span> r={rate}{gap}')
+    return " &nbsp; ".join(parts)
+
+
+def legend_text(rates: Sequence[int]) -> str:
+    """The on-canvas legend (one colour of text, so the hues are named)."""
+    names = ("blue", "green", "orange", "red", "violet", "cyan", "yellow", "pink")
+    return "colours: " + ", ".join(f"{names[k % len(names)]} r={r}" for k, r in enumerate(rates))
+
+
 def derived_map(attention: np.ndarray, rates: Sequence[int], kind: str) -> np.ndarray:
-    """One per-layer derived map: arg-max index (labels), expected rate or entropy."""
+    """One per-layer derived map: arg-max rate (labels), expected rate or entropy."""
     if kind == "arg-max rate":
-        return maps.argmax_index(attention)
+        return maps.argmax_rate(attention, rates)
     if kind == "expected rate":
         return maps.expected_rate(attention, rates)
     if kind == "entropy":

@@ -3,6 +3,8 @@
 import numpy as np
 from widget_helpers import PLUGIN, add_scan, open_segment, run_and_wait
 
+from napari_autofocus.attention_views import rate_hue
+
 
 def _segmented(make_napari_viewer, qtbot, model_file, monkeypatch):
     import napari_autofocus.inference.predictor as predictor
@@ -28,6 +30,18 @@ def test_explorer_shows_k_colour_layers_per_autofocus_layer_without_rerunning(
     viewer, explorer, calls = _segmented(make_napari_viewer, qtbot, model_file, monkeypatch)
     assert explorer.result_combo.currentText() == "tiny_afn2 labels"
     assert explorer.checked(explorer.layer_list) == ["AF1"]
+    # the default view: one blended colour layer per autofocus layer, the rates named in a legend
+    blend = viewer.layers["AF1 · blend"]
+    assert blend.rgb and blend.visible and float(np.max(blend.data)) < 1.0 + 1e-6  # never washed to white
+    weights_a = explorer.result.attention["AF1"][:, 16, 18, 20].astype(np.float32)
+    hues = np.array([rate_hue(k) for k in range(4)], np.float32)
+    np.testing.assert_allclose(blend.data[16, 18, 20], weights_a @ hues, atol=1e-3)
+    assert "r=14" in explorer.legend.text() and viewer.canvas.overlays.text.visible
+    assert "red r=14" in viewer.canvas.overlays.text.text
+    argmax = viewer.layers["AF1 · arg-max rate"]
+    assert set(np.unique(argmax.data)) <= {0, 2, 6, 10, 14}  # hovering shows the rate itself
+    assert not [n.name for n in viewer.layers if " · r=" in n.name]  # per-rate layers on demand
+    explorer.map_boxes["weights"].setChecked(True)
     names = [layer.name for layer in viewer.layers]
     weights = [n for n in names if n.startswith("AF1 · r=")]
     assert weights == ["AF1 · r=2", "AF1 · r=6", "AF1 · r=10", "AF1 · r=14"]
@@ -86,6 +100,7 @@ def test_rerunning_segment_with_the_explorer_open_raises_nothing(
 ):
     """The explorer's own layer removals re-triggered its refresh, which removed the same layers twice."""
     viewer, explorer, calls = _segmented(make_napari_viewer, qtbot, model_file, monkeypatch)
+    explorer.map_boxes["weights"].setChecked(True)
     explorer.set_checked(explorer.layer_list, ["AF1", "AF2"])
     errors = []
     monkeypatch.setattr("sys.excepthook", lambda *exc: errors.append(exc))

@@ -82,7 +82,7 @@ def test_counterfactual_report_against_truth_or_original():
 
 def test_attention_views_names_hues_and_readout():
     assert weight_layer_name("AF3", 6) == "AF3 · r=6"
-    assert argmax_colors([2, 6])[2] == (*rate_hue(1), 1.0)
+    assert argmax_colors([2, 6])[6] == (*rate_hue(1), 1.0) and argmax_colors([2, 6])[2] == (*rate_hue(0), 1.0)
 
     class R:
         labels = np.zeros((2, 2, 2), np.uint8)

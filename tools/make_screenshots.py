@@ -117,7 +117,7 @@ def main(argv=None) -> int:
         contrast = "AF3" if "AF3" in layers else last
         explorer.set_checked(explorer.layer_list, sorted({first, contrast}))
         explorer.classes_combo.setCurrentText("phantom_09000 ground truth")
-        only_visible(viewer, {n.name for n in viewer.layers if n.name.startswith(f"{first} · r=")})
+        only_visible(viewer, {"phantom_09000 [T1-like]", f"{first} · blend"})  # the explorer's default view
         viewer.cursor.position = tuple(viewer.layers[f"{name} labels"].data_to_world(voxel))
         explorer.show_voxel(voxel)
         show_only_dock(viewer, dock)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from napari.layers import Image, Labels
 from napari.utils import notifications
+from qtpy.QtCore import QSize, Qt
 from qtpy.QtWidgets import QComboBox, QFrame, QScrollArea, QVBoxLayout, QWidget
 
 from napari_autofocus.inputs import LayerInfo
@@ -67,12 +68,26 @@ def set_items(
         combo.currentTextChanged.emit(combo.currentText())
 
 
+class _DockScrollArea(QScrollArea):
+    """Scrolls vertically only, and asks for its content's natural width (a dock opens as wide as
+    its controls need) but only a little height (a dock never pushes the window off the screen)."""
+
+    def sizeHint(self) -> QSize:
+        inner = self.widget().sizeHint() if self.widget() is not None else QSize(0, 0)
+        return QSize(inner.width() + self.verticalScrollBar().sizeHint().width(), min(inner.height(), 600))
+
+    def minimumSizeHint(self) -> QSize:
+        inner = self.widget().minimumSizeHint() if self.widget() is not None else QSize(0, 0)
+        return QSize(inner.width() + self.verticalScrollBar().sizeHint().width(), 120)
+
+
 def scroll_body(widget) -> QVBoxLayout:
     """The layout to fill a dock widget with, inside a scroll area: a tall dock scrolls instead of
     squeezing its controls or stretching the window past the screen (usable at 1280x800)."""
     content = QWidget()
-    scroll = QScrollArea()
+    scroll = _DockScrollArea()
     scroll.setWidgetResizable(True)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
     scroll.setFrameShape(QFrame.Shape.NoFrame)
     scroll.setWidget(content)
     outer = QVBoxLayout(widget)

@@ -26,8 +26,11 @@ from qtpy.QtWidgets import (
 from napari_autofocus._reader import prefer_this_reader
 from napari_autofocus.attention_views import (
     argmax_colors,
+    blend,
     derived_layer_name,
     derived_map,
+    legend_html,
+    legend_text,
     rate_hue,
     structure_means,
     voxel_readout,
@@ -39,8 +42,19 @@ from napari_autofocus.widgets import _charts, _common
 from napari_autofocus.widgets._outputs import TAG, placement
 
 OWNER = "explorer"
-MAPS = ("weights", "arg-max rate", "expected rate", "entropy", "zoom")
-DEFAULT_MAPS = ("weights", "arg-max rate", "zoom")
+MAPS = ("blend", "weights", "arg-max rate", "expected rate", "entropy", "zoom")
+DEFAULT_MAPS = ("blend", "arg-max rate", "zoom")  # the blend is shown; the others are added hidden
+TIPS = {
+    "blend": "Each voxel coloured by the mix of dilation rates its autofocus layer attends to\n"
+    "(the legend above says which colour is which rate). Never washes to white.",
+    "weights": "One layer per rate: that rate's attention weight, 0 to 1 (a voxel's K weights sum to 1).",
+    "arg-max rate": "The rate with the largest weight at each voxel (hover a voxel: its value is the rate).",
+    "expected rate": "Sum of weight x rate: how far apart, in voxels, the layer's kernel taps are\n"
+    "on average - where the layer 'zooms out' (large) or 'zooms in' (small).",
+    "entropy": "0: one rate decides; 1: all rates weigh the same (the layer is undecided).",
+    "zoom": "Effective receptive field in mm from all autofocus layers together: how much of the scan\n"
+    "the network looks at to label each voxel.",
+}
 PREDICTED = "predicted labels"
 
 
@@ -59,6 +73,20 @@ class ExplorerWidget(QWidget):
         self.map_boxes = {name: QCheckBox(name) for name in MAPS}
         for name, box in self.map_boxes.items():
             box.setChecked(name in DEFAULT_MAPS)
+            box.setToolTip(TIPS[name])
+        self.layer_list.setToolTip(
+            "An autofocus layer runs one 3x3x3 kernel at several dilation rates and weighs the results\n"
+            "per voxel (the attention). AF1 is the network's first such layer, AF6 its last."
+        )
+        self.rate_list.setToolTip(
+            "Dilation rate r: the kernel's taps are r voxels apart, so one kernel spans 2r + 1 voxels.\n"
+            "Small rates look closely ('zoom in'), large rates take in context ('zoom out')."
+        )
+        self.legend = QLabel()
+        self.legend.setWordWrap(True)
+        self.legend.setToolTip(
+            "Which colour stands for which dilation rate, in every explorer layer and chart"
+        )
         self.classes_combo = QComboBox()
         self.readout = QLabel("Move the mouse over the image for the weights under the cursor.")
         self.readout.setWordWrap(True)
@@ -84,6 +112,7 @@ class ExplorerWidget(QWidget):
         choose.addWidget(QLabel("dilation rates"), 0, 1)
         choose.addWidget(self.layer_list, 1, 0)
         choose.addWidget(self.rate_list, 1, 1)
+        form.addRow("colours", self.legend)
         maps = QGroupBox("maps")
         grid = QGridLayout(maps)
         for i, box in enumerate(self.map_boxes.values()):
@@ -103,6 +132,7 @@ class ExplorerWidget(QWidget):
         layout.addWidget(maps)
         layout.addWidget(readout)
         layout.addWidget(structures)
+        layout.addStretch(1)  # spare height goes below the controls, not between them
 
     # -- choices ---------------------------------------------------------------------------------
     @property
@@ -175,6 +205,8 @@ class ExplorerWidget(QWidget):
         wanted = {}
         for layer in self.checked(self.layer_list):
             a, layer_rates = result.attention[layer], result.rates[layer]
+            if "blend" in maps:
+                wanted[derived_layer_name(layer, "blend")] = ("blend", (layer, a, layer_rates))
             if "weights" in maps:
                 for k, r in enumerate(layer_rates):
                     if r in rates:
@@ -226,12 +258,26 @@ class ExplorerWidget(QWidget):
                     self._add_layer(result, name, kind, spec)
         finally:
             self._changing_layers = False
+        self._show_legend(result)
         self.update_structure_chart()
+
+    def _show_legend(self, result) -> None:
+        """The rate colours in the dock and on the canvas (napari's text overlay)."""
+        rates = next(iter(result.rates.values()), ()) if result is not None else ()
+        spacing = float(np.prod(result.network_spacing)) ** (1 / 3) if result is not None else None
+        self.legend.setText(legend_html(rates, spacing) if rates else "")
+        canvas = getattr(self.viewer, "canvas", None)  # napari 0.9 moved the text overlay to the canvas
+        overlay = canvas.overlays.text if canvas is not None else self.viewer.text_overlay
+        overlay.visible = bool(rates) and bool(self._explorer_layers())
+        overlay.text = legend_text(rates) if rates else ""
 
     def _add_layer(self, result, name: str, kind: str, spec) -> None:
         meta = {TAG: {"owner": OWNER, "kind": kind, "result": id(result), "model": result.request.model_path}}
         kwargs = {"name": name, "metadata": meta, **placement(result)}
-        if kind == "weight":
+        if kind == "blend":
+            layer, a, rates = spec
+            self.viewer.add_image(blend(a), rgb=True, opacity=0.65, blending="translucent", **kwargs)
+        elif kind == "weight":
             layer, k = spec
             data = result.attention[layer][k]
             cmap = Colormap([[0, 0, 0, 1], [*rate_hue(k), 1]], name=f"autofocus-rate-{k}")
