@@ -32,6 +32,7 @@ print(",".join(bad))
         ("napari_autofocus.attention", ["torch", "napari", "qtpy"]),
         ("napari_autofocus.metrics", ["torch", "napari", "qtpy"]),
         ("napari_autofocus.card", ["torch", "napari", "qtpy"]),
+        ("napari_autofocus.inference.predictor", ["torch", "napari", "qtpy"]),
     ],
 )
 def test_module_does_not_import(module, forbidden):

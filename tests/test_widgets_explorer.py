@@ -76,9 +76,14 @@ def test_voxel_readout_and_structure_chart(make_napari_viewer, qtbot, model_file
     source = viewer.layers["case [T1-like]"]
     viewer.dims.ndisplay = 2
     world = source.data_to_world((16, 18, 20))
+    draws = []
+    monkeypatch.setattr(explorer, "show_voxel", lambda index, real=explorer.show_voxel: draws.append(index))
+    for step in range(20):  # the cursor crosses 20 voxels: the chart is redrawn once it pauses
+        viewer.cursor.position = tuple(source.data_to_world((16, 18, step)))
     viewer.cursor.position = tuple(world)
-    readout = explorer._last_index
-    assert readout == (16, 18, 20)
+    qtbot.waitUntil(lambda: explorer._last_index == (16, 18, 20), timeout=2000)
+    assert draws == [(16, 18, 20)]
+    monkeypatch.undo()
     shown = explorer.show_voxel((16, 18, 20))
     for name in ("AF1", "AF2"):
         np.testing.assert_allclose(shown["weights"][name], result.attention[name][:, 16, 18, 20], atol=1e-3)

@@ -156,3 +156,16 @@ def test_cancel_during_a_run_stops_within_one_more_slab_and_keeps_the_previous_r
     assert len(reports["after"]) <= 1  # at most one more slab ran after Cancel
     assert widget.result is before and viewer.layers["tiny_afn2 labels"].data is labels_before
     assert any("cancelled" in m for m in notes["info"])
+
+
+def test_inputs_that_do_not_suit_the_model_are_flagged_before_the_run(make_napari_viewer, qtbot, model_file):
+    viewer = add_scan(make_napari_viewer())
+    widget = open_segment(viewer, model_file)
+    assert widget.mismatch.isHidden()  # the scan's two channels, matched by name: nothing to say
+    t1 = viewer.layers["case [T1-like]"]
+    viewer.add_image(t1.data.copy(), name="second volume", scale=t1.scale, translate=t1.translate)
+    widget.channel_combos["T2-like"].setCurrentText("second volume")  # the same scan loaded twice
+    assert not widget.mismatch.isHidden()
+    assert "the same image is given as T1-like and T2-like" in widget.mismatch.text()
+    widget.channel_combos["T2-like"].setCurrentText("case [T2-like]")
+    assert widget.mismatch.isHidden()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 from napari.utils.colormaps import Colormap, DirectLabelColormap
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -101,7 +101,12 @@ class ExplorerWidget(QWidget):
             box.toggled.connect(self.update_view)
         self.classes_combo.currentTextChanged.connect(self.update_structure_chart)
         _common.watch_layers(napari_viewer, self._refresh_results)
-        napari_viewer.cursor.events.position.connect(self._on_cursor)
+        # the cursor fires for every voxel it crosses: redraw the chart once it pauses (80 ms)
+        self._cursor_timer = QTimer(self)
+        self._cursor_timer.setSingleShot(True)
+        self._cursor_timer.setInterval(80)
+        self._cursor_timer.timeout.connect(self._on_cursor)
+        napari_viewer.cursor.events.position.connect(lambda *_: self._cursor_timer.start())
         self._refresh_results()
 
     def _build_layout(self) -> None:

@@ -141,6 +141,34 @@ class SegmentWidget(QWidget):
         problems = self.problems() if self.picker.card is not None else []
         self.input_problem.setText(" ".join(problems))
         self.input_problem.setVisible(bool(problems))
+        warnings = self.mismatches() if self.picker.card is not None and not problems else []
+        self.mismatch.setText(
+            ("Before you run: " + " ".join(f"• {w}." for w in warnings)) if warnings else ""
+        )
+        self.mismatch.setVisible(bool(warnings))
+
+    def mismatches(self) -> list[str]:
+        """How the chosen layers do not match the model, checked before a run (the predictor's own
+        checks, on every 8th voxel: quick enough to redo whenever the choice changes)."""
+        from napari_autofocus.inference import predictor
+
+        names = list(self.mapping().values())
+        if not names or None in names or any(n not in self.viewer.layers for n in names):
+            return []
+        layers = [self.viewer.layers[n] for n in names]
+        arrays = [np.asarray(layer.data) for layer in layers]
+        if len({a.shape for a in arrays}) != 1 or arrays[0].ndim != 3:
+            return []
+        contract = predictor.Contract.from_card(self.picker.card)
+        place = _common.source_placement(layers[0])
+        geometry = place["geometry"]
+        sample = np.stack([a[::2, ::2, ::2] for a in arrays]).astype(np.float32, copy=False)
+        return [
+            *predictor.check_spacing(tuple(place["scale"])[-3:], contract),
+            *predictor.check_channels(names, contract, arrays),
+            *predictor.check_intensities(sample, contract),
+            *predictor.check_phantom(contract, geometry.description if geometry is not None else None),
+        ]
 
     # -- running ---------------------------------------------------------------------------------
     def run(self) -> None:
