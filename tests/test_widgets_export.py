@@ -21,13 +21,17 @@ def test_export_writes_nifti_with_the_source_affine(make_napari_viewer, qtbot, m
     segment = open_segment(viewer, model_file)
     run_and_wait(qtbot, segment)
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Export")
-    click(qtbot, widget.export_button)
+    with qtbot.waitSignal(widget.export_finished, timeout=5000):
+        click(qtbot, widget.export_button)
     assert any("output folder" in m for m in notes["error"])
 
     out = tmp_path / "out"
     widget.folder.setText(str(out))
     widget.kind_boxes["probabilities"].setChecked(True)
-    written = widget.export()
+    with qtbot.waitSignal(widget.export_finished, timeout=60000):
+        click(qtbot, widget.export_button)  # in the background: the viewer stays responsive
+        assert not widget.export_button.isEnabled()
+    written = widget.written
     names = sorted(p.name for p in written)
     assert "tiny_afn2.nii.gz" in names and "tiny_afn2_prediction.json" in names
     assert "tiny_afn2_AF2_attention.nii.gz" in names and "tiny_afn2_zoom_mm.nii.gz" in names

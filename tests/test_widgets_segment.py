@@ -1,7 +1,7 @@
 """Segment widget: modality matching, outputs aligned with the input, Cancel, replacement, errors."""
 
 import numpy as np
-from widget_helpers import add_scan, click, open_segment, run_and_wait
+from widget_helpers import PLUGIN, add_scan, click, open_segment, run_and_wait
 
 from napari_autofocus.session import RESULT_KEY
 
@@ -169,3 +169,25 @@ def test_inputs_that_do_not_suit_the_model_are_flagged_before_the_run(make_napar
     assert "the same image is given as T1-like and T2-like" in widget.mismatch.text()
     widget.channel_combos["T2-like"].setCurrentText("case [T2-like]")
     assert widget.mismatch.isHidden()
+
+
+def test_closing_and_reopening_docks_during_a_run_raises_nothing(
+    make_napari_viewer, qtbot, model_file, monkeypatch
+):
+    errors = []
+    monkeypatch.setattr("sys.excepthook", lambda *exc: errors.append(exc))
+    viewer = add_scan(make_napari_viewer())
+    widget = open_segment(viewer, model_file)
+    _, explorer = viewer.window.add_plugin_dock_widget(PLUGIN, "Attention explorer")
+    click(qtbot, widget.run_button)
+    worker = widget.runner.worker
+    assert worker is not None
+    for name in ("Segment", "Attention explorer"):
+        viewer.window.remove_dock_widget(viewer.window.dock_widgets[f"{name} ({PLUGIN})"].parent())
+    again = open_segment(viewer, model_file)
+    viewer.window.add_plugin_dock_widget(PLUGIN, "Attention explorer")
+    qtbot.waitUntil(lambda: not worker.is_running, timeout=60000)
+    qtbot.wait(200)  # let the finished run's signals arrive
+    assert not errors, errors
+    run_and_wait(qtbot, again)  # the reopened dock runs as usual
+    assert "tiny_afn2 labels" in viewer.layers and not errors

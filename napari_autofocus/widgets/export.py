@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -22,6 +23,7 @@ from napari_autofocus.errors import AutofocusError
 from napari_autofocus.export import KINDS, existing_files, export_result
 from napari_autofocus.session import RESULT_KEY
 from napari_autofocus.widgets import _common
+from napari_autofocus.widgets._background import BackgroundRun
 
 DESCRIPTIONS = {
     "labels": "labels",
@@ -32,6 +34,10 @@ DESCRIPTIONS = {
 
 
 class ExportWidget(QWidget):
+    """Write a result's files. ``export_finished`` fires when a background export has ended."""
+
+    export_finished = Signal()
+
     def __init__(self, napari_viewer) -> None:
         super().__init__()
         prefer_this_reader()
@@ -65,7 +71,10 @@ class ExportWidget(QWidget):
         layout.addStretch(1)
 
         self.browse.clicked.connect(self._browse)
-        self.export_button.clicked.connect(self.export)
+        self.runner = BackgroundRun(self)
+        self.runner.succeeded.connect(self._on_written)
+        self.runner.ended.connect(self._on_ended)
+        self.export_button.clicked.connect(self.start_export)
         _common.watch_layers(napari_viewer, self._refresh)
         self._refresh()
 
@@ -86,26 +95,63 @@ class ExportWidget(QWidget):
         )
         return answer == QMessageBox.StandardButton.Yes
 
-    def export(self) -> list[Path]:
+    def _prepare(self):
+        """(result, folder, kinds, overwrite) for an export the user confirmed, or None (said why)."""
         name = self.result_combo.currentText()
         if name not in self.viewer.layers:
             _common.error("Nothing to export: run Segment first.")
-            return []
+            return None
         folder = self.folder.text().strip()
         if not folder:
             _common.error("Choose an output folder first.")
-            return []
+            return None
         result = self.viewer.layers[name].metadata[RESULT_KEY]
         kinds = [kind for kind, box in self.kind_boxes.items() if box.isChecked()]
         clash = existing_files(folder, result, kinds)
         if clash and not self.confirm_overwrite(clash):
             _common.info("Export cancelled; no file was changed.")
+            return None
+        return result, folder, kinds, bool(clash)
+
+    def export(self) -> list[Path]:
+        """Export now, on the calling thread (scripts and tests); the button uses :meth:`start_export`."""
+        job = self._prepare()
+        if job is None:
             return []
         try:
-            self.written = export_result(result, folder, kinds, overwrite=bool(clash))
+            written = export_result(*job[:3], overwrite=job[3])
         except (AutofocusError, OSError) as exc:
             _common.error(f"Export failed: {exc}")
             return []
-        self.status.setText(f"Wrote {len(self.written)} file(s) to {folder}.")
-        _common.info(f"Exported {len(self.written)} file(s) to {folder}.")
-        return self.written
+        self._done(written, job[1])
+        return written
+
+    def start_export(self) -> None:
+        """Export in the background: writing dozens of NIfTI files never freezes the viewer."""
+        job = self._prepare()
+        if job is None:
+            self.export_finished.emit()
+            return
+        result, folder, kinds, overwrite = job
+
+        def work(progress, status, cancel):
+            return export_result(result, folder, kinds, overwrite=overwrite)
+
+        if self.runner.start(work, "Export"):
+            self.export_button.setEnabled(False)
+            self.status.setText(f"Writing files to {folder}…")
+            self._folder = folder
+
+    def _on_written(self, written) -> None:
+        self._done(written, self._folder)
+
+    def _on_ended(self) -> None:
+        self.export_button.setEnabled(True)
+        if self.runner.last_error:
+            self.status.setText(self.runner.last_error)
+        self.export_finished.emit()
+
+    def _done(self, written: list[Path], folder: str) -> None:
+        self.written = written
+        self.status.setText(f"Wrote {len(written)} file(s) to {folder}.")
+        _common.info(f"Exported {len(written)} file(s) to {folder}.")
