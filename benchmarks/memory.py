@@ -58,7 +58,8 @@ def make_inputs(folder: Path, shape) -> tuple[Path, Path]:
 def measure(scan: Path, model: Path, out: Path, budget: float, attention: bool) -> dict:
     """One predict run as its own process: seconds and peak RSS (GiB) from /usr/bin/time -v."""
     cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "src_training", "predict", "--model", str(model),
-           "--input", str(scan), "--out", str(out), "--memory-gib", str(budget), "--device", "cpu"]  # fmt: skip
+           "--input", str(scan), "--out", str(out), "--memory-gib", str(budget),
+           "--device", "cpu"]  # fmt: skip
     if attention:
         cmd.append("--attention")
     start = time.perf_counter()
@@ -80,7 +81,9 @@ def measure(scan: Path, model: Path, out: Path, budget: float, attention: bool) 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="a 2 x 200 x 200 x 150 scan")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
