@@ -36,7 +36,7 @@ def open_demo(viewer):
     images = [layer for layer in viewer.layers if type(layer).__name__ == "Image"]
     if images:
         viewer.layers.selection.active = images[0]
-        # one dimmed grey channel: the additive attention colours on top stay readable, not white
+        # one dimmed grey channel: the attention colours on top stand out from it
         images[0].opacity = 0.5
         for other in images[1:]:
             other.visible = False

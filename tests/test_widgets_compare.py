@@ -6,7 +6,7 @@ import numpy as np
 from widget_helpers import PLUGIN, add_scan, make_model_file, run_and_wait
 
 from napari_autofocus.metrics import dice
-from napari_autofocus.widgets.compare import grid_of
+from napari_autofocus.widgets.compare import grid_cells, grid_of
 
 
 def test_compare_fills_dice_table_and_exports_csv(make_napari_viewer, qtbot, tmp_path, notes):
@@ -25,6 +25,15 @@ def test_compare_fills_dice_table_and_exports_csv(make_napari_viewer, qtbot, tmp
     run_and_wait(qtbot, widget)
     assert set(progress_seen) == {"Compare: model_a", "Compare: model_b"}
     assert grid_of(viewer).enabled
+    # napari does not title its grid cells: the dock says which model is where, as napari places them
+    layers = list(viewer.layers)
+    for model in ("model_a", "model_b"):
+        index = layers.index(viewer.layers[f"{model} (compare)"])
+        row, column = grid_of(viewer).position(index, layers)
+        assert grid_cells(viewer)[(row, column)] == [model]
+    assert (
+        widget.grid_label.text().startswith("Grid, left to right:") and "model_b" in widget.grid_label.text()
+    )
     la, lb = viewer.layers["model_a (compare)"].data, viewer.layers["model_b (compare)"].data
     np.testing.assert_array_equal(viewer.layers["model disagreement"].data > 0, la != lb)
 

@@ -102,21 +102,38 @@ def draw_structure_means(
     canvas.draw_idle()
 
 
+# Models get their own muted palette: the bright rate hues mean dilation rates everywhere else.
+MODEL_COLORS = (
+    (0.55, 0.63, 0.80),
+    (0.99, 0.55, 0.38),
+    (0.40, 0.76, 0.65),
+    (0.91, 0.54, 0.76),
+    (0.65, 0.85, 0.33),
+    (1.00, 0.85, 0.18),
+    (0.90, 0.77, 0.58),
+    (0.70, 0.70, 0.70),
+)
+
+
 def draw_dice_bars(canvas: ChartCanvas, table) -> None:
-    """Dice per structure, one colour per model."""
+    """Dice per structure, one colour per model (not the rate colours), the legend below the bars."""
     ax = canvas.axes(1)[0]
     series = [
-        (model, np.nan_to_num(values, nan=0.0), rate_hue(i)) for i, (model, values) in enumerate(table.rows)
+        (model, np.nan_to_num(values, nan=0.0), MODEL_COLORS[i % len(MODEL_COLORS)])
+        for i, (model, values) in enumerate(table.rows)
     ]
     grouped_bars(ax, table.columns, series)
     ax.set_ylim(0, 1)
     ax.set_ylabel("Dice")
-    ax.tick_params(axis="x", labelrotation=20)
-    legend(ax)
+    legend(ax, below=True)
     canvas.draw_idle()
 
 
-def legend(ax) -> None:
-    leg = ax.legend(fontsize=7, frameon=False, loc="upper right", ncols=2)
+def legend(ax, below: bool = False) -> None:
+    """The legend in the axes' corner, or under the axes where it can never cover a bar."""
+    if below:
+        leg = ax.legend(fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncols=3)
+    else:
+        leg = ax.legend(fontsize=7, frameon=False, loc="upper right", ncols=2)
     for text in leg.get_texts():
         text.set_color(FOREGROUND)

@@ -36,6 +36,33 @@ def grid_of(viewer):
     return canvas.grid if canvas is not None and hasattr(canvas, "grid") else viewer.grid
 
 
+def grid_cells(viewer) -> dict[tuple[int, int], list[str]]:
+    """(row, column) -> names of the layers napari draws in that cell of its grid (visible only)."""
+    grid, layers = grid_of(viewer), list(viewer.layers)
+    cells: dict[tuple[int, int], list[str]] = {}
+    for index, layer in enumerate(layers):
+        try:
+            row, column = grid.position(index, layers)
+        except TypeError:  # napari before 0.9 took the number of layers
+            row, column = grid.position(index, len(layers))
+        if row >= 0 and layer.visible:
+            cells.setdefault((int(row), int(column)), []).append(layer.name.removesuffix(" (compare)"))
+    return cells
+
+
+def grid_note(viewer) -> str:
+    """Which model is in which cell of the grid, row by row (napari does not title its cells)."""
+    cells = grid_cells(viewer)
+    if not cells:
+        return ""
+    rows = sorted({r for r, _ in cells})
+    lines = []
+    for r in rows:
+        names = [" + ".join(cells[key]) for key in sorted(k for k in cells if k[0] == r)]
+        lines.append(f"row {r + 1}: " + " | ".join(names))
+    return "Grid, left to right:\n" + "\n".join(lines)
+
+
 class CompareWidget(QWidget):
     run_finished = Signal()
 
@@ -54,9 +81,12 @@ class CompareWidget(QWidget):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.status = QLabel("Tick two or more models; each runs on the same image layers.")
+        self.grid_label = QLabel()  # which model sits in which grid cell
+        self.grid_label.setWordWrap(True)
+        self.grid_label.setToolTip("napari's grid shows one layer per cell; this says which is where")
         self.status.setWordWrap(True)
         self.table = _table.make_table()
-        self.chart = _charts.ChartCanvas(4.0, 2.3)
+        self.chart = _charts.ChartCanvas(4.0, 3.0)
         self.csv_button = QPushButton("Export table as CSV…")
         self.csv_button.setEnabled(False)
         self.runner = BackgroundRun(self)
@@ -74,6 +104,7 @@ class CompareWidget(QWidget):
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.status)
+        layout.addWidget(self.grid_label)
         layout.addWidget(self.table)
         layout.addWidget(self.chart)
         layout.addWidget(self.csv_button)
@@ -87,6 +118,13 @@ class CompareWidget(QWidget):
         self.runner.succeeded.connect(self._on_done)
         self.runner.ended.connect(self._on_ended)
         _common.watch_layers(napari_viewer, self._refresh)
+        _common.watch_layers(napari_viewer, self._refresh_grid_note)
+        # hiding or showing a layer moves the others between grid cells
+        for layer in napari_viewer.layers:
+            layer.events.visible.connect(self._refresh_grid_note)
+        napari_viewer.layers.events.inserted.connect(
+            lambda event: event.value.events.visible.connect(self._refresh_grid_note)
+        )
         self._refresh()
 
     def add_model_file(self, path: str, checked: bool = True) -> None:
@@ -195,6 +233,7 @@ class CompareWidget(QWidget):
         )
         layer.metadata[_outputs.TAG]["model"] = None
         grid_of(self.viewer).enabled = True
+        self._refresh_grid_note()
         self.table_data = table
         share = float(np.count_nonzero(disagree)) / disagree.size
         self.status.setText(f"{len(results)} models; they disagree on {100 * share:.1f}% of voxels.")
@@ -206,6 +245,11 @@ class CompareWidget(QWidget):
         _table.fill(self.table, ["model", *table.columns], [[m, *v] for m, v in table.rows])
         _charts.draw_dice_bars(self.chart, table)
         self.csv_button.setEnabled(True)
+
+    def _refresh_grid_note(self, *_) -> None:
+        """Which model is in which grid cell, while the grid is on (layers added or removed move them)."""
+        on = bool(grid_of(self.viewer).enabled) and bool(_common.result_layers(self.viewer))
+        self.grid_label.setText(grid_note(self.viewer) if on else "")
 
     def _on_ended(self) -> None:
         self.run_button.setEnabled(True)
