@@ -722,20 +722,15 @@ def _given_box(roi, shape) -> tuple | None:
 
 
 def _roi_mask(roi, shape) -> np.ndarray | None:
+    """A (D, H, W) boolean mask from a mask of that shape or a box (see :func:`_given_box`)."""
     if roi is None:
         return None
     if isinstance(roi, np.ndarray) and roi.shape == tuple(shape):
-        return roi.astype(bool)
-    try:
-        box = [(int(a), int(b)) for a, b in roi]
-    except (TypeError, ValueError):
-        raise AutofocusError(
-            f"roi must be a boolean mask of shape {tuple(shape)} or ((z0, z1), (y0, y1), (x0, x1))"
-        ) from None
-    if len(box) != 3:
-        raise AutofocusError(f"a bounding box needs 3 (start, stop) pairs, got {len(box)}")
+        return roi.astype(bool, copy=False)
+    box = _given_box(roi, shape)
     mask = np.zeros(shape, dtype=bool)
-    mask[tuple(slice(max(a, 0), b) for a, b in box)] = True
+    if box is not None:
+        mask[tuple(slice(a, b) for a, b in box)] = True
     return mask
 
 
