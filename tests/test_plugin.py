@@ -118,3 +118,21 @@ def test_every_dock_scrolls_instead_of_growing_the_window(make_napari_viewer):
         _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
         assert widget.scroll_area.widget() is not None, name
         assert widget.minimumSizeHint().height() < 200, (name, widget.minimumSizeHint().height())
+
+
+def test_every_control_of_every_dock_has_a_tooltip(make_napari_viewer):
+    from qtpy.QtWidgets import QAbstractButton, QComboBox, QLineEdit, QListWidget
+
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "phantom")
+    docks = ["Scan info", "Segment", "Attention explorer", "Counterfactuals", "Compare models", "Export"]
+    missing = []
+    for name in docks:
+        _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+        for kind in (QAbstractButton, QComboBox, QLineEdit, QListWidget):
+            for control in widget.findChildren(kind):
+                if control.isVisibleTo(widget) and not control.toolTip() and not control.parent().toolTip():
+                    missing.append(
+                        f"{name}: {type(control).__name__} {getattr(control, 'text', lambda: '')()!r}"
+                    )
+    assert not missing, missing

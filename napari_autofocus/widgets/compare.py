@@ -22,7 +22,7 @@ from napari_autofocus.errors import AutofocusError
 from napari_autofocus.inputs import input_problems, match_modalities, modality_names
 from napari_autofocus.model_library import available_models, describe, model_name
 from napari_autofocus.session import RunRequest, run_model
-from napari_autofocus.widgets import _charts, _common, _outputs, _table
+from napari_autofocus.widgets import _charts, _common, _outputs, _table, _tips
 from napari_autofocus.widgets._background import BackgroundRun
 from napari_autofocus.widgets.model_picker import FILE_FILTER
 
@@ -111,6 +111,7 @@ class CompareWidget(QWidget):
 
         for entry in available_models():
             self.add_model_file(entry.path, checked=False)
+        _tips.apply(self, "compare")
         self.add_button.clicked.connect(self._browse)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.runner.cancel)

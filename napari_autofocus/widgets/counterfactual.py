@@ -11,7 +11,7 @@ from qtpy.QtWidgets import QComboBox, QFormLayout, QHBoxLayout, QLabel, QPushBut
 from napari_autofocus._reader import prefer_this_reader
 from napari_autofocus.counterfactual import compare_to_reference, override_choices
 from napari_autofocus.session import RESULT_KEY, run_model
-from napari_autofocus.widgets import _common, _outputs, _table
+from napari_autofocus.widgets import _common, _outputs, _table, _tips
 from napari_autofocus.widgets._background import BackgroundRun
 
 OWNER = "counterfactual"
@@ -55,6 +55,7 @@ class CounterfactualWidget(QWidget):
         layout.addWidget(self.table)
         layout.addStretch(1)
 
+        _tips.apply(self, "counterfactual")
         self.result_combo.currentTextChanged.connect(self._on_result)
         self.layer_combo.currentTextChanged.connect(self._on_layer)
         self.run_button.clicked.connect(self.run)

@@ -82,12 +82,16 @@ class ExplorerWidget(QWidget):
             "Dilation rate r: the kernel's taps are r voxels apart, so one kernel spans 2r + 1 voxels.\n"
             "Small rates look closely ('zoom in'), large rates take in context ('zoom out')."
         )
+        self.result_combo.setToolTip("The segmentation whose attention is shown (made by Segment).")
         self.legend = QLabel()
         self.legend.setWordWrap(True)
         self.legend.setToolTip(
             "Which colour stands for which dilation rate, in every explorer layer and chart"
         )
         self.classes_combo = QComboBox()
+        self.classes_combo.setToolTip(
+            "The labels that define the structures of the chart below: the prediction or a ground truth."
+        )
         self.readout = QLabel("Move the mouse over the image for the weights under the cursor.")
         self.readout.setWordWrap(True)
         self.voxel_chart = _charts.ChartCanvas(4.0, 2.0)

@@ -22,7 +22,7 @@ from napari_autofocus._reader import prefer_this_reader
 from napari_autofocus.errors import AutofocusError
 from napari_autofocus.export import KINDS, existing_files, export_result
 from napari_autofocus.session import RESULT_KEY
-from napari_autofocus.widgets import _common
+from napari_autofocus.widgets import _common, _tips
 from napari_autofocus.widgets._background import BackgroundRun
 
 DESCRIPTIONS = {
@@ -70,6 +70,9 @@ class ExportWidget(QWidget):
         layout.addWidget(self.status)
         layout.addStretch(1)
 
+        _tips.apply(self, "export")
+        for kind, box in self.kind_boxes.items():
+            box.setToolTip(_tips.TIPS["export_kinds"][kind])
         self.browse.clicked.connect(self._browse)
         self.runner = BackgroundRun(self)
         self.runner.succeeded.connect(self._on_written)

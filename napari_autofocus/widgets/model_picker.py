@@ -14,6 +14,7 @@ from napari_autofocus.model_library import (
     is_reference_checkpoint,
     summary,
 )
+from napari_autofocus.widgets._tips import TIPS
 
 FILE_FILTER = "Model files (*.safetensors *.pth.tar *.pth *.pt *.tar);;All files (*)"
 
@@ -31,6 +32,7 @@ class ModelPicker(QWidget):
         self.combo = QComboBox()
         self.combo.setToolTip("Bundled models, recently used files and files chosen with Browse")
         self.browse = QPushButton("Browse…")
+        self.browse.setToolTip(TIPS["picker"]["browse"])
         self.arch = QComboBox()
         self.arch.addItems(ARCH_CHOICES)
         self.arch.setToolTip("Architecture of a reference .pth.tar checkpoint ('auto' detects it)")

@@ -20,7 +20,7 @@ from napari_autofocus._reader import prefer_this_reader
 from napari_autofocus.inputs import input_problems, match_modalities, modality_names
 from napari_autofocus.model_library import is_reference_checkpoint, remember_model
 from napari_autofocus.session import RunRequest, run_model
-from napari_autofocus.widgets import _common, _outputs
+from napari_autofocus.widgets import _common, _outputs, _tips
 from napari_autofocus.widgets._background import BackgroundRun
 from napari_autofocus.widgets.model_picker import ModelPicker
 
@@ -68,6 +68,7 @@ class SegmentWidget(QWidget):
         self.legend.setWordWrap(True)
         self.runner = BackgroundRun(self)
         self._build_layout()
+        _tips.apply(self, "segment")
 
         self.picker.changed.connect(self._rebuild_channels)
         _common.watch_layers(napari_viewer, self._rebuild_channels)
@@ -126,6 +127,7 @@ class SegmentWidget(QWidget):
             combo = QComboBox()
             chosen = previous.get(modality) if previous.get(modality) in names else auto[modality]
             _common.set_items(combo, [_common.NONE, *names], keep=chosen or _common.NONE)
+            combo.setToolTip(f"The image layer that feeds the model's {modality} channel (matched by name).")
             combo.currentTextChanged.connect(self._check_inputs)
             self.channel_combos[modality] = combo
             self.channel_form.addRow(modality, combo)
