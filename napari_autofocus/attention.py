@@ -28,14 +28,6 @@ def argmax_rate(attention: np.ndarray, rates: Sequence[int]) -> np.ndarray:
     return out
 
 
-def argmax_index(attention: np.ndarray) -> np.ndarray:
-    """(D, H, W) uint8 map of 1 + the branch index with the largest weight (0 = not computed)."""
-    valid = ~np.isnan(attention[0])
-    index = np.argmax(np.nan_to_num(attention.astype(np.float32), nan=-1.0), axis=0).astype(np.uint8) + 1
-    index[~valid] = 0
-    return index
-
-
 def expected_rate(attention: np.ndarray, rates: Sequence[int]) -> np.ndarray:
     """(D, H, W) float32: sum_k a_k * r_k (NaN where not computed)."""
     r = np.asarray(rates, dtype=np.float32).reshape(-1, *([1] * (attention.ndim - 1)))

@@ -492,28 +492,6 @@ class _Run:
     def tensor(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array)[None].to(self.device).contiguous(memory_format=self.memory_format)
 
-    def source_tensor(
-        self, image: np.ndarray, box, margin: int, pad_value: float, planes: int = 8
-    ) -> torch.Tensor:
-        """``crop_with_margin`` made straight into the network's input tensor, a few planes at a time:
-        one copy of the (cropped) scan, not two."""
-        extent = tuple(b - a + 2 * margin for a, b in box)
-        x = torch.empty((1, image.shape[0], *extent), dtype=torch.float32, device=self.device,
-                        memory_format=self.memory_format)  # fmt: skip
-        x.fill_(pad_value)
-        src, dst = [], []
-        for (a, b), n in zip(box, image.shape[1:], strict=True):
-            lo, hi = a - margin, b + margin
-            src.append((max(lo, 0), min(hi, n)))
-            dst.append(max(lo, 0) - lo)
-        (z0, z1), (y0, y1), (x0, x1) = src
-        for z in range(z0, z1, planes):
-            chunk = np.ascontiguousarray(image[:, z : min(z + planes, z1), y0:y1, x0:x1], dtype=np.float32)
-            dz = dst[0] + z - z0
-            target = x[0, :, dz : dz + chunk.shape[1], dst[1] : dst[1] + y1 - y0, dst[2] : dst[2] + x1 - x0]
-            target.copy_(torch.from_numpy(np.require(chunk, requirements="W")))
-        return x
-
 
 def _run_whole(run: _Run, image, box, pad_value, one_pass, spill_dir, tile_size) -> tuple[str, dict]:
     """Exact mode: per-layer streaming (or one pass); models without streaming steps are tiled."""
@@ -549,11 +527,10 @@ def _run_whole(run: _Run, image, box, pad_value, one_pass, spill_dir, tile_size)
     # the input is read from the scan slab by slab (no copy of it) unless one copy is affordable
     copy_bytes = 4 * image.shape[0] * int(np.prod(extent))
     held = run.in_use + outputs.nbytes + working_set + _model_bytes(model)
+    x = CropStore(image, box, margin, pad_value, run.device, run.memory_format)
     if held + copy_bytes <= 0.5 * run.budget:
-        x = run.source_tensor(image, box, margin, pad_value)
+        x = x.whole()  # one copy: a tensor whose planes are handed back as the first layer passes
         held += copy_bytes
-    else:
-        x = CropStore(image, box, margin, pad_value, run.device, run.memory_format)
     # what the budget leaves for full activations after the process, the input, the outputs and one
     # slab's working set, with headroom for the convolutions' own buffers and the allocator
     free = int(0.9 * run.budget) - held

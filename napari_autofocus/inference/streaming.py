@@ -293,6 +293,8 @@ class CropStore:
     ``pad_value`` beyond the scan's border, a slab of planes at a time. No full copy of the scan
     is made (the scan itself belongs to the caller)."""
 
+    PLANES = 8  # planes copied at once from the scan
+
     def __init__(self, image: np.ndarray, box, margin: int, pad_value: float, device, memory_format) -> None:
         self.image, self.box, self.margin, self.pad = image, box, margin, float(pad_value)
         self.extent = tuple(b - a + 2 * margin for a, b in box)
@@ -316,11 +318,18 @@ class CropStore:
         clipped = [(max(u, 0), min(v, n)) for (u, v), n in zip(src, limits, strict=True)]
         if b > a and all(v > u for u, v in clipped):
             (za, zb), (ya, yb), (xa, xb) = clipped
-            chunk = np.ascontiguousarray(self.image[:, za:zb, ya:yb, xa:xb], dtype=np.float32)
-            dz, dy, dx = za - (z0 - m) - lo, ya - (y0 - m), xa - (x0 - m)
-            target = out[0, :, dz : dz + zb - za, dy : dy + yb - ya, dx : dx + xb - xa]
-            target.copy_(torch.from_numpy(np.require(chunk, requirements="W")))
+            dy, dx = ya - (y0 - m), xa - (x0 - m)
+            for z in range(za, zb, self.PLANES):  # a few planes at a time: no temporary of the read
+                z_end = min(z + self.PLANES, zb)
+                chunk = np.ascontiguousarray(self.image[:, z:z_end, ya:yb, xa:xb], dtype=np.float32)
+                dz = z - (z0 - m) - lo
+                target = out[0, :, dz : dz + z_end - z, dy : dy + yb - ya, dx : dx + xb - xa]
+                target.copy_(torch.from_numpy(np.require(chunk, requirements="W")))
         return out
+
+    def whole(self) -> torch.Tensor:
+        """The whole padded crop as one tensor: the network's input when a copy fits the budget."""
+        return self.read(0, self.extent[0])
 
     def release(self, below: int) -> None:
         """The scan is the caller's: nothing to give back."""

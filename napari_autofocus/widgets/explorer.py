@@ -249,10 +249,10 @@ class ExplorerWidget(QWidget):
 
     def update_view(self, *_) -> None:
         """Show the chosen maps, hide the rest; derived maps come from the cached attention."""
-        result = self.result
-        wanted = self.wanted_layers()
         if self._changing_layers:
             return
+        result = self.result
+        wanted = self.wanted_layers()
         existing = self._explorer_layers()
         self._remove(
             layer

@@ -165,12 +165,8 @@ class SegmentWidget(QWidget):
         place = _common.source_placement(layers[0])
         geometry = place["geometry"]
         sample = np.stack([a[::2, ::2, ::2] for a in arrays]).astype(np.float32, copy=False)
-        return [
-            *predictor.check_spacing(tuple(place["scale"])[-3:], contract),
-            *predictor.check_channels(names, contract, arrays),
-            *predictor.check_intensities(sample, contract),
-            *predictor.check_phantom(contract, geometry.description if geometry is not None else None),
-        ]
+        description = geometry.description if geometry is not None else None
+        return predictor.check_scan(sample, tuple(place["scale"])[-3:], contract, names, description, arrays)
 
     # -- running ---------------------------------------------------------------------------------
     def run(self) -> None:
