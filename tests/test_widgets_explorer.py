@@ -91,10 +91,17 @@ def test_voxel_readout_and_structure_chart(make_napari_viewer, qtbot, model_file
     assert "zoom" in explorer.readout.text() and "mm" in explorer.readout.text()
     axes = explorer.voxel_chart.figure.axes
     assert len(axes[0].patches) == 8  # 2 layers x 4 rates
+    bars = list(axes[0].patches)
+    explorer.show_voxel((16, 18, 21))  # the next voxel: the same bars, new heights
+    assert list(explorer.voxel_chart.figure.axes[0].patches) == bars
+    heights = [bar.get_height() for bar in bars]
+    expected = [float(result.attention[n][k, 16, 18, 21]) for k in range(4) for n in ("AF1", "AF2")]
+    np.testing.assert_allclose(heights, expected, atol=1e-3)
 
     explorer.classes_combo.setCurrentText("case ground truth")
     bars = sum(len(ax.patches) for ax in explorer.structure_chart.figure.axes)
-    assert bars == 3 * 4  # 3 classes x 4 rates for AF1
+    assert bars == 3 * 4  # 3 structures (one panel each) x 4 rates stacked for AF1
+    assert len(explorer.structure_chart.figure.axes) == 3
     assert explorer.show_voxel((99, 0, 0)) is None
     assert "Outside" in explorer.readout.text()
     assert len(calls) == 1
@@ -107,12 +114,25 @@ def test_rerunning_segment_with_the_explorer_open_raises_nothing(
     viewer, explorer, calls = _segmented(make_napari_viewer, qtbot, model_file, monkeypatch)
     explorer.map_boxes["weights"].setChecked(True)
     explorer.set_checked(explorer.layer_list, ["AF1", "AF2"])
+    viewer.layers["AF2 · r=6"].opacity = 0.3  # the user's own styling survives a re-run
+    before = {layer.name: layer for layer in viewer.layers if " · " in layer.name}
+    first = explorer.result
     errors = []
     monkeypatch.setattr("sys.excepthook", lambda *exc: errors.append(exc))
     segment = next(w for w in viewer.window.dock_widgets.values() if hasattr(w, "run_button"))
     run_and_wait(qtbot, segment)
+    qtbot.waitUntil(lambda: explorer._shown_result == id(explorer.result) != id(first), timeout=5000)
     assert not errors and not segment.runner.last_error
     assert explorer.result_combo.currentText() == "tiny_afn2 labels"
+    assert explorer.checked(explorer.layer_list) == ["AF1", "AF2"]  # the user's choice stays
     names = [layer.name for layer in viewer.layers]
     assert sum(n.startswith("AF1 · r=") for n in names) == 4  # the new result's layers, once each
     assert len(names) == len(set(names))
+    # updated in place: the same napari layers now hold the new result's maps
+    after = {layer.name: layer for layer in viewer.layers if " · " in layer.name}
+    assert after.keys() == before.keys() and all(after[n] is before[n] for n in after)
+    assert viewer.layers["AF2 · r=6"].opacity == 0.3
+    new = explorer.result
+    assert new is not first
+    np.testing.assert_array_equal(viewer.layers["AF2 · r=6"].data, new.attention["AF2"][1])
+    assert viewer.layers["AF1 · blend"].metadata["autofocus"]["result"] == id(new)

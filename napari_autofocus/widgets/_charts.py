@@ -46,32 +46,52 @@ def style(ax) -> None:
     ax.yaxis.label.set_color(FOREGROUND)
 
 
-def grouped_bars(ax, groups: Sequence[str], series: Sequence[tuple[str, Sequence[float], tuple]]) -> None:
+def grouped_bars(ax, groups: Sequence[str], series: Sequence[tuple[str, Sequence[float], tuple]]) -> list:
     """Bars for each group, one colour per series (name, values per group, colour)."""
     n = max(len(series), 1)
     width = 0.8 / n
     x = np.arange(len(groups))
-    for i, (name, values, color) in enumerate(series):
+    containers = [
         ax.bar(x + (i - (n - 1) / 2) * width, values, width, label=name, color=color)
+        for i, (name, values, color) in enumerate(series)
+    ]
     ax.set_xticks(x, groups)
+    return containers
 
 
 def draw_voxel_weights(canvas: ChartCanvas, readout: Mapping, rates: Mapping[str, Sequence[int]]) -> None:
-    """The K weights of every autofocus layer at one voxel."""
-    ax = canvas.axes(1)[0]
+    """The K weights of every autofocus layer at one voxel.
+
+    The cursor moves from voxel to voxel: while the layers and rates stay the same only the bar
+    heights and the title change (a full rebuild of the figure took half a second on a busy machine)."""
     layers = list(readout["weights"])
+    key = (tuple(layers), tuple(tuple(rates[n]) for n in layers))
+    z, y, x = readout["index"]
+    title = f"voxel ({z}, {y}, {x}): zoom {readout['zoom_mm']:.0f} mm"
     k = max(len(rates[name]) for name in layers)
+    heights = [
+        [float(readout["weights"][n][i]) if i < len(rates[n]) else 0.0 for n in layers] for i in range(k)
+    ]
+    kept = getattr(canvas, "voxel_bars", None)
+    if kept is not None and kept[0] == key and kept[1] in canvas.figure.axes:
+        _, ax, containers = kept
+        for container, values in zip(containers, heights, strict=True):
+            for bar, value in zip(container.patches, values, strict=True):
+                bar.set_height(value)
+        ax.set_title(title, fontsize=9)
+        canvas.draw_idle()
+        return
+    ax = canvas.axes(1)[0]
     series = []
     for i in range(k):
-        values = [float(readout["weights"][n][i]) if i < len(rates[n]) else 0.0 for n in layers]
         label = f"r={rates[layers[0]][i]}" if i < len(rates[layers[0]]) else f"rate {i + 1}"
-        series.append((label, values, rate_hue(i)))
-    grouped_bars(ax, layers, series)
+        series.append((label, heights[i], rate_hue(i)))
+    containers = grouped_bars(ax, layers, series)
     ax.set_ylim(0, 1)
     ax.set_ylabel("weight")
-    z, y, x = readout["index"]
-    ax.set_title(f"voxel ({z}, {y}, {x}): zoom {readout['zoom_mm']:.0f} mm", fontsize=9)
+    ax.set_title(title, fontsize=9)
     legend(ax)
+    canvas.voxel_bars = (key, ax, containers)
     canvas.draw_idle()
 
 
@@ -81,25 +101,44 @@ def draw_structure_means(
     rates: Mapping[str, Sequence[int]],
     class_name,
 ) -> None:
-    """Per autofocus layer: mean weight per rate inside each class."""
+    """Mean weight per rate inside each structure: one panel per structure, one stacked bar per
+    autofocus layer (a voxel's weights sum to 1, so each bar is the layer's whole mix of rates).
+
+    Six layers side by side as grouped bars were unreadable in a dock; a stack reads at a glance and
+    shows how the mix moves from AF1 to AF6."""
     layers = [n for n in means if means[n]]
     if not layers:
         canvas.message("No labelled voxels to average over.")
         return
-    axes = canvas.axes(len(layers))
-    for ax, name in zip(axes, layers, strict=True):
-        classes = sorted(means[name])
-        series = [
-            (f"r={r}", [float(means[name][c][i]) for c in classes], rate_hue(i))
-            for i, r in enumerate(rates[name])
-        ]
-        grouped_bars(ax, [class_name(c) for c in classes], series)
-        ax.set_title(name, fontsize=9)
+    classes = sorted({c for n in layers for c in means[n]})
+    axes = canvas.axes(len(classes))
+    k = max(len(rates[n]) for n in layers)
+    x = np.arange(len(layers))
+    for ax, c in zip(axes, classes, strict=True):
+        bottom = np.zeros(len(layers))
+        for i in range(k):
+            values = np.array([_mean(means[n].get(c), i) for n in layers])
+            label = f"r={rates[layers[0]][i]}" if i < len(rates[layers[0]]) else f"rate {i + 1}"
+            ax.bar(x, values, 0.7, bottom=bottom, label=label, color=rate_hue(i))
+            bottom += values
+        ax.set_xticks(x, layers)
+        ax.set_title(class_name(c), fontsize=9)
         ax.set_ylim(0, 1)
-        ax.tick_params(axis="x", labelrotation=20)
+        if len(layers) > 3:
+            ax.tick_params(axis="x", labelrotation=90)
     axes[0].set_ylabel("mean weight")
-    legend(axes[-1])
+    handles, labels = axes[0].get_legend_handles_labels()
+    # one legend for all panels, under them (constrained layout makes room, so it covers nothing)
+    leg = canvas.figure.legend(
+        handles, labels, loc="outside lower center", ncols=k, fontsize=7, frameon=False
+    )
+    for text in leg.get_texts():
+        text.set_color(FOREGROUND)
     canvas.draw_idle()
+
+
+def _mean(values, i: int) -> float:
+    return float(values[i]) if values is not None and i < len(values) else 0.0
 
 
 # Models get their own muted palette: the bright rate hues mean dilation rates everywhere else.

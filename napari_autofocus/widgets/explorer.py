@@ -58,12 +58,36 @@ TIPS = {
 PREDICTED = "predicted labels"
 
 
+def layer_content(result, kind: str, spec) -> tuple[np.ndarray, dict]:
+    """The data of one explorer layer and the styling that depends on it (colormap, limits)."""
+    if kind == "blend":
+        return blend(spec[1]), {}
+    if kind == "weight":
+        layer, k = spec
+        cmap = Colormap([[0, 0, 0, 1], [*rate_hue(k), 1]], name=f"autofocus-rate-{k}")
+        return result.attention[layer][k], {"colormap": cmap, "contrast_limits": (0.0, 1.0)}
+    if kind == "arg-max rate":
+        _, a, rates = spec
+        return derived_map(a, rates, kind), {"colormap": DirectLabelColormap(color_dict=argmax_colors(rates))}
+    if kind == "zoom":
+        data = zoom_mm_map(result)
+        finite = np.isfinite(data).any()
+        limits = (float(np.nanmin(data)), float(np.nanmax(data)) + 1e-3) if finite else (0.0, 1.0)
+        return data, {"colormap": "viridis", "contrast_limits": limits}
+    _, a, rates = spec
+    data = derived_map(a, rates, kind)
+    if kind == "entropy":
+        return data, {"colormap": "magma", "contrast_limits": (0.0, 1.0)}
+    return data, {"colormap": "viridis", "contrast_limits": (float(min(rates)), float(max(rates)))}
+
+
 class ExplorerWidget(QWidget):
     def __init__(self, napari_viewer) -> None:
         super().__init__()
         prefer_this_reader()
         self.viewer = napari_viewer
         self._last_index = None
+        self._shown_result = None  # id of the result the layers were built from
         self._changing_layers = False  # our own layer changes fire layer events: do not react to them
         self.result_combo = QComboBox()
         self.layer_list = QListWidget()
@@ -104,7 +128,13 @@ class ExplorerWidget(QWidget):
         for box in self.map_boxes.values():
             box.toggled.connect(self.update_view)
         self.classes_combo.currentTextChanged.connect(self.update_structure_chart)
-        _common.watch_layers(napari_viewer, self._refresh_results)
+        # layer events come in bursts (a re-run removes its old labels and adds the new ones): look
+        # once the burst is over, so a re-run refills the explorer's layers instead of dropping them
+        self._refresh_timer = QTimer(self)
+        self._refresh_timer.setSingleShot(True)
+        self._refresh_timer.setInterval(0)
+        self._refresh_timer.timeout.connect(self._refresh_results)
+        _common.watch_layers(napari_viewer, lambda *_: self._refresh_timer.start())
         # the cursor fires for every voxel it crosses: redraw the chart once it pauses (80 ms)
         self._cursor_timer = QTimer(self)
         self._cursor_timer.setSingleShot(True)
@@ -165,17 +195,22 @@ class ExplorerWidget(QWidget):
         if not names:
             self._clear_layers()
             self.structure_chart.message("Run Segment first: the explorer shows its attention.")
+        elif id(self.result) != self._shown_result:  # same name, new result (a re-run)
+            self._on_result()
 
     def _on_result(self, *_) -> None:
         result = self.result
+        self._shown_result = id(result)
         self._fill_list(self.layer_list, list(result.attention) if result else [], checked={0})
         rates = sorted({r for rs in (result.rates.values() if result else []) for r in rs})
         self._fill_list(self.rate_list, [str(r) for r in rates], checked=None)
         self._last_index = None
         self.update_view()
 
-    @staticmethod
-    def _fill_list(widget: QListWidget, names: list[str], checked) -> None:
+    def _fill_list(self, widget: QListWidget, names: list[str], checked) -> None:
+        """New items; the user's ticks stay when the names are the same (a re-run of one model)."""
+        if [widget.item(i).text() for i in range(widget.count())] == names:
+            return
         widget.blockSignals(True)
         widget.clear()
         for i, name in enumerate(names):
@@ -248,23 +283,26 @@ class ExplorerWidget(QWidget):
         self._remove(self._explorer_layers().values())
 
     def update_view(self, *_) -> None:
-        """Show the chosen maps, hide the rest; derived maps come from the cached attention."""
+        """Show the chosen maps, hide the rest; derived maps come from the cached attention.
+
+        A layer that is still wanted after a re-run keeps its place, colours and visibility and only
+        gets the new data: napari does not rebuild the layer list, and what the user arranged stays."""
         if self._changing_layers:
             return
         result = self.result
         wanted = self.wanted_layers()
         existing = self._explorer_layers()
-        self._remove(
-            layer
-            for name, layer in existing.items()
-            if name not in wanted or layer.metadata[TAG].get("result") != id(result)
-        )
-        existing = self._explorer_layers()
+        self._remove(layer for name, layer in existing.items() if name not in wanted)
         self._changing_layers = True
         try:
             for name, (kind, spec) in wanted.items():
-                if name not in existing:
+                layer = existing.get(name)
+                if layer is None or layer.metadata[TAG].get("kind") != kind:
+                    if layer is not None:
+                        self.viewer.layers.remove(layer)
                     self._add_layer(result, name, kind, spec)
+                elif layer.metadata[TAG].get("result") != id(result):
+                    self._refill_layer(layer, result, kind, spec)
         finally:
             self._changing_layers = False
         self._show_legend(result)
@@ -280,37 +318,30 @@ class ExplorerWidget(QWidget):
         overlay.visible = bool(rates) and bool(self._explorer_layers())
         overlay.text = legend_text(rates) if rates else ""
 
+    @staticmethod
+    def _metadata(result, kind: str) -> dict:
+        return {TAG: {"owner": OWNER, "kind": kind, "result": id(result), "model": result.request.model_path}}
+
     def _add_layer(self, result, name: str, kind: str, spec) -> None:
-        meta = {TAG: {"owner": OWNER, "kind": kind, "result": id(result), "model": result.request.model_path}}
-        kwargs = {"name": name, "metadata": meta, **placement(result)}
-        if kind == "blend":
-            layer, a, rates = spec
-            self.viewer.add_image(blend(a), rgb=True, opacity=0.65, blending="translucent", **kwargs)
+        data, style = layer_content(result, kind, spec)
+        kwargs = {"name": name, "metadata": self._metadata(result, kind), **placement(result), **style}
+        if kind == "arg-max rate":
+            self.viewer.add_labels(data, opacity=0.5, visible=False, **kwargs)
+        elif kind == "blend":
+            self.viewer.add_image(data, rgb=True, opacity=0.65, blending="translucent", **kwargs)
         elif kind == "weight":
-            layer, k = spec
-            data = result.attention[layer][k]
-            cmap = Colormap([[0, 0, 0, 1], [*rate_hue(k), 1]], name=f"autofocus-rate-{k}")
-            self.viewer.add_image(
-                data, colormap=cmap, blending="additive", contrast_limits=(0.0, 1.0), **kwargs
-            )
-        elif kind == "arg-max rate":
-            layer, a, rates = spec
-            colormap = DirectLabelColormap(color_dict=argmax_colors(rates))
-            self.viewer.add_labels(
-                derived_map(a, rates, kind), colormap=colormap, opacity=0.5, visible=False, **kwargs
-            )
-        elif kind == "zoom":
-            data = zoom_mm_map(result)
-            limits = (
-                (float(np.nanmin(data)), float(np.nanmax(data)) + 1e-3) if np.isfinite(data).any() else (0, 1)
-            )
-            self.viewer.add_image(data, colormap="viridis", contrast_limits=limits, visible=False, **kwargs)
+            self.viewer.add_image(data, blending="additive", **kwargs)
         else:
-            layer, a, rates = spec
-            data = derived_map(a, rates, kind)
-            limits = (0.0, 1.0) if kind == "entropy" else (float(min(rates)), float(max(rates)))
-            cmap = "magma" if kind == "entropy" else "viridis"
-            self.viewer.add_image(data, colormap=cmap, contrast_limits=limits, visible=False, **kwargs)
+            self.viewer.add_image(data, visible=False, **kwargs)
+
+    def _refill_layer(self, layer, result, kind: str, spec) -> None:
+        """A newer result in an existing layer: data, colours and grid change; visibility, opacity and
+        the layer's place in the list stay as the user left them."""
+        data, style = layer_content(result, kind, spec)
+        layer.data = data
+        for key, value in {**placement(result), **style}.items():
+            setattr(layer, key, value)
+        layer.metadata = {**layer.metadata, **self._metadata(result, kind)}
 
     # -- readout and charts ------------------------------------------------------------------------
     def _on_cursor(self, event=None) -> None:
