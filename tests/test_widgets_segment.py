@@ -143,17 +143,20 @@ def test_cancel_during_a_run_stops_within_one_more_slab_and_keeps_the_previous_r
     def cancelled_after_the_first_slab(*args, progress=None, **kwargs):
         def report(done, total):
             reports["after" if widget.runner.cancel_event.is_set() else "before"].append((done, total))
-            widget.runner.cancel_event.set()  # as the Cancel button does, while the run is under way
+            if done >= 1:
+                widget.runner.cancel_event.set()  # as the Cancel button does, while the run is under way
             progress(done, total)
 
         return original(*args, progress=report, **kwargs)
 
+    notes_seen = []
+    widget.runner.progress_note.connect(notes_seen.append)
     monkeypatch.setattr(predictor, "run_network", cancelled_after_the_first_slab)
     run_and_wait(qtbot, widget)
-    assert (
-        reports["before"] == [(1, reports["before"][0][1])] and reports["before"][0][1] > 2
-    )  # reported early
+    total = reports["before"][0][1]
+    assert reports["before"] == [(0, total), (1, total)] and total > 2  # a bar before the first slab ends
     assert len(reports["after"]) <= 1  # at most one more slab ran after Cancel
+    assert notes_seen[:2] == [f"part 0 of {total}", notes_seen[1]] and "s left" in notes_seen[1]
     assert widget.result is before and viewer.layers["tiny_afn2 labels"].data is labels_before
     assert any("cancelled" in m for m in notes["info"])
 
@@ -191,3 +194,12 @@ def test_closing_and_reopening_docks_during_a_run_raises_nothing(
     assert not errors, errors
     run_and_wait(qtbot, again)  # the reopened dock runs as usual
     assert "tiny_afn2 labels" in viewer.layers and not errors
+
+
+def test_progress_note_estimates_the_rest_from_the_measured_pace():
+    from napari_autofocus.widgets._background import describe_progress
+
+    assert describe_progress(0, 12, 0.0) == "part 0 of 12"
+    assert describe_progress(3, 12, 15.0) == "part 3 of 12, about 45 s left"
+    assert describe_progress(1, 12, 60.0) == "part 1 of 12, about 11 min left"
+    assert describe_progress(12, 12, 99.0) == "part 12 of 12"

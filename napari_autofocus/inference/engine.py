@@ -215,7 +215,7 @@ def predict_volume(
     same either way; outputs that would take more than a quarter of the budget live in unlinked
     temporary files whose pages are handed back after each slab (``scratch_outputs`` forces
     either way). ``logits``: also return the raw network outputs (float32, NaN outside).
-    ``progress(done, total)`` is called after each slab or tile; ``cancel`` (a
+    ``progress(done, total)`` is called with 0 before the first slab or tile and after each one; ``cancel`` (a
     ``threading.Event`` or a callable) is checked before each and raises :class:`Cancelled`.
     """
     image = np.asarray(image, dtype=np.float32)
@@ -479,6 +479,12 @@ class _Run:
         )
         return torch.autocast(self.device.type, dtype=dtype, enabled=self.amp)
 
+    def begin(self, total: int) -> None:
+        """Say how many parts the run has before the first one starts (a bar from the start)."""
+        self.total = total
+        if self.progress is not None:
+            self.progress(0, total)
+
     def check_cancel(self) -> None:
         if _is_cancelled(self.cancel):
             raise Cancelled(f"cancelled after {self.done} of {self.total} steps; nothing was written")
@@ -514,7 +520,7 @@ def _run_whole(run: _Run, image, box, pad_value, one_pass, spill_dir, tile_size)
         return "whole", _run_one_pass(run, crop_with_margin(image, box, margin, pad_value))
     working_set = min(WORKING_SET_BYTES, run.budget // 4)
     plan = plan_stream(steps, image.shape[0], extent, working_set)
-    run.total = plan.total_slabs
+    run.begin(plan.total_slabs)
     outputs = run.outputs
 
     def on_output(step, start, logits, attentions):
@@ -553,7 +559,7 @@ def _run_whole(run: _Run, image, box, pad_value, one_pass, spill_dir, tile_size)
 
 
 def _run_one_pass(run: _Run, source: np.ndarray) -> dict:
-    run.total = 1
+    run.begin(1)
     run.check_cancel()
     x = run.tensor(source)
     with capture_attention(run.model) as captured, run.autocast():
@@ -607,7 +613,7 @@ def _run_reference(run: _Run, image, box) -> dict:
 def _run_tiles(run: _Run, source: np.ndarray, plan: TilePlan, rows: bool) -> None:
     """Run ``plan``'s tiles over ``source`` (the box with its margin, covering every tile's input)."""
     groups = _rows(plan, run) if rows else [[t] for t in plan.tiles]
-    run.total = len(groups)
+    run.begin(len(groups))
     for group in groups:
         run.check_cancel()
         batch = np.stack([source[(slice(None), *plan.input_slices(t))] for t in group])

@@ -9,6 +9,7 @@ failed or cancelled run leaves the viewer usable.
 from __future__ import annotations
 
 import threading
+import time
 import traceback
 
 from napari.qt.threading import create_worker
@@ -19,11 +20,26 @@ from napari_autofocus.errors import AutofocusError, describe_os_error
 from napari_autofocus.session import is_out_of_memory
 from napari_autofocus.widgets import _common
 
+NOTE_SEP = " · "
+
+
+def describe_progress(done: int, total: int, elapsed_s: float) -> str:
+    """Where a run is and, once one part has finished, how long the rest should take at the pace
+    measured so far (the engine's parts, slabs or tiles, take about equal time)."""
+    where = f"part {done} of {total}"
+    if done < 1 or done >= total:
+        return where
+    left = elapsed_s / done * (total - done)
+    if left < 60:
+        return f"{where}, about {max(1, round(left))} s left"
+    return f"{where}, about {left / 60:.0f} min left"
+
 
 class BackgroundRun(QObject):
     """One job at a time; ``succeeded(result)`` then ``ended()`` (also after errors or Cancel)."""
 
     progressed = Signal(int, int, str)
+    progress_note = Signal(str)  # "part 3 of 12, about 40 s left", for the dock's status line
     status_changed = Signal(str)
     succeeded = Signal(object)
     ended = Signal()
@@ -33,6 +49,7 @@ class BackgroundRun(QObject):
         self.worker = None
         self.cancel_event = threading.Event()
         self._bars: dict[str, napari_progress] = {}
+        self._started: dict[str, float] = {}
         self.progressed.connect(self._show_progress)
         self.last_error: str | None = None
 
@@ -69,13 +86,21 @@ class BackgroundRun(QObject):
             self.status_changed.emit("cancelling…")
 
     def _show_progress(self, done: int, total: int, what: str) -> None:
+        elapsed = time.monotonic() - self._started.setdefault(what, time.monotonic())
         bar = self._bars.get(what)
         if bar is None:
             bar = self._bars[what] = napari_progress(total=total, desc=what)
         if bar.total != total:
             bar.total = total
         if done > bar.n:
-            bar.update(done - bar.n)
+            bar.update(done - bar.n)  # may let the run's end be handled first
+        self.progress_note.emit(describe_progress(done, total, elapsed))
+
+    def show_progress_in(self, label) -> None:
+        """Append the progress note to ``label`` (its text up to the note is kept)."""
+        self.progress_note.connect(
+            lambda note: label.setText(f"{label.text().split(NOTE_SEP)[0]}{NOTE_SEP}{note}")
+        )
 
     def _failed(self, exc: Exception) -> None:
         from napari_autofocus.inference import Cancelled
@@ -105,5 +130,6 @@ class BackgroundRun(QObject):
         for bar in self._bars.values():
             bar.close()
         self._bars.clear()
+        self._started.clear()
         self.worker = None
         self.ended.emit()

@@ -90,6 +90,7 @@ class CompareWidget(QWidget):
         self.csv_button = QPushButton("Export table as CSV…")
         self.csv_button.setEnabled(False)
         self.runner = BackgroundRun(self)
+        self.runner.show_progress_in(self.status)
 
         form = QFormLayout()
         form.addRow("ground truth", self.truth_combo)

@@ -39,6 +39,7 @@ class CounterfactualWidget(QWidget):
         self.status.setWordWrap(True)
         self.table = _table.make_table()
         self.runner = BackgroundRun(self)
+        self.runner.show_progress_in(self.status)
 
         form = QFormLayout()
         form.addRow("result", self.result_combo)

@@ -67,6 +67,7 @@ class SegmentWidget(QWidget):
         self.legend = QLabel()
         self.legend.setWordWrap(True)
         self.runner = BackgroundRun(self)
+        self.runner.show_progress_in(self.status)
         self._build_layout()
         _tips.apply(self, "segment")
 
