@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+import numpy as np
+
 from napari_autofocus.errors import AutofocusError
 
 PLUGIN = "napari-autofocus"
@@ -29,23 +31,65 @@ def build_parser() -> argparse.ArgumentParser:
 def open_demo(viewer):
     """Load the sample, dock the plugin's widgets and, when a bundled model exists, segment with it.
 
+    The first picture is meant to read at once: the slice with the most lesion, one dimmed grey
+    channel, no ground truth drawn over the prediction, and once the run ends the explorer in front
+    with its cursor chart filled for a voxel inside a lesion (:func:`show_first_result`).
     Returns the Segment widget; its run (if any) goes on in a background worker.
     """
     viewer.open_sample(PLUGIN, "phantom")
-    widgets = [viewer.window.add_plugin_dock_widget(PLUGIN, name)[1] for name in DEMO_WIDGETS]
+    docks = [viewer.window.add_plugin_dock_widget(PLUGIN, DEMO_WIDGETS[0])]
+    docks += [viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=True) for name in DEMO_WIDGETS[1:]]
     images = [layer for layer in viewer.layers if type(layer).__name__ == "Image"]
     if images:
         viewer.layers.selection.active = images[0]
-        # one dimmed grey channel: the attention colours on top stand out from it
-        images[0].opacity = 0.5
+        images[0].opacity = 0.5  # one dimmed grey channel: the attention colours on top stand out
         for other in images[1:]:
             other.visible = False
+    truth = next((layer for layer in viewer.layers if layer.metadata.get("role") == "ground truth"), None)
+    voxel = None
+    if truth is not None:
+        truth.visible = False  # one label layer on screen: the prediction
+        voxel = lesion_voxel(np.asarray(truth.data))
+        if voxel is not None:
+            viewer.dims.set_point(0, truth.data_to_world(voxel)[0])
     viewer.reset_view()
-    segment = widgets[0]
+    segment, explorer = docks[0][1], docks[-1][1]
+    docks[0][0].raise_()
+    segment.run_finished.connect(lambda: show_first_result(viewer, docks[-1][0], explorer, voxel, truth))
     entry = getattr(getattr(segment, "picker", None), "entry", None)
     if entry is not None and entry.source == "bundled" and not segment.problems():
         segment.run()
     return segment
+
+
+def lesion_voxel(truth: np.ndarray) -> tuple[int, int, int] | None:
+    """A voxel in the middle of the largest lesion class on the axial slice with the most lesion."""
+    if not (truth > 0).any():
+        return None
+    z = int(np.argmax((truth > 0).sum(axis=(1, 2))))
+    points = np.argwhere(truth[z] == truth[z].max())
+    y, x = points[len(points) // 2]
+    return z, int(y), int(x)
+
+
+def show_first_result(viewer, explorer_dock, explorer, voxel, truth) -> None:
+    """After the demo's run: the explorer in front, the prediction drawn as outlines over the
+    attention colours, the structure chart on the ground truth, the cursor chart on a lesion voxel."""
+    from napari_autofocus.session import RESULT_KEY
+
+    labels = next((layer for layer in reversed(viewer.layers) if RESULT_KEY in layer.metadata), None)
+    if labels is None:
+        return
+    explorer.refresh()  # the explorer would look at the new layers once events settle; look now
+    explorer_dock.raise_()
+    labels.contour = 1
+    viewer.layers.move(viewer.layers.index(labels), len(viewer.layers))
+    viewer.layers.selection.active = labels
+    if truth is not None and truth in viewer.layers:
+        explorer.classes_combo.setCurrentText(truth.name)
+    if voxel is not None:
+        viewer.cursor.position = tuple(labels.data_to_world(voxel))
+        explorer.show_voxel(voxel)
 
 
 def wait_for_run(segment, seconds: float = DEMO_WAIT_SECONDS) -> None:

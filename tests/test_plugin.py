@@ -64,6 +64,15 @@ def test_demo_window_renders_the_sample_with_the_plugin_docked(make_napari_viewe
     from napari_autofocus.metrics import dice
 
     assert dice(np.asarray(labels.data) > 0, np.asarray(truth.data) > 0) > 0.8  # a trained model, not noise
+    # a first picture that reads at once: one label layer (outlines, on top), the chart filled for a
+    # voxel inside a lesion, the structure chart on the ground truth
+    assert not truth.visible and labels.contour == 1 and viewer.layers[-1] is labels
+    explorer = next(w for k, w in viewer.window.dock_widgets.items() if k.startswith("Attention explorer"))
+    assert "lesion" in explorer.readout.text()
+    assert len(explorer.voxel_chart.figure.axes[0].patches) == 6 * 4  # six layers x four rates
+    assert explorer.classes_combo.currentText() == truth.name
+    z = int(round(truth.world_to_data(viewer.dims.point)[0]))
+    assert (np.asarray(truth.data)[z] > 0).sum() == (np.asarray(truth.data) > 0).sum(axis=(1, 2)).max()
     canvas = viewer.screenshot(canvas_only=True, flash=False)
     # the scan is drawn: the canvas is neither black nor uniform, and shows grey tissue
     rgb = canvas[..., :3].astype(float)

@@ -18,6 +18,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from napari_autofocus.__main__ import lesion_voxel  # noqa: E402
 from napari_autofocus._display import display_available  # noqa: E402
 from napari_autofocus.model_library import bundled_models  # noqa: E402
 
@@ -64,16 +65,6 @@ def shoot(viewer, path: Path) -> None:
     print(f"saved {path}")
 
 
-def lesion_slice(truth: np.ndarray) -> tuple[int, tuple[int, int, int]]:
-    """The axial slice with the most lesion voxels and a voxel inside the largest lesion on it."""
-    z = int(np.argmax((truth > 0).sum(axis=(1, 2))))
-    points = np.argwhere(truth[z] == 2)
-    if not len(points):
-        points = np.argwhere(truth[z] > 0)
-    y, x = points[len(points) // 2]
-    return z, (z, int(y), int(x))
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default=str(REPO / "docs" / "screenshots"))
@@ -95,7 +86,7 @@ def main(argv=None) -> int:
         viewer.window._qt_window.resize(1600, 1000)
         viewer.open_sample(PLUGIN, "phantom")
         truth = np.asarray(viewer.layers["phantom_09000 ground truth"].data)
-        z, voxel = lesion_slice(truth)
+        voxel = lesion_voxel(truth)
         viewer.dims.ndisplay = 2
         viewer.dims.set_point(0, viewer.layers["phantom_09000 ground truth"].data_to_world(voxel)[0])
         name = Path(models[0]).name.removesuffix(".safetensors")

@@ -90,7 +90,7 @@ def draw_voxel_weights(canvas: ChartCanvas, readout: Mapping, rates: Mapping[str
     ax.set_ylim(0, 1)
     ax.set_ylabel("weight")
     ax.set_title(title, fontsize=9)
-    legend(ax)
+    legend_below(canvas, ax, ncols=k)  # a weight of 1 reaches the top: a corner legend would cover it
     canvas.voxel_bars = (key, ax, containers)
     canvas.draw_idle()
 
@@ -127,13 +127,7 @@ def draw_structure_means(
         if len(layers) > 3:
             ax.tick_params(axis="x", labelrotation=90)
     axes[0].set_ylabel("mean weight")
-    handles, labels = axes[0].get_legend_handles_labels()
-    # one legend for all panels, under them (constrained layout makes room, so it covers nothing)
-    leg = canvas.figure.legend(
-        handles, labels, loc="outside lower center", ncols=k, fontsize=7, frameon=False
-    )
-    for text in leg.get_texts():
-        text.set_color(FOREGROUND)
+    legend_below(canvas, axes[0], ncols=k)
     canvas.draw_idle()
 
 
@@ -164,15 +158,15 @@ def draw_dice_bars(canvas: ChartCanvas, table) -> None:
     grouped_bars(ax, table.columns, series)
     ax.set_ylim(0, 1)
     ax.set_ylabel("Dice")
-    legend(ax, below=True)
+    legend_below(canvas, ax, ncols=3)
     canvas.draw_idle()
 
 
-def legend(ax, below: bool = False) -> None:
-    """The legend in the axes' corner, or under the axes where it can never cover a bar."""
-    if below:
-        leg = ax.legend(fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncols=3)
-    else:
-        leg = ax.legend(fontsize=7, frameon=False, loc="upper right", ncols=2)
+def legend_below(canvas: ChartCanvas, ax, ncols: int) -> None:
+    """One legend for the whole figure, under the panels (constrained layout makes room for it)."""
+    handles, labels = ax.get_legend_handles_labels()
+    leg = canvas.figure.legend(
+        handles, labels, loc="outside lower center", ncols=ncols, fontsize=7, frameon=False
+    )
     for text in leg.get_texts():
         text.set_color(FOREGROUND)

@@ -133,7 +133,7 @@ class ExplorerWidget(QWidget):
         self._refresh_timer = QTimer(self)
         self._refresh_timer.setSingleShot(True)
         self._refresh_timer.setInterval(0)
-        self._refresh_timer.timeout.connect(self._refresh_results)
+        self._refresh_timer.timeout.connect(self.refresh)
         _common.watch_layers(napari_viewer, lambda *_: self._refresh_timer.start())
         # the cursor fires for every voxel it crosses: redraw the chart once it pauses (80 ms)
         self._cursor_timer = QTimer(self)
@@ -141,7 +141,7 @@ class ExplorerWidget(QWidget):
         self._cursor_timer.setInterval(80)
         self._cursor_timer.timeout.connect(self._on_cursor)
         napari_viewer.cursor.events.position.connect(lambda *_: self._cursor_timer.start())
-        self._refresh_results()
+        self.refresh()
 
     def _build_layout(self) -> None:
         form = QFormLayout()
@@ -184,7 +184,8 @@ class ExplorerWidget(QWidget):
         layer = self.source_layer
         return layer.metadata.get(RESULT_KEY) if layer is not None else None
 
-    def _refresh_results(self, *_) -> None:
+    def refresh(self, *_) -> None:
+        """Follow the viewer's result layers (runs once after each burst of layer events)."""
         if self._changing_layers:
             return
         names = [layer.name for layer in _common.result_layers(self.viewer)]
