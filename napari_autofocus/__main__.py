@@ -81,6 +81,7 @@ def show_first_result(viewer, explorer_dock, explorer, voxel, truth) -> None:
     if labels is None:
         return
     explorer.refresh()  # the explorer would look at the new layers once events settle; look now
+    explorer.build_now()  # and its first layer is in the picture
     explorer_dock.raise_()
     labels.contour = 1
     viewer.layers.move(viewer.layers.index(labels), len(viewer.layers))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -66,16 +67,41 @@ def zoom_mm(zoom: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
     return zoom * float(np.prod(spacing)) ** (1 / 3)
 
 
+@dataclass(frozen=True)
+class ClassIndex:
+    """Where each class lies among the computed voxels: built once, used for every layer's means."""
+
+    keep: np.ndarray  # computed voxels whose label is one of the classes' range
+    values: np.ndarray  # their labels
+    counts: np.ndarray  # voxels per label value
+    classes: tuple[int, ...]
+
+    @classmethod
+    def build(cls, computed: np.ndarray, labels: np.ndarray, classes: Sequence[int]) -> ClassIndex:
+        classes = tuple(int(c) for c in classes)
+        top = max(classes, default=0)
+        keep = computed & (labels >= 0) & (labels <= top)
+        values = labels[keep].astype(np.intp)
+        return cls(keep, values, np.bincount(values, minlength=top + 1), classes)
+
+
 def mean_attention_per_class(
-    attention: np.ndarray, labels: np.ndarray, classes: Sequence[int]
+    attention: np.ndarray, labels: np.ndarray, classes: Sequence[int], index: ClassIndex | None = None
 ) -> dict[int, np.ndarray]:
-    """Mean weight per rate inside each class (classes absent from ``labels`` are left out)."""
-    out = {}
-    for value in classes:
-        inside = (labels == value) & ~np.isnan(attention[0])
-        if inside.any():
-            out[int(value)] = attention[:, inside].astype(np.float64).mean(axis=1)
-    return out
+    """Mean weight per rate inside each class (classes absent from ``labels`` are left out).
+
+    One pass of ``np.bincount`` per rate instead of a mask per class, and the class index can be
+    shared by all autofocus layers of a result: the explorer redraws this chart on the GUI thread."""
+    if index is None:
+        index = ClassIndex.build(~np.isnan(attention[0]), labels, classes)
+    size = len(index.counts)
+    sums = np.stack(
+        [
+            np.bincount(index.values, weights=a[index.keep].astype(np.float64), minlength=size)
+            for a in attention
+        ]
+    )
+    return {c: sums[:, c] / index.counts[c] for c in index.classes if 0 <= c < size and index.counts[c] > 0}
 
 
 def seam_score(rate_map: np.ndarray, borders: Sequence[Sequence[int]]) -> float:

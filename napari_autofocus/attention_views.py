@@ -55,8 +55,9 @@ def blend(attention: np.ndarray) -> np.ndarray:
     The weights sum to 1, so the mix stays inside the hues' range: it never washes to white the way
     K additive layers do, and a voxel's colour says at once which rates it listens to."""
     hues = np.asarray([rate_hue(k) for k in range(attention.shape[0])], dtype=np.float32)
-    weights = np.nan_to_num(attention.astype(np.float32), nan=0.0)
-    return np.clip(np.tensordot(weights, hues, axes=([0], [0])), 0.0, 1.0)
+    rgb = np.tensordot(attention.astype(np.float32, copy=False), hues, axes=([0], [0]))
+    np.nan_to_num(rgb, copy=False, nan=0.0)  # on the 3 colours, not the K weights: the cheaper side
+    return np.clip(rgb, 0.0, 1.0, out=rgb)
 
 
 def legend_html(rates: Sequence[int], spacing_mm: float | None = None) -> str:
@@ -115,8 +116,20 @@ def voxel_readout(result, index: Sequence[int]) -> dict | None:
 
 
 def structure_means(
-    result, labels: np.ndarray, classes: Iterable[int], layers: Sequence[str]
+    result, labels: np.ndarray, classes: Iterable[int], layers: Sequence[str], index=None
 ) -> dict[str, dict[int, np.ndarray]]:
-    """Layer -> class -> mean weight per rate, inside each class of ``labels``."""
+    """Layer -> class -> mean weight per rate, inside each class of ``labels``. ``index``: a
+    :class:`~napari_autofocus.attention.ClassIndex` from :func:`class_index`, to share between calls."""
     classes = list(classes)
-    return {name: maps.mean_attention_per_class(result.attention[name], labels, classes) for name in layers}
+    index = index if index is not None else class_index(result, labels, classes)
+    return {
+        name: maps.mean_attention_per_class(result.attention[name], labels, classes, index) for name in layers
+    }
+
+
+def class_index(result, labels: np.ndarray, classes: Iterable[int]) -> maps.ClassIndex:
+    """Which voxels of ``labels`` hold each class, among those the network computed (every autofocus
+    layer of a result covers the same voxels)."""
+    first = next(iter(result.attention.values()), None)
+    computed = ~np.isnan(first[0]) if first is not None else np.ones(labels.shape, bool)
+    return maps.ClassIndex.build(computed, labels, list(classes))

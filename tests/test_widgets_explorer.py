@@ -21,7 +21,13 @@ def _segmented(make_napari_viewer, qtbot, model_file, monkeypatch):
     segment = open_segment(viewer, model_file)
     run_and_wait(qtbot, segment)
     _, explorer = viewer.window.add_plugin_dock_widget(PLUGIN, "Attention explorer")
+    settle(qtbot, explorer)
     return viewer, explorer, calls
+
+
+def settle(qtbot, explorer) -> None:
+    """Wait for the layers the explorer adds one per turn of the event loop."""
+    qtbot.waitUntil(lambda: not explorer.building, timeout=10000)
 
 
 def test_explorer_shows_k_colour_layers_per_autofocus_layer_without_rerunning(
@@ -32,16 +38,22 @@ def test_explorer_shows_k_colour_layers_per_autofocus_layer_without_rerunning(
     assert explorer.checked(explorer.layer_list) == ["AF1"]
     # the default view: one blended colour layer per autofocus layer, the rates named in a legend
     blend = viewer.layers["AF1 · blend"]
-    assert blend.rgb and blend.visible and float(np.max(blend.data)) < 1.0 + 1e-6  # never washed to white
+    assert blend.rgb and blend.visible and blend.data.dtype == np.uint8
     weights_a = explorer.result.attention["AF1"][:, 16, 18, 20].astype(np.float32)
     hues = np.array([rate_hue(k) for k in range(4)], np.float32)
-    np.testing.assert_allclose(blend.data[16, 18, 20], weights_a @ hues, atol=1e-3)
+    np.testing.assert_allclose(blend.data[16, 18, 20] / 255, weights_a @ hues, atol=1 / 255)
+    assert not (blend.data >= 250).all(axis=-1).any()  # no voxel is washed to white
     assert "r=14" in explorer.legend.text() and viewer.canvas.overlays.text.visible
     assert "red r=14" in viewer.canvas.overlays.text.text
+    assert [n.name for n in viewer.layers if n.metadata.get("autofocus", {}).get("owner") == "explorer"] == [
+        "AF1 · blend"
+    ]  # few layers: the other maps on demand
+    explorer.map_boxes["arg-max rate"].setChecked(True)
+    settle(qtbot, explorer)
     argmax = viewer.layers["AF1 · arg-max rate"]
     assert set(np.unique(argmax.data)) <= {0, 2, 6, 10, 14}  # hovering shows the rate itself
-    assert not [n.name for n in viewer.layers if " · r=" in n.name]  # per-rate layers on demand
     explorer.map_boxes["weights"].setChecked(True)
+    settle(qtbot, explorer)
     names = [layer.name for layer in viewer.layers]
     weights = [n for n in names if n.startswith("AF1 · r=")]
     assert weights == ["AF1 · r=2", "AF1 · r=6", "AF1 · r=10", "AF1 · r=14"]
@@ -50,23 +62,29 @@ def test_explorer_shows_k_colour_layers_per_autofocus_layer_without_rerunning(
     source = viewer.layers["case [T1-like]"]
     np.testing.assert_allclose(layer.scale, source.scale)
     np.testing.assert_allclose(layer.translate, source.translate)
-    assert "AF1 · arg-max rate" in viewer.layers and "all · zoom (mm)" in viewer.layers
+    explorer.map_boxes["zoom"].setChecked(True)
+    settle(qtbot, explorer)
+    assert viewer.layers["all · zoom (mm)"].visible
 
     explorer.set_checked(explorer.layer_list, ["AF1", "AF2"])
+    settle(qtbot, explorer)
     assert sum(x.name.startswith("AF2 · r=") for x in viewer.layers) == 4
+
+    def shown(part):
+        return sorted(x.name for x in viewer.layers if part in x.name and x.visible)
+
     explorer.set_checked(explorer.rate_list, ["2", "14"])
-    assert sorted(n for n in [x.name for x in viewer.layers] if " · r=" in n) == [
-        "AF1 · r=14",
-        "AF1 · r=2",
-        "AF2 · r=14",
-        "AF2 · r=2",
-    ]
+    assert shown(" · r=") == ["AF1 · r=14", "AF1 · r=2", "AF2 · r=14", "AF2 · r=2"]
     explorer.map_boxes["entropy"].setChecked(True)
     explorer.map_boxes["expected rate"].setChecked(True)
+    settle(qtbot, explorer)
     entropy = viewer.layers["AF2 · entropy"].data
     assert np.nanmin(entropy) >= 0 and np.nanmax(entropy) <= 1
-    explorer.set_checked(explorer.layer_list, ["AF2"])
-    assert not any(layer.name.startswith("AF1 ·") for layer in viewer.layers)
+    count = len(viewer.layers)
+    explorer.set_checked(explorer.layer_list, ["AF2"])  # unticked layers are hidden at once, not deleted
+    assert not shown("AF1 ·") and shown("AF2 ·") and len(viewer.layers) == count
+    explorer.set_checked(explorer.layer_list, ["AF1", "AF2"])
+    assert "AF1 · blend" in shown("AF1 ·") and len(viewer.layers) == count  # back at once, nothing rebuilt
     assert len(calls) == 1  # every switch above used the cached attention
 
 
@@ -99,9 +117,17 @@ def test_voxel_readout_and_structure_chart(make_napari_viewer, qtbot, model_file
     np.testing.assert_allclose(heights, expected, atol=1e-3)
 
     explorer.classes_combo.setCurrentText("case ground truth")
-    bars = sum(len(ax.patches) for ax in explorer.structure_chart.figure.axes)
-    assert bars == 3 * 4  # 3 structures (one panel each) x 4 rates stacked for AF1
-    assert len(explorer.structure_chart.figure.axes) == 3
+    settle(qtbot, explorer)
+    panels = explorer.structure_chart.panels  # one panel per structure, one stacked bar for AF1
+    assert [p.title for p in panels] == ["background", "small lesion", "large lesion"]
+    truth = np.asarray(viewer.layers["case ground truth"].data)
+    a = result.attention["AF1"].astype(np.float64)
+    for value, panel in enumerate(panels):
+        ((label, segments),) = panel.bars
+        inside = (truth == value) & ~np.isnan(a[0])
+        assert label == "AF1" and abs(sum(segments) - 1) < 1e-3
+        np.testing.assert_allclose(segments, a[:, inside].mean(axis=1), atol=1e-6)
+    assert not explorer.structure_chart.grab().toImage().isNull()
     assert explorer.show_voxel((99, 0, 0)) is None
     assert "Outside" in explorer.readout.text()
     assert len(calls) == 1
@@ -114,6 +140,11 @@ def test_rerunning_segment_with_the_explorer_open_raises_nothing(
     viewer, explorer, calls = _segmented(make_napari_viewer, qtbot, model_file, monkeypatch)
     explorer.map_boxes["weights"].setChecked(True)
     explorer.set_checked(explorer.layer_list, ["AF1", "AF2"])
+    settle(qtbot, explorer)
+    explorer.map_boxes["entropy"].setChecked(True)
+    settle(qtbot, explorer)
+    explorer.map_boxes["entropy"].setChecked(False)  # hidden, kept: it must not keep stale maps
+    assert not viewer.layers["AF1 · entropy"].visible
     viewer.layers["AF2 · r=6"].opacity = 0.3  # the user's own styling survives a re-run
     before = {layer.name: layer for layer in viewer.layers if " · " in layer.name}
     first = explorer.result
@@ -122,6 +153,7 @@ def test_rerunning_segment_with_the_explorer_open_raises_nothing(
     segment = next(w for w in viewer.window.dock_widgets.values() if hasattr(w, "run_button"))
     run_and_wait(qtbot, segment)
     qtbot.waitUntil(lambda: explorer._shown_result == id(explorer.result) != id(first), timeout=5000)
+    settle(qtbot, explorer)
     assert not errors and not segment.runner.last_error
     assert explorer.result_combo.currentText() == "tiny_afn2 labels"
     assert explorer.checked(explorer.layer_list) == ["AF1", "AF2"]  # the user's choice stays
@@ -136,3 +168,15 @@ def test_rerunning_segment_with_the_explorer_open_raises_nothing(
     assert new is not first
     np.testing.assert_array_equal(viewer.layers["AF2 · r=6"].data, new.attention["AF2"][1])
     assert viewer.layers["AF1 · blend"].metadata["autofocus"]["result"] == id(new)
+    from napari_autofocus.attention_views import derived_map
+
+    hidden = viewer.layers["AF1 · entropy"]
+    assert not hidden.visible
+    np.testing.assert_array_equal(hidden.data, derived_map(new.attention["AF1"], new.rates["AF1"], "entropy"))
+
+
+def test_the_canvas_legend_is_prepared_with_every_character_it_can_show():
+    from napari_autofocus.attention_views import legend_text
+    from napari_autofocus.widgets.explorer import GLYPHS
+
+    assert set(legend_text([2, 6, 10, 14, 18, 22, 26, 30])) <= set(GLYPHS)

@@ -7,6 +7,8 @@ the network.
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
+
 import numpy as np
 from napari.utils.colormaps import Colormap, DirectLabelColormap
 from qtpy.QtCore import Qt, QTimer
@@ -27,6 +29,7 @@ from napari_autofocus._reader import prefer_this_reader
 from napari_autofocus.attention_views import (
     argmax_colors,
     blend,
+    class_index,
     derived_layer_name,
     derived_map,
     legend_html,
@@ -38,12 +41,12 @@ from napari_autofocus.attention_views import (
     zoom_mm_map,
 )
 from napari_autofocus.session import RESULT_KEY
-from napari_autofocus.widgets import _charts, _common
+from napari_autofocus.widgets import _charts, _common, _stacked_bars
 from napari_autofocus.widgets._outputs import TAG, placement
 
 OWNER = "explorer"
 MAPS = ("blend", "weights", "arg-max rate", "expected rate", "entropy", "zoom")
-DEFAULT_MAPS = ("blend", "arg-max rate", "zoom")  # the blend is shown; the others are added hidden
+DEFAULT_MAPS = ("blend",)  # one layer per autofocus layer to start with; the other maps on demand
 TIPS = {
     "blend": "Each voxel coloured by the mix of dilation rates its autofocus layer attends to\n"
     "(the legend above says which colour is which rate). Never washes to white.",
@@ -56,29 +59,46 @@ TIPS = {
     "the network looks at to label each voxel.",
 }
 PREDICTED = "predicted labels"
+GLYPHS = "colours: " + "bluegreenorangeredvioletcyanyellowpink" + "r=0123456789,"  # the legend's characters
 
 
-def layer_content(result, kind: str, spec) -> tuple[np.ndarray, dict]:
-    """The data of one explorer layer and the styling that depends on it (colormap, limits)."""
-    if kind == "blend":
-        return blend(spec[1]), {}
-    if kind == "weight":
-        layer, k = spec
-        cmap = Colormap([[0, 0, 0, 1], [*rate_hue(k), 1]], name=f"autofocus-rate-{k}")
-        return result.attention[layer][k], {"colormap": cmap, "contrast_limits": (0.0, 1.0)}
-    if kind == "arg-max rate":
-        _, a, rates = spec
-        return derived_map(a, rates, kind), {"colormap": DirectLabelColormap(color_dict=argmax_colors(rates))}
+def layer_content(result, kind: str, af: str | None, k: int | None) -> tuple[np.ndarray, dict]:
+    """The data of one explorer layer (autofocus layer ``af``, rate index ``k`` for weights) and the
+    styling that depends on it (colormap, limits: given, so napari need not scan the data)."""
     if kind == "zoom":
         data = zoom_mm_map(result)
         finite = np.isfinite(data).any()
         limits = (float(np.nanmin(data)), float(np.nanmax(data)) + 1e-3) if finite else (0.0, 1.0)
         return data, {"colormap": "viridis", "contrast_limits": limits}
-    _, a, rates = spec
+    a, rates = result.attention[af], result.rates[af]
+    if kind == "blend":  # 8-bit RGB: a quarter of the texture, and nothing for napari to rescale
+        return (blend(a) * 255 + 0.5).astype(np.uint8), {"contrast_limits": (0, 255)}
+    if kind == "weight":
+        cmap = Colormap([[0, 0, 0, 1], [*rate_hue(k), 1]], name=f"autofocus-rate-{k}")
+        return a[k], {"colormap": cmap, "contrast_limits": (0.0, 1.0)}
+    if kind == "arg-max rate":
+        return derived_map(a, rates, kind), {"colormap": DirectLabelColormap(color_dict=argmax_colors(rates))}
     data = derived_map(a, rates, kind)
     if kind == "entropy":
         return data, {"colormap": "magma", "contrast_limits": (0.0, 1.0)}
     return data, {"colormap": "viridis", "contrast_limits": (float(min(rates)), float(max(rates)))}
+
+
+_POOL = None
+
+
+def _background_pool() -> ThreadPoolExecutor:
+    """One worker thread for the explorer's NumPy work (maps, means): NumPy releases the GIL in
+    its loops, so the GUI thread keeps painting while a map is computed."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="autofocus-explorer")
+    return _POOL
+
+
+def _means_when_indexed(result, labels, classes, af: str, index) -> dict:
+    index = index.result() if isinstance(index, Future) else index
+    return structure_means(result, labels, classes, [af], index)
 
 
 class ExplorerWidget(QWidget):
@@ -88,6 +108,19 @@ class ExplorerWidget(QWidget):
         self.viewer = napari_viewer
         self._last_index = None
         self._shown_result = None  # id of the result the layers were built from
+        self._pending: list[tuple] = []  # layer work left: (result, "add" | "refill", name, spec)
+        self._selected = None  # the layer the user had selected before the explorer added some
+        self._build_timer = QTimer(self)
+        self._build_timer.setSingleShot(True)
+        self._build_timer.setInterval(10)  # a gap for painting and input between two layers
+        self._build_timer.timeout.connect(self._build_next)
+        self._chart_timer = QTimer(self)
+        self._chart_timer.setSingleShot(True)
+        self._chart_timer.setInterval(80)
+        self._chart_timer.timeout.connect(self.update_structure_chart)
+        self._means_key, self._means = None, {}  # per-structure means kept per autofocus layer
+        self._class_index = None  # a future: where each class lies (shared by all layers' means)
+        self._means_job = None  # a future: one autofocus layer's means
         self._changing_layers = False  # our own layer changes fire layer events: do not react to them
         self.result_combo = QComboBox()
         self.layer_list = QListWidget()
@@ -119,7 +152,7 @@ class ExplorerWidget(QWidget):
         self.readout = QLabel("Move the mouse over the image for the weights under the cursor.")
         self.readout.setWordWrap(True)
         self.voxel_chart = _charts.ChartCanvas(4.0, 2.0)
-        self.structure_chart = _charts.ChartCanvas(4.0, 2.3)
+        self.structure_chart = _stacked_bars.StackedBars()
         self._build_layout()
 
         self.result_combo.currentTextChanged.connect(self._on_result)
@@ -127,7 +160,7 @@ class ExplorerWidget(QWidget):
         self.rate_list.itemChanged.connect(self.update_view)
         for box in self.map_boxes.values():
             box.toggled.connect(self.update_view)
-        self.classes_combo.currentTextChanged.connect(self.update_structure_chart)
+        self.classes_combo.currentTextChanged.connect(self._on_classes)
         # layer events come in bursts (a re-run removes its old labels and adds the new ones): look
         # once the burst is over, so a re-run refills the explorer's layers instead of dropping them
         self._refresh_timer = QTimer(self)
@@ -142,6 +175,7 @@ class ExplorerWidget(QWidget):
         self._cursor_timer.timeout.connect(self._on_cursor)
         napari_viewer.cursor.events.position.connect(lambda *_: self._cursor_timer.start())
         self.refresh()
+        QTimer.singleShot(0, self._prepare_canvas_legend)
 
     def _build_layout(self) -> None:
         form = QFormLayout()
@@ -240,27 +274,26 @@ class ExplorerWidget(QWidget):
         ]
 
     # -- layers ----------------------------------------------------------------------------------
-    def wanted_layers(self) -> dict[str, tuple]:
-        """Layer name -> (kind, builder) for the current choices."""
+    def wanted_layers(self) -> dict[str, tuple[str, str | None, int | None]]:
+        """Layer name -> (kind, autofocus layer, rate index) for the current choices."""
         result = self.result
         if result is None:
             return {}
         rates = {int(r) for r in self.checked(self.rate_list)}
         maps = {name for name, box in self.map_boxes.items() if box.isChecked()}
         wanted = {}
-        for layer in self.checked(self.layer_list):
-            a, layer_rates = result.attention[layer], result.rates[layer]
+        for af in self.checked(self.layer_list):
             if "blend" in maps:
-                wanted[derived_layer_name(layer, "blend")] = ("blend", (layer, a, layer_rates))
+                wanted[derived_layer_name(af, "blend")] = ("blend", af, None)
             if "weights" in maps:
-                for k, r in enumerate(layer_rates):
+                for k, r in enumerate(result.rates[af]):
                     if r in rates:
-                        wanted[weight_layer_name(layer, r)] = ("weight", (layer, k))
+                        wanted[weight_layer_name(af, r)] = ("weight", af, k)
             for kind in ("arg-max rate", "expected rate", "entropy"):
                 if kind in maps:
-                    wanted[derived_layer_name(layer, kind)] = (kind, (layer, a, layer_rates))
+                    wanted[derived_layer_name(af, kind)] = (kind, af, None)
         if "zoom" in maps and result.attention:
-            wanted[derived_layer_name("all", "zoom (mm)")] = ("zoom", None)
+            wanted[derived_layer_name("all", "zoom (mm)")] = ("zoom", None, None)
         return wanted
 
     def _explorer_layers(self) -> dict:
@@ -271,78 +304,172 @@ class ExplorerWidget(QWidget):
         }
 
     def _remove(self, layers) -> None:
-        """Remove our layers (still there) without reacting to the removals ourselves."""
+        """Remove our layers (still there) in one batch (napari collects garbage once, not per layer)
+        without reacting to the removals ourselves."""
+        layers = [layer for layer in layers if layer in self.viewer.layers]
+        if not layers:
+            return
         self._changing_layers = True
         try:
-            for layer in list(layers):
-                if layer in self.viewer.layers:
+            with self.viewer.layers.batched_update():
+                for layer in layers:
                     self.viewer.layers.remove(layer)
         finally:
             self._changing_layers = False
 
     def _clear_layers(self) -> None:
+        self._pending = []
         self._remove(self._explorer_layers().values())
 
-    def update_view(self, *_) -> None:
-        """Show the chosen maps, hide the rest; derived maps come from the cached attention.
+    @property
+    def building(self) -> bool:
+        """Whether layers are still being added or refilled (one per turn of the event loop) or the
+        structure chart is waiting to be redrawn."""
+        return bool(self._pending) or self._chart_timer.isActive()
 
-        A layer that is still wanted after a re-run keeps its place, colours and visibility and only
-        gets the new data: napari does not rebuild the layer list, and what the user arranged stays."""
+    def update_view(self, *_) -> None:
+        """Show the chosen maps and hide the rest; derived maps come from the cached attention.
+
+        Adding or deleting a napari layer takes about 0.2 s (deleting one makes napari collect garbage),
+        so the explorer does neither more than it must:
+        - an unticked map's layer is hidden, not deleted; ticking it again shows it at once;
+        - after a re-run (or another result) the same layers get the new data: their place, opacity and
+          visibility stay as the user left them;
+        - new layers are added, and layers refilled, one per turn of the event loop, so the viewer
+          keeps answering in between."""
         if self._changing_layers:
             return
         result = self.result
         wanted = self.wanted_layers()
         existing = self._explorer_layers()
-        self._remove(layer for name, layer in existing.items() if name not in wanted)
+        shown, later, gone = [], [], []
         self._changing_layers = True
         try:
-            for name, (kind, spec) in wanted.items():
-                layer = existing.get(name)
-                if layer is None or layer.metadata[TAG].get("kind") != kind:
-                    if layer is not None:
-                        self.viewer.layers.remove(layer)
-                    self._add_layer(result, name, kind, spec)
-                elif layer.metadata[TAG].get("result") != id(result):
-                    self._refill_layer(layer, result, kind, spec)
+            for name, layer in existing.items():
+                tag = layer.metadata[TAG]
+                if name in wanted:
+                    if tag.get("parked"):
+                        layer.visible = True
+                        tag["parked"] = False
+                    if tag.get("result") != id(result):
+                        shown.append(("refill", name, wanted[name]))
+                else:
+                    if not tag.get("parked"):
+                        layer.visible = False
+                        tag["parked"] = True
+                    if tag.get("result") != id(result):  # hidden, but never left holding stale maps
+                        if result is not None and (tag.get("af") is None or tag["af"] in result.attention):
+                            later.append(("refill", name, (tag["kind"], tag.get("af"), tag.get("k"))))
+                        else:
+                            gone.append(layer)
         finally:
             self._changing_layers = False
+        self._remove(gone)
+        shown += [("add", name, spec) for name, spec in wanted.items() if name not in existing]
+        # the maps are computed on a worker thread; the GUI thread only hands them to napari
+        self._pending = [
+            (result, action, name, spec, _background_pool().submit(layer_content, result, *spec))
+            for action, name, spec in shown + later
+        ]
+        if self._pending:
+            # napari selects each new layer; the user's selection comes back once the layers are in
+            if self._selected is None:
+                self._selected = self.viewer.layers.selection.active
+            self._build_timer.start()
         self._show_legend(result)
-        self.update_structure_chart()
+        self._chart_timer.start(80)  # once the clicks pause, like the cursor chart
+
+    def build_now(self) -> None:
+        """Finish the queued layer work at once (scripts and screenshots)."""
+        while self._pending:
+            self._build_next(wait=True)
+        if self._chart_timer.isActive():
+            self._chart_timer.stop()
+            self.update_structure_chart(wait=True)
+
+    def _build_next(self, wait: bool = False) -> None:
+        if not self._pending:
+            return
+        result, action, name, (kind, af, k), content = self._pending[0]
+        if not (wait or content.done()):  # still being computed: look again in a moment
+            self._build_timer.start()
+            return
+        self._pending.pop(0)
+        if result is self.result:  # a newer choice has replaced the queue otherwise
+            self._changing_layers = True
+            try:
+                if action == "add" and name not in self.viewer.layers:
+                    self._add_layer(result, name, kind, af, k, content.result())
+                elif action == "refill" and name in self.viewer.layers:
+                    self._refill_layer(self.viewer.layers[name], result, kind, af, k, content.result())
+            finally:
+                self._changing_layers = False
+        if self._pending:
+            self._build_timer.start()
+        else:
+            self._show_legend(self.result)
+            selected, self._selected = self._selected, None
+            if selected is not None and selected in self.viewer.layers:
+                self.viewer.layers.selection.active = selected
+
+    def _text_overlay(self):
+        canvas = getattr(self.viewer, "canvas", None)  # napari 0.9 moved the text overlay to the canvas
+        return canvas.overlays.text if canvas is not None else self.viewer.text_overlay
+
+    def _prepare_canvas_legend(self) -> None:
+        """Draw the legend's characters once, invisibly, while the dock opens: the first frame with
+        new text makes vispy rasterise each glyph (about 0.25 s on a 2-core CPU), a pause that would
+        otherwise fall on the moment a run's results arrive."""
+        overlay = self._text_overlay()
+        if overlay.visible:  # someone else's text is on the canvas: leave it alone
+            return
+        opacity = overlay.opacity
+        overlay.opacity, overlay.text, overlay.visible = 0.0, GLYPHS, True
+
+        def restore() -> None:
+            if overlay.text == GLYPHS:
+                overlay.visible, overlay.text, overlay.opacity = False, "", opacity
+
+        QTimer.singleShot(150, restore)
 
     def _show_legend(self, result) -> None:
         """The rate colours in the dock and on the canvas (napari's text overlay)."""
         rates = next(iter(result.rates.values()), ()) if result is not None else ()
         spacing = float(np.prod(result.network_spacing)) ** (1 / 3) if result is not None else None
         self.legend.setText(legend_html(rates, spacing) if rates else "")
-        canvas = getattr(self.viewer, "canvas", None)  # napari 0.9 moved the text overlay to the canvas
-        overlay = canvas.overlays.text if canvas is not None else self.viewer.text_overlay
+        overlay = self._text_overlay()
+        if overlay.text == GLYPHS or overlay.opacity == 0.0:  # a result came before the warm-up ended
+            overlay.opacity = 1.0
         overlay.visible = bool(rates) and bool(self._explorer_layers())
         overlay.text = legend_text(rates) if rates else ""
 
     @staticmethod
-    def _metadata(result, kind: str) -> dict:
-        return {TAG: {"owner": OWNER, "kind": kind, "result": id(result), "model": result.request.model_path}}
+    def _metadata(result, kind: str, af: str | None, k: int | None) -> dict:
+        tag = {"owner": OWNER, "kind": kind, "af": af, "k": k, "parked": False}
+        return {TAG: {**tag, "result": id(result), "model": result.request.model_path}}
 
-    def _add_layer(self, result, name: str, kind: str, spec) -> None:
-        data, style = layer_content(result, kind, spec)
-        kwargs = {"name": name, "metadata": self._metadata(result, kind), **placement(result), **style}
+    def _add_layer(self, result, name: str, kind: str, af: str | None, k: int | None, content) -> None:
+        data, style = content
+        kwargs = {"name": name, "metadata": self._metadata(result, kind, af, k), **placement(result), **style}
         if kind == "arg-max rate":
-            self.viewer.add_labels(data, opacity=0.5, visible=False, **kwargs)
+            self.viewer.add_labels(data, opacity=0.5, **kwargs)
         elif kind == "blend":
             self.viewer.add_image(data, rgb=True, opacity=0.65, blending="translucent", **kwargs)
         elif kind == "weight":
             self.viewer.add_image(data, blending="additive", **kwargs)
         else:
-            self.viewer.add_image(data, visible=False, **kwargs)
+            self.viewer.add_image(data, opacity=0.7, **kwargs)
 
-    def _refill_layer(self, layer, result, kind: str, spec) -> None:
+    def _refill_layer(self, layer, result, kind: str, af: str | None, k: int | None, content) -> None:
         """A newer result in an existing layer: data, colours and grid change; visibility, opacity and
         the layer's place in the list stay as the user left them."""
-        data, style = layer_content(result, kind, spec)
+        data, style = content
         layer.data = data
         for key, value in {**placement(result), **style}.items():
             setattr(layer, key, value)
-        layer.metadata = {**layer.metadata, **self._metadata(result, kind)}
+        parked = layer.metadata[TAG].get("parked", False)
+        layer.metadata = {**layer.metadata, **self._metadata(result, kind, af, k)}
+        layer.metadata[TAG]["parked"] = parked
 
     # -- readout and charts ------------------------------------------------------------------------
     def _on_cursor(self, event=None) -> None:
@@ -368,7 +495,14 @@ class ExplorerWidget(QWidget):
         )
         return readout
 
-    def update_structure_chart(self, *_) -> None:
+    def _on_classes(self, *_) -> None:
+        self._means_key = None  # the labels may have been edited since: average them afresh
+        self.update_structure_chart()
+
+    def update_structure_chart(self, *_, wait: bool = False) -> None:
+        """Redraw the per-structure chart. The means are kept per autofocus layer (for this result
+        and these labels); missing ones are averaged on the worker thread, one layer at a time, and
+        the chart is drawn when all are in (``wait``: block until then, for scripts)."""
         result = self.result
         if result is None:
             return
@@ -382,5 +516,30 @@ class ExplorerWidget(QWidget):
         if not layers:
             self.structure_chart.message("Choose an autofocus layer.")
             return
-        means = structure_means(result, labels, range(result.card.num_classes), layers)
-        _charts.draw_structure_means(self.structure_chart, means, result.rates, result.class_name)
+        if self._pending:  # the layers first; the chart when they are in
+            self._chart_timer.start(80)
+            return
+        key = (id(result), source, id(labels))
+        classes = range(result.card.num_classes)
+        if self._means_key != key:
+            self._means_key, self._means, self._means_job = key, {}, None
+            self._class_index = _background_pool().submit(class_index, result, labels, classes)
+        job = self._means_job
+        if job is not None and (wait or job.done()):
+            self._means.update(job.result())
+            self._means_job = job = None
+        missing = [af for af in layers if af not in self._means]
+        if missing:
+            if job is None:  # averaged on a worker thread, one autofocus layer at a time
+                index = self._class_index.result() if wait else self._class_index
+                self._means_job = _background_pool().submit(
+                    _means_when_indexed, result, labels, classes, missing[0], index
+                )
+            if wait:
+                self.update_structure_chart(wait=True)
+            else:
+                self._chart_timer.start(10)
+            return
+        means = {af: self._means[af] for af in layers}
+        _stacked_bars.draw_structure_means(self.structure_chart, means, result.rates, result.class_name)
+        self._chart_timer.setInterval(80)
