@@ -108,7 +108,7 @@ class ExplorerWidget(QWidget):
         self.viewer = napari_viewer
         self._last_index = None
         self._shown_result = None  # id of the result the layers were built from
-        self._pending: list[tuple] = []  # layer work left: (result, "add" | "refill", name, spec)
+        self._pending: list[list] = []  # layer work left: [result, "add" | "refill", name, spec, future]
         self._selected = None  # the layer the user had selected before the explorer added some
         self._build_timer = QTimer(self)
         self._build_timer.setSingleShot(True)
@@ -366,11 +366,9 @@ class ExplorerWidget(QWidget):
             self._changing_layers = False
         self._remove(gone)
         shown += [("add", name, spec) for name, spec in wanted.items() if name not in existing]
-        # the maps are computed on a worker thread; the GUI thread only hands them to napari
-        self._pending = [
-            (result, action, name, spec, _background_pool().submit(layer_content, result, *spec))
-            for action, name, spec in shown + later
-        ]
+        # each map is computed on a worker thread, one at a time while the GUI thread is idle (not
+        # while it hands the previous one to napari: two cores, and the display server needs one)
+        self._pending = [[result, action, name, spec, None] for action, name, spec in shown + later]
         if self._pending:
             # napari selects each new layer; the user's selection comes back once the layers are in
             if self._selected is None:
@@ -390,7 +388,11 @@ class ExplorerWidget(QWidget):
     def _build_next(self, wait: bool = False) -> None:
         if not self._pending:
             return
-        result, action, name, (kind, af, k), content = self._pending[0]
+        task = self._pending[0]
+        result, action, name, spec, content = task
+        kind, af, k = spec
+        if content is None:
+            task[4] = content = _background_pool().submit(layer_content, result, *spec)
         if not (wait or content.done()):  # still being computed: look again in a moment
             self._build_timer.start()
             return
