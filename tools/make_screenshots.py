@@ -107,7 +107,9 @@ def main(argv=None) -> int:
         # AF1 zooms out inside lesions; AF3 (when there is one) switches rate between the two classes
         contrast = "AF3" if "AF3" in layers else last
         explorer.set_checked(explorer.layer_list, sorted({first, contrast}))
+        explorer.map_boxes["arg-max rate"].setChecked(True)
         explorer.classes_combo.setCurrentText("phantom_09000 ground truth")
+        explorer.build_now()
         only_visible(viewer, {"phantom_09000 [T1-like]", f"{first} · blend"})  # the explorer's default view
         viewer.cursor.position = tuple(viewer.layers[f"{name} labels"].data_to_world(voxel))
         explorer.show_voxel(voxel)
@@ -128,6 +130,7 @@ def main(argv=None) -> int:
         shoot(viewer, out / "counterfactuals.png")
 
         explorer.set_checked(explorer.layer_list, [])
+        explorer.build_now()
         dock, compare = viewer.window.add_plugin_dock_widget(PLUGIN, "Compare models")
         for path in models:
             compare.add_model_file(path)
