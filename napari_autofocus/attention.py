@@ -43,23 +43,31 @@ def normalized_entropy(attention: np.ndarray) -> np.ndarray:
     return np.clip(entropy, 0.0, 1.0, where=~np.isnan(entropy), out=entropy)
 
 
+def receptive_field(receptive_field_min, rates, min_rates, kernel_sizes=3):
+    """The one receptive-field formula: RF = RF_min + sum_i (k_i - 1) * (r_i - r_min,i).
+
+    ``rates[i]``: the effective (attention-weighted) rate of autofocus layer i, a number or a map;
+    ``min_rates[i]`` its smallest rate, ``kernel_sizes`` its kernel (one for all, or per layer).
+    Layers not given count at their smallest rate (their share is in ``receptive_field_min``)."""
+    kernels = [kernel_sizes] * len(min_rates) if np.isscalar(kernel_sizes) else list(kernel_sizes)
+    total = receptive_field_min
+    for rate, low, k in zip(rates, min_rates, kernels, strict=True):
+        total = total + (k - 1) * (rate - low)
+    return total
+
+
 def zoom_voxels(
     attention: Mapping[str, np.ndarray],
     rates: Mapping[str, Sequence[int]],
     receptive_field_min: int,
     kernel_size: int = 3,
 ) -> np.ndarray:
-    """(D, H, W) effective receptive field in voxels from all given autofocus layers.
-
-    Layers not given count at their smallest rate (their contribution is in ``receptive_field_min``).
-    """
-    total = None
-    for name, a in attention.items():
-        extra = (kernel_size - 1) * (expected_rate(a, rates[name]) - min(rates[name]))
-        total = extra if total is None else total + extra
-    if total is None:
+    """(D, H, W) effective receptive field in voxels from all given autofocus layers."""
+    if not attention:
         raise ValueError("zoom needs the attention of at least one autofocus layer")
-    return receptive_field_min + total
+    names = list(attention)
+    expected = [expected_rate(attention[n], rates[n]) for n in names]
+    return receptive_field(receptive_field_min, expected, [min(rates[n]) for n in names], kernel_size)
 
 
 def zoom_mm(zoom: np.ndarray, spacing: Sequence[float]) -> np.ndarray:

@@ -103,8 +103,11 @@ def voxel_readout(result, index: Sequence[int]) -> dict | None:
     weights = {name: a[(slice(None), *index)].astype(np.float32) for name, a in result.attention.items()}
     if not weights or any(np.isnan(w).any() for w in weights.values()):
         return None
-    extra = sum(2 * (float(np.dot(w, result.rates[n])) - min(result.rates[n])) for n, w in weights.items())
-    zoom_voxels = result.receptive_field_min + extra
+    zoom_voxels = maps.receptive_field(
+        result.receptive_field_min,
+        [float(np.dot(w, result.rates[n])) for n, w in weights.items()],
+        [min(result.rates[n]) for n in weights],
+    )
     spacing = float(np.prod(result.network_spacing)) ** (1 / 3)
     return {
         "index": index,

@@ -15,13 +15,14 @@ from pathlib import Path
 
 from napari_autofocus.card import ModelCard, read_card
 from napari_autofocus.errors import AutofocusError
+from napari_autofocus.nets.registry import ARCHITECTURES
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "sample_data" / "models"
 RECENT_FILE = "recent_models.json"
 MAX_RECENT = 8
 # The architectures of napari_autofocus.nets.ARCHITECTURES, repeated so the menu needs no torch
 # (a test checks they agree). "auto" lets the reference importer detect it from the weights.
-ARCH_CHOICES = ("auto", "BASIC", "AFN1", "AFN2", "AFN3", "AFN4", "AFN5", "AFN6", "ASPP_C", "ASPP_S", "DM")
+ARCH_CHOICES = ("auto", *ARCHITECTURES)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ outputs back on the layers' grid, warnings when the scan does not match the mode
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import threading
 from collections.abc import Callable, Sequence
@@ -147,13 +148,11 @@ def predict(
 ):
     """(prediction, report) through the predictor every caller uses, with the request's options."""
     from napari_autofocus.inference.predictor import predict_scan
+    from napari_autofocus.nets.autofocus import override_attention
 
-    module = None
-    if request.override is not None:
-        layer, value = request.override
-        module = autofocus_module(model, layer)
-        module.attention_override = value
-    try:
+    layer, value = request.override if request.override is not None else (None, None)
+    forced = override_attention(model, layer, value) if layer is not None else contextlib.nullcontext()
+    with forced:
         return predict_scan(
             model,
             card,
@@ -170,18 +169,6 @@ def predict(
             progress=progress,
             cancel=cancel,
         )
-    finally:
-        if module is not None:
-            module.attention_override = None
-
-
-def autofocus_module(model, layer: str):
-    """The AutofocusConv behind an attention name such as "AF2"."""
-    for geometry in model.autofocus_geometry():
-        if geometry["name"] == layer:
-            return model.get_submodule(geometry["module"])
-    names = [g["name"] for g in model.autofocus_geometry()]
-    raise AutofocusError(f"this model has no autofocus layer {layer!r} (it has {', '.join(names) or 'none'})")
 
 
 def run_model(

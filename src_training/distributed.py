@@ -122,15 +122,6 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return tensor
 
 
-def broadcast_flag(value: bool, info: DistInfo, device: torch.device) -> bool:
-    """Rank 0's boolean, on every rank (e.g. 'stop now')."""
-    if not (info.enabled and dist.is_initialized()):
-        return value
-    t = torch.tensor([1 if value else 0], device=device if device.type == "cuda" else "cpu")
-    dist.broadcast(t, src=0)
-    return bool(t.item())
-
-
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()

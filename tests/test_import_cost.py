@@ -33,6 +33,9 @@ print(",".join(bad))
         ("napari_autofocus.metrics", ["torch", "napari", "qtpy"]),
         ("napari_autofocus.card", ["torch", "napari", "qtpy"]),
         ("napari_autofocus.inference.predictor", ["torch", "napari", "qtpy"]),
+        ("napari_autofocus.nets", ["torch", "napari", "qtpy"]),  # names load on first use
+        ("napari_autofocus.nets.registry", ["torch", "napari", "qtpy"]),
+        ("napari_autofocus.model_library", ["torch", "napari", "qtpy"]),
     ],
 )
 def test_module_does_not_import(module, forbidden):

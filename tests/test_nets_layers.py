@@ -158,6 +158,27 @@ def _count(model):
     return sum(p.numel() for p in model.parameters())
 
 
+def test_override_attention_forces_one_layer_and_always_restores_it():
+    from napari_autofocus.errors import AutofocusError
+    from napari_autofocus.nets.autofocus import override_attention
+
+    model = build_network("AFN2", 2, 3, channels=(4,) * 8).eval()
+    first, second = (m for _, m in model.named_modules() if isinstance(m, AutofocusConv))
+    second.attention_override = "uniform"  # already forced by someone: it comes back as it was
+    with override_attention(model, "AF2", 3) as module:
+        assert module is second and second.attention_override == 3 and first.attention_override is None
+    assert second.attention_override == "uniform"
+    with pytest.raises(RuntimeError), override_attention(model, "AF1", 0):
+        assert first.attention_override == 0
+        raise RuntimeError("a run that fails half-way")
+    assert first.attention_override is None
+    with (
+        pytest.raises(AutofocusError, match="no autofocus layer 'AF3'.*AF1, AF2"),
+        override_attention(model, "AF3", 0),
+    ):
+        pass
+
+
 @pytest.mark.parametrize("dims", [2, 3])
 def test_autofocusify_adds_exactly_the_attention_parameters(dims):
     model = _stack(dims)

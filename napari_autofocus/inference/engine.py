@@ -24,7 +24,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -80,7 +80,7 @@ class Prediction:
     slabs_run: int
     seconds: float
     peak_memory_gib: float
-    timings: dict = field(default_factory=dict)
+    activations: str | None = None  # streamed runs: where full activations lived ("memory", "file")
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -299,7 +299,7 @@ def predict_volume(
         slabs_run=details.get("slabs_run", 0),
         seconds=time.perf_counter() - started,
         peak_memory_gib=_peak_memory_gib(dev),
-        timings={k: v for k, v in details.items() if k not in ("tile_size", "tiles_run", "slabs_run")},
+        activations=details.get("activations"),
     )
 
 

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from napari_autofocus.errors import AutofocusError
+
 from .slabs import fold_batchnorm, keep_planes
 
 _CONV = {2: F.conv2d, 3: F.conv3d}
@@ -250,3 +252,22 @@ def capture_attention(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
             m.keep_attention = keep
             if not keep:
                 m.last_attention = last
+
+
+@contextlib.contextmanager
+def override_attention(model: nn.Module, layer: str, value) -> Iterator[AutofocusConv]:
+    """Force autofocus layer ``layer`` ("AF1".."AFn") to ``value`` inside the block: "uniform", a
+    branch index, or K weights (see :class:`AutofocusConv`). The previous setting comes back on
+    exit, also after an error or a Cancel, so a counterfactual never leaks into the next run."""
+    geometry = {g["name"]: g["module"] for g in model.autofocus_geometry()}
+    if layer not in geometry:
+        raise AutofocusError(
+            f"this model has no autofocus layer {layer!r} (it has {', '.join(geometry) or 'none'})"
+        )
+    module = model.get_submodule(geometry[layer])
+    before = module.attention_override
+    module.attention_override = value
+    try:
+        yield module
+    finally:
+        module.attention_override = before

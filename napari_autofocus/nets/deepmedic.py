@@ -19,8 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .base import SegmentationNet, reference_init
 from .blocks import centre_crop
-from .networks import NetworkConfigError, SegmentationNet, reference_init
+from .registry import NetworkConfigError
+
+POOL = 3  # the low-resolution pathway's average pooling (kernel = stride)
 
 # (input of conv i is added to the output of conv j), 0-based: conv3->conv4, conv5->conv6, conv7->conv8.
 _RESIDUALS = {3: 2, 5: 4, 7: 6}
@@ -59,10 +62,10 @@ class Pathway(nn.Module):
 class DeepMedic(SegmentationNet):
     """Two-pathway DeepMedic (normal + 1/3 resolution); see the module docstring for geometry."""
 
-    input_multiple = 3
+    input_multiple = POOL
 
-    def __init__(self, in_channels: int, num_classes: int, options: dict) -> None:
-        super().__init__("DM", in_channels, num_classes, options)
+    def __init__(self, *, in_channels: int, num_classes: int, options: dict) -> None:
+        super().__init__(arch="DM", in_channels=in_channels, num_classes=num_classes, options=options)
         channels = list(options["channels"])
         fc1, fc2 = options["fc_channels"]
         if any(c > channels[-1] for c in channels[2:]) or channels[2:] != sorted(channels[2:]):
@@ -75,20 +78,33 @@ class DeepMedic(SegmentationNet):
         reference_init(self)
 
     @property
+    def _pathway_shrink(self) -> int:
+        """Voxels one pathway's valid convs remove per side, on its own grid (8 convs of 3^3: 8)."""
+        return sum((conv.kernel_size[0] - 1) // 2 for conv in self.normal.convs)
+
+    @property
+    def _crop(self) -> int:
+        """The normal pathway's centre crop: its output then matches the upsampled low-res one."""
+        return self.margin - self._pathway_shrink
+
+    @property
     def margin(self) -> int:
-        return 24
+        """The low-resolution pathway's shrink on the input grid (24): both pathways end there."""
+        return POOL * self._pathway_shrink
 
     @property
     def min_input_size(self) -> int:
-        return 51
+        return self.receptive_field
 
     @property
     def receptive_field(self) -> int:
-        return 51
+        """The low-resolution pathway's: one pooled voxel spans POOL, each conv adds (k - 1) * POOL
+        (3 + 16 * 3 = 51); the normal pathway's is smaller (17)."""
+        return POOL * (1 + 2 * self._pathway_shrink)
 
     @property
     def receptive_field_min(self) -> int:
-        return 51
+        return self.receptive_field
 
     def autofocus_geometry(self) -> list[dict]:
         return []
@@ -101,8 +117,8 @@ class DeepMedic(SegmentationNet):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for size in x.shape[2:]:
             self.output_size(int(size))  # raises with a clear message for unusable sizes
-        normal = self.normal(centre_crop(x, 16))
-        low = self.lowres(F.avg_pool3d(x, 3, 3))
-        low = F.interpolate(low, scale_factor=3, mode="nearest")
+        normal = self.normal(centre_crop(x, self._crop))
+        low = self.lowres(F.avg_pool3d(x, POOL, POOL))
+        low = F.interpolate(low, scale_factor=POOL, mode="nearest")
         y = torch.cat([normal, low], dim=1)
         return self.classifier(F.relu(self.fc2(F.relu(self.fc1(y)))))
