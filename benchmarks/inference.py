@@ -19,7 +19,7 @@ convolution's multiply-adds x 2, counted on the meta device), GFLOP/s, the fract
 convolution peak measured in the same run (a 50->50 3^3 conv on 60^3, channels-last), and the
 **seam score** of every autofocus layer's expected rate: mean change across the planes where the
 authors' tiles meet, over the median change across all other planes (1.0 = no seams; see
-``napari_autofocus.attention.seam_score``).
+``napari_autofocus.analysis.attention.seam_score``).
 
     python benchmarks/inference.py --quick      # a few minutes on a 2-core CPU
     python benchmarks/inference.py              # BraTS size: about 15 minutes on a 2-core CPU
@@ -149,7 +149,7 @@ def brain_box(volume: np.ndarray) -> tuple[slice, slice, slice]:
 def seam_scores(prediction, volume: np.ndarray) -> dict[str, float]:
     """Seam score of every autofocus layer inside the brain box, at the planes where the authors'
     47^3 output tiles meet (from the box corner, ceil((max - min) / 47) tiles per axis)."""
-    from napari_autofocus.attention import expected_rate, seam_score
+    from napari_autofocus.analysis.attention import expected_rate, seam_score
 
     box = brain_box(volume)
     borders = [list(range(47, s.stop - s.start, 47)) for s in box]

@@ -82,9 +82,9 @@ def hidden_parts(args, cases: list) -> dict[str, dict]:
 
 def evaluate_model(path: Path, cases: list, n_channels: int, device: str, parts=None) -> dict:
     """Dice per structure per case and, for autofocus models, mean expected rates per region."""
-    from napari_autofocus.attention import expected_rate
+    from napari_autofocus.analysis.attention import expected_rate
+    from napari_autofocus.analysis.metrics import dice
     from napari_autofocus.inference.predictor import predict_scan
-    from napari_autofocus.metrics import dice
     from napari_autofocus.nets import load_model
     from src_training.data import read_case
 
@@ -185,7 +185,7 @@ def main(argv=None) -> int:
 
 def check_models(models: list[Path], record: bool) -> None:
     """Every model file is readable before any work starts (a bad path should not cost an hour)."""
-    from napari_autofocus.card import read_card
+    from napari_autofocus.nets.card import read_card
 
     if not models:
         raise AutofocusError("no model files given (--models) and none bundled in sample_data/models/")

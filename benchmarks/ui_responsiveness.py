@@ -89,7 +89,7 @@ def placement_of(layer) -> dict:
 
 def measure(viewer, work: Path) -> dict:
     from napari_autofocus.__main__ import lesion_voxel
-    from napari_autofocus.model_library import bundled_models
+    from napari_autofocus.app.model_library import bundled_models
 
     model = next(e.path for e in bundled_models() if "AFN6" in Path(e.path).name)
     viewer.open_sample(PLUGIN, "phantom")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from napari_autofocus.nifti import is_nifti_path, load_nifti, strip_nifti_suffix
+from napari_autofocus.io.nifti import is_nifti_path, load_nifti, strip_nifti_suffix
 
 PLUGIN_NAME = "napari-autofocus"
 READER_PATTERNS = ("*.nii", "*.nii.gz")

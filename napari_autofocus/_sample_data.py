@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from napari_autofocus._reader import prefer_this_reader, volume_layer_data
-from napari_autofocus.nifti import load_nifti
+from napari_autofocus.io.nifti import load_nifti
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample_data"
 PHANTOM_CASE = "phantom_09000"

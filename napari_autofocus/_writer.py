@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_autofocus.nifti import NiftiGeometry, geometry_from_layer, save_nifti
+from napari_autofocus.io.nifti import NiftiGeometry, geometry_from_layer, save_nifti
 
 
 def layer_geometry(data: np.ndarray, meta: dict) -> NiftiGeometry:

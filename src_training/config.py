@@ -11,9 +11,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from napari_autofocus.analysis.metrics import REGION_CONVENTIONS
 from napari_autofocus.errors import AutofocusError
-from napari_autofocus.metrics import REGION_CONVENTIONS
-from napari_autofocus.normalization import DEFAULT_NORMALIZATION
+from napari_autofocus.inference.normalization import DEFAULT_NORMALIZATION
 
 PRESETS: dict[str, dict] = {
     # The authors' train.py: RMSprop, per-iteration poly LR, plain cross-entropy, 50/50 fg/bg patches.

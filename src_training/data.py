@@ -4,7 +4,7 @@ A :class:`Dataset` knows its cases (image file(s) + label file), channel names, 
 evaluation regions. :func:`check_geometry` reads only NIfTI headers and collects *every* problem
 (missing file, shape or affine mismatch between channels and label, wrong channel count) into one
 :class:`DatasetError`, so a user fixes a broken dataset in one pass instead of one error per run.
-Arrays are read through :func:`napari_autofocus.nifti.load_nifti`, i.e. in the axis order the
+Arrays are read through :func:`napari_autofocus.io.nifti.load_nifti`, i.e. in the axis order the
 napari plugin uses, so a trained model sees volumes the way the plugin will feed them.
 """
 
@@ -18,7 +18,7 @@ import nibabel as nib
 import numpy as np
 
 from napari_autofocus.errors import DatasetError, NiftiError
-from napari_autofocus.nifti import NiftiGeometry, load_nifti
+from napari_autofocus.io.nifti import NiftiGeometry, load_nifti
 
 AFFINE_TOLERANCE = (
     1e-3  # mm / direction-cosine units; headers written by different tools differ in float noise

@@ -1,6 +1,6 @@
 """Scoring label maps per case, per class and per region, and writing the report (JSON, CSV, table).
 
-The metric definitions live in :mod:`napari_autofocus.metrics` (shared with the plugin); this module
+The metric definitions live in :mod:`napari_autofocus.analysis.metrics` (shared with the plugin); this module
 decides *what* is scored (every foreground class, plus regions such as BraTS whole/core/enhancing)
 and how results are summarised (mean and population std over cases, NaN = undefined is skipped and
 counted separately through ``n``).
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_autofocus.analysis.metrics import CONVENTIONS, REGION_CONVENTIONS, score_labels, summarize
 from napari_autofocus.errors import AutofocusError
-from napari_autofocus.metrics import CONVENTIONS, REGION_CONVENTIONS, score_labels, summarize
 
 METRICS = ("dice", "hd95", "sensitivity", "specificity")
 GROUPS = ("classes", "regions")

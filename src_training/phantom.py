@@ -38,7 +38,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from napari_autofocus.nifti import PHANTOM_MARK
+from napari_autofocus.io.nifti import PHANTOM_MARK
 from src_training.phantom_styles import STYLES, default_size, smallest_size
 
 CHANNEL_NAMES = ("T1-like", "T2-like")

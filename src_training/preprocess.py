@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from napari_autofocus.errors import DatasetError
+from napari_autofocus.inference.normalization import DEFAULT_NORMALIZATION
 from napari_autofocus.inference.predictor import Preprocessed, preprocess
 from napari_autofocus.io.atomic import atomic_path, write_text
-from napari_autofocus.normalization import DEFAULT_NORMALIZATION
 
 from .data import Case, Dataset, check_label_values, read_case
 from .sampling import class_indices

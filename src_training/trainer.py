@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from napari_autofocus.analysis.metrics import REGION_CONVENTIONS, dice
 from napari_autofocus.errors import AutofocusError
+from napari_autofocus.inference.normalization import padding_value
 from napari_autofocus.io.atomic import write_text
-from napari_autofocus.metrics import REGION_CONVENTIONS, dice
 from napari_autofocus.nets.checkpoints import nonfinite_tensors
-from napari_autofocus.normalization import padding_value
 
 from . import distributed
 from .checkpointing import load_checkpoint, rng_state, save_checkpoint, set_rng_state, unwrap

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from napari_autofocus.card import read_card
+from napari_autofocus.nets.card import read_card
 from src_training.cli import main
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"

@@ -29,13 +29,13 @@ print(",".join(bad))
         ("napari_autofocus.widgets.compare", ["torch"]),
         ("napari_autofocus.widgets.counterfactual", ["torch"]),
         ("napari_autofocus.widgets.export", ["torch"]),
-        ("napari_autofocus.attention", ["torch", "napari", "qtpy"]),
-        ("napari_autofocus.metrics", ["torch", "napari", "qtpy"]),
-        ("napari_autofocus.card", ["torch", "napari", "qtpy"]),
+        ("napari_autofocus.analysis.attention", ["torch", "napari", "qtpy"]),
+        ("napari_autofocus.analysis.metrics", ["torch", "napari", "qtpy"]),
+        ("napari_autofocus.nets.card", ["torch", "napari", "qtpy"]),
         ("napari_autofocus.inference.predictor", ["torch", "napari", "qtpy"]),
         ("napari_autofocus.nets", ["torch", "napari", "qtpy"]),  # names load on first use
         ("napari_autofocus.nets.registry", ["torch", "napari", "qtpy"]),
-        ("napari_autofocus.model_library", ["torch", "napari", "qtpy"]),
+        ("napari_autofocus.app.model_library", ["torch", "napari", "qtpy"]),
     ],
 )
 def test_module_does_not_import(module, forbidden):

@@ -401,11 +401,11 @@ def test_the_bundled_afn6_shows_no_tile_seams_on_the_sample():
     expected rate at their borders (the score catches them); the whole mode has none there. With
     two or three border planes per axis one layer's score also moves with the anatomy that happens
     to lie there, so layers are averaged."""
-    from napari_autofocus.attention import expected_rate, seam_score
+    from napari_autofocus.analysis.attention import expected_rate, seam_score
+    from napari_autofocus.app.model_library import bundled_models
     from napari_autofocus.inference.predictor import preprocess
-    from napari_autofocus.model_library import bundled_models
+    from napari_autofocus.io.nifti import load_multichannel
     from napari_autofocus.nets import load_model
-    from napari_autofocus.nifti import load_multichannel
 
     path = next(e.path for e in bundled_models() if "AFN6" in e.path)
     model, card = load_model(path)

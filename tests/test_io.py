@@ -23,8 +23,8 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary_file(tmp_path):
 
 
 def test_model_files_nifti_checkpoints_and_logs_get_the_same_permissions(tmp_path):
+    from napari_autofocus.io.nifti import geometry_from_layer, save_nifti
     from napari_autofocus.nets import build_network, save_model
-    from napari_autofocus.nifti import geometry_from_layer, save_nifti
     from src_training.checkpointing import save_checkpoint
 
     write_text(tmp_path / "log.txt", "x")

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from napari_autofocus import metrics
+from napari_autofocus.analysis import metrics
 
 
 def _line(n, on):

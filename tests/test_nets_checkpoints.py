@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_autofocus.card import read_card
 from napari_autofocus.errors import CheckpointError
 from napari_autofocus.nets import ARCHITECTURES, build_network, load_model, save_model
+from napari_autofocus.nets.card import read_card
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 GOLDEN = REFERENCE / "golden"
@@ -76,7 +76,7 @@ def test_card_is_readable_without_torch(tmp_path):
     assert (card.arch, card.in_channels, card.num_classes) == ("AFN2", 2, 3)
     assert card.autofocus_layers == ["AF1", "AF2"] and card.dilations == [2, 6, 10, 14]
     code = (
-        "import sys; from napari_autofocus.card import read_card; "
+        "import sys; from napari_autofocus.nets.card import read_card; "
         f"c = read_card({str(path)!r}); assert 'torch' not in sys.modules, 'torch imported'; "
         "print(c.description)"
     )

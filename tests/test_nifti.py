@@ -10,7 +10,7 @@ import pytest
 from napari_autofocus._reader import napari_get_reader, read_nifti
 from napari_autofocus._writer import write_image, write_labels
 from napari_autofocus.errors import NiftiError
-from napari_autofocus.nifti import load_nifti
+from napari_autofocus.io.nifti import load_nifti
 
 # An LPI-stored, anisotropic, shifted volume: nothing about it is canonical.
 LPI_AFFINE = np.array(

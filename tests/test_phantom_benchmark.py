@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_autofocus.card import read_card, read_metadata
+from napari_autofocus.nets.card import read_card, read_metadata
 from src_training.phantom import PhantomConfig, write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,8 +47,8 @@ def content_hash(path: str) -> str:
 def expected_rates_by_hand(model_path: str, data: Path, lookalikes: dict | None = None) -> dict:
     """Mean over cases of the per-case mean of sum_k a_k r_k inside each ground-truth region."""
     from napari_autofocus.inference import predict_volume
+    from napari_autofocus.inference.normalization import normalize
     from napari_autofocus.nets import load_model
-    from napari_autofocus.normalization import normalize
     from src_training.data import open_dataset, read_case
 
     model, card = load_model(model_path)

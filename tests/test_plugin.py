@@ -48,7 +48,7 @@ def test_scan_info_widget_follows_the_selection(make_napari_viewer):
 
 def test_demo_window_renders_the_sample_with_the_plugin_docked(make_napari_viewer, tmp_path):
     from napari_autofocus.__main__ import wait_for_run
-    from napari_autofocus.model_library import bundled_models
+    from napari_autofocus.app.model_library import bundled_models
 
     viewer = make_napari_viewer(show=True)
     segment = open_demo(viewer)
@@ -61,7 +61,7 @@ def test_demo_window_renders_the_sample_with_the_plugin_docked(make_napari_viewe
     labels = viewer.layers["AFN6_phantom labels"]
     truth = viewer.layers["phantom_09000 ground truth"]
     assert labels.data.shape == truth.data.shape and tuple(labels.scale) == tuple(truth.scale)
-    from napari_autofocus.metrics import dice
+    from napari_autofocus.analysis.metrics import dice
 
     assert dice(np.asarray(labels.data) > 0, np.asarray(truth.data) > 0) > 0.8  # a trained model, not noise
     # a first picture that reads at once: one label layer (outlines, on top), the chart filled for a
@@ -82,8 +82,8 @@ def test_demo_window_renders_the_sample_with_the_plugin_docked(make_napari_viewe
 
 def test_bundled_models_are_offered_in_segment_and_compare(make_napari_viewer):
     """The five phantom models (AFN6 and the paper's baselines) ship with the plugin and are listed."""
-    from napari_autofocus.card import read_card
-    from napari_autofocus.model_library import bundled_models
+    from napari_autofocus.app.model_library import bundled_models
+    from napari_autofocus.nets.card import read_card
 
     bundled = {read_card(e.path).arch: e.path for e in bundled_models()}
     assert set(bundled) == {"AFN6", "BASIC", "ASPP_C", "ASPP_S", "DM"}

@@ -10,8 +10,8 @@ import shutil
 import numpy as np
 import pytest
 
-from napari_autofocus.card import read_card
-from napari_autofocus.nifti import load_nifti
+from napari_autofocus.io.nifti import load_nifti
+from napari_autofocus.nets.card import read_card
 from src_training.cli import build_parser, main
 from src_training.config import resolve
 from src_training.phantom import PhantomConfig, write_dataset

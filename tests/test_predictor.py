@@ -4,7 +4,6 @@ the warnings when a scan does not match the model."""
 import numpy as np
 import pytest
 
-from napari_autofocus.card import ModelCard
 from napari_autofocus.inference.predictor import (
     Contract,
     check_channels,
@@ -16,8 +15,9 @@ from napari_autofocus.inference.predictor import (
     resample_nearest,
     to_source,
 )
+from napari_autofocus.io.nifti import PHANTOM_MARK
 from napari_autofocus.nets import build_network
-from napari_autofocus.nifti import PHANTOM_MARK
+from napari_autofocus.nets.card import ModelCard
 
 
 def _card(**fields):

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_autofocus.card import ModelCard
 from napari_autofocus.errors import CheckpointError
 from napari_autofocus.nets import build_network, load_model, save_model
+from napari_autofocus.nets.card import ModelCard
 from napari_autofocus.nets.checkpoints import content_sha256, file_sha256
 from src_training.cli import main
 from src_training.phantom import PhantomConfig, write_dataset
@@ -357,11 +357,11 @@ def test_unusable_memory_budgets_are_refused(tmp_path, model_file, budget, capsy
 
 
 def test_scratch_outputs_equal_in_memory_outputs_and_stream_to_the_same_files(tmp_path, monkeypatch):
+    import napari_autofocus.io.nifti as nifti
     import napari_autofocus.io.prediction_files as files
-    import napari_autofocus.nifti as nifti
     from napari_autofocus.inference import predict_volume
+    from napari_autofocus.io.nifti import load_nifti
     from napari_autofocus.io.scratch import is_scratch
-    from napari_autofocus.nifti import load_nifti
 
     model = build_network("AFN1", 2, 3, channels=(4,) * 8)
     image = np.zeros((2, 30, 34, 26), np.float32)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_autofocus import metrics
+from napari_autofocus.analysis import metrics
 from napari_autofocus.errors import AutofocusError
 from napari_autofocus.nets import build_network, load_model
 from src_training.cli import build_parser, main

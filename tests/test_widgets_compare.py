@@ -5,7 +5,7 @@ import csv
 import numpy as np
 from widget_helpers import PLUGIN, add_scan, make_model_file, run_and_wait
 
-from napari_autofocus.metrics import dice
+from napari_autofocus.analysis.metrics import dice
 from napari_autofocus.widgets.compare import grid_cells, grid_of
 
 

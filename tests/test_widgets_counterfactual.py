@@ -3,7 +3,7 @@
 import numpy as np
 from widget_helpers import PLUGIN, add_scan, open_segment, run_and_wait
 
-from napari_autofocus.metrics import dice
+from napari_autofocus.analysis.metrics import dice
 
 
 def test_forcing_one_rate_changes_labels_and_reports_dice(make_napari_viewer, qtbot, model_file, notes):

@@ -3,7 +3,7 @@
 import numpy as np
 from widget_helpers import PLUGIN, add_scan, open_segment, run_and_wait
 
-from napari_autofocus.attention_views import rate_hue
+from napari_autofocus.analysis.explorer_maps import rate_hue
 
 
 def _segmented(make_napari_viewer, qtbot, model_file, monkeypatch):
@@ -168,7 +168,7 @@ def test_rerunning_segment_with_the_explorer_open_raises_nothing(
     assert new is not first
     np.testing.assert_array_equal(viewer.layers["AF2 · r=6"].data, new.attention["AF2"][1])
     assert viewer.layers["AF1 · blend"].metadata["autofocus"]["result"] == id(new)
-    from napari_autofocus.attention_views import derived_map
+    from napari_autofocus.analysis.explorer_maps import derived_map
 
     hidden = viewer.layers["AF1 · entropy"]
     assert not hidden.visible
@@ -176,7 +176,7 @@ def test_rerunning_segment_with_the_explorer_open_raises_nothing(
 
 
 def test_the_canvas_legend_is_prepared_with_every_character_it_can_show():
-    from napari_autofocus.attention_views import legend_text
+    from napari_autofocus.analysis.explorer_maps import legend_text
     from napari_autofocus.widgets.explorer import GLYPHS
 
     assert set(legend_text([2, 6, 10, 14, 18, 22, 26, 30])) <= set(GLYPHS)

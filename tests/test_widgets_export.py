@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 from widget_helpers import PLUGIN, click, open_segment, run_and_wait
 
-from napari_autofocus.nifti import load_nifti
+from napari_autofocus.io.nifti import load_nifti
 
 
 def test_export_writes_nifti_with_the_source_affine(make_napari_viewer, qtbot, model_file, tmp_path, notes):

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from widget_helpers import CLASSES, make_model_file
 
-from napari_autofocus import compare, counterfactual, inputs, model_library
-from napari_autofocus.attention_views import argmax_colors, rate_hue, voxel_readout, weight_layer_name
-from napari_autofocus.card import ModelCard
-from napari_autofocus.metrics import dice
+from napari_autofocus.analysis import compare, counterfactual
+from napari_autofocus.analysis.explorer_maps import argmax_colors, rate_hue, voxel_readout, weight_layer_name
+from napari_autofocus.analysis.metrics import dice
+from napari_autofocus.app import inputs, model_library
+from napari_autofocus.nets.card import ModelCard
 
 L = inputs.LayerInfo
 
@@ -42,7 +43,8 @@ def test_model_library_lists_recent_files_without_torch(tmp_path):
     assert json.loads((tmp_path / "config" / "recent_models.json").read_text())[0]["path"] == path
     assert "AFN2" in model_library.summary(model_library.describe(path))
     code = (
-        "import sys\nfrom napari_autofocus import model_library, inputs, compare, counterfactual, export\n"
+        "import sys\nfrom napari_autofocus.app import model_library, inputs, export\n"
+        "from napari_autofocus.analysis import compare, counterfactual\n"
         f"model_library.describe({path!r}); print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

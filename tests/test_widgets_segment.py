@@ -3,7 +3,7 @@
 import numpy as np
 from widget_helpers import PLUGIN, add_scan, click, open_segment, run_and_wait
 
-from napari_autofocus.session import RESULT_KEY
+from napari_autofocus.app.session import RESULT_KEY
 
 
 def test_segment_adds_aligned_labels_with_class_names_and_attention(make_napari_viewer, qtbot, model_file):
@@ -62,7 +62,7 @@ def test_mapping_is_editable_and_wrong_inputs_are_explained(make_napari_viewer, 
 
 
 def test_no_model_and_bad_model_file_are_notified(make_napari_viewer, qtbot, tmp_path, notes, monkeypatch):
-    from napari_autofocus import model_library
+    from napari_autofocus.app import model_library
 
     monkeypatch.setattr(model_library, "BUNDLED_DIR", tmp_path / "no-models")  # nothing bundled
     viewer = add_scan(make_napari_viewer())
@@ -91,7 +91,7 @@ def test_unavailable_device_is_an_error_notification(make_napari_viewer, qtbot, 
 
 
 def test_recent_models_remember_a_used_file(make_napari_viewer, qtbot, model_file):
-    from napari_autofocus.model_library import recent_models
+    from napari_autofocus.app.model_library import recent_models
 
     viewer = add_scan(make_napari_viewer())
     widget = open_segment(viewer, model_file)

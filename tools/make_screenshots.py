@@ -20,7 +20,7 @@ sys.path.insert(0, str(REPO))
 
 from napari_autofocus.__main__ import lesion_voxel  # noqa: E402
 from napari_autofocus._display import display_available  # noqa: E402
-from napari_autofocus.model_library import bundled_models  # noqa: E402
+from napari_autofocus.app.model_library import bundled_models  # noqa: E402
 
 PLUGIN = "napari-autofocus"
 CLASSES = {"0": "background", "1": "small lesion", "2": "large lesion"}

@@ -31,10 +31,10 @@ import torch
 from torch import nn
 
 from napari_autofocus.errors import AutofocusError
+from napari_autofocus.inference.normalization import roi_mask
 from napari_autofocus.inference.tiling import TilePlan, plan_tiles
 from napari_autofocus.io.scratch import release, scratch_array, slabs
 from napari_autofocus.nets import AutofocusConv, capture_attention
-from napari_autofocus.normalization import roi_mask
 
 REFERENCE_OUTPUT_TILE = 47  # the reference: 75^3 input tiles, 47^3 output, stride 47
 DEFAULT_MEMORY_BUDGET_GIB = 2.0  # peak memory of the process while it predicts

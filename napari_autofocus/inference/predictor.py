@@ -6,7 +6,7 @@ nnU-Net's preprocess -> predict -> export, in one place, so that ``predict``, ``
 the trainer's validation, the phantom benchmark and the plugin's Segment, Compare and
 Counterfactuals give the same labels for the same scan:
 
-1. :func:`preprocess`: normalise as the card says (:mod:`napari_autofocus.normalization`), then
+1. :func:`preprocess`: normalise as the card says (:mod:`napari_autofocus.inference.normalization`), then
    resample to the card's ``target_spacing`` when it has one (linear for images, nearest for masks
    and labels). The crop region is the bounding box of the voxels non-zero in any raw channel.
 2. :func:`run_network`: :func:`~napari_autofocus.inference.predict_volume` on that grid.
@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from napari_autofocus.card import ModelCard
 from napari_autofocus.errors import AutofocusError
-from napari_autofocus.nifti import PHANTOM_MARK
-from napari_autofocus.normalization import DEFAULT_NORMALIZATION, normalize, padding_value, roi_mask
+from napari_autofocus.inference.normalization import DEFAULT_NORMALIZATION, normalize, padding_value, roi_mask
+from napari_autofocus.io.nifti import PHANTOM_MARK
+from napari_autofocus.nets.card import ModelCard
 
 SPACING_TOLERANCE = 0.1  # relative voxel-size difference that counts as "not the model's spacing"
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_autofocus import attention as maps
+from napari_autofocus.analysis import attention as maps
 from napari_autofocus.errors import AutofocusError
 from napari_autofocus.io.atomic import write_text
 from napari_autofocus.io.scratch import BIG_ARRAY_BYTES, is_scratch, release, scratch_array, slabs
@@ -184,7 +184,7 @@ def write_outputs(
     write does not produce (e.g. attention maps of an earlier run) are removed, so the folder never
     mixes two runs.
     """
-    from napari_autofocus.nifti import save_nifti
+    from napari_autofocus.io.nifti import save_nifti
 
     folder = Path(folder)
     remove_interrupted(folder, stem)

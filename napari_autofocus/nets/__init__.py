@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 
-from napari_autofocus.card import ModelCard, read_card
+from napari_autofocus.nets.card import ModelCard, read_card
 
 _LAZY = {
     "AutofocusConv": "autofocus",

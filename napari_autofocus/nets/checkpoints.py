@@ -1,7 +1,7 @@
 """Saving and loading models: our safetensors files and the reference ``.pth.tar`` checkpoints.
 
 Our format is one ``.safetensors`` file: the state dict plus header metadata ``format``,
-``format_version``, ``model_card`` (JSON, see :mod:`napari_autofocus.card`), ``content_sha256``
+``format_version``, ``model_card`` (JSON, see :mod:`napari_autofocus.nets.card`), ``content_sha256``
 (every tensor: name, dtype, shape, bytes, in sorted key order) and ``sha256``, which covers the
 weights and the card's exact text together: a damaged or edited file, weights or card (a changed
 dilation, normalisation or class name), is refused instead of silently producing wrong
@@ -25,9 +25,9 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from napari_autofocus.card import FORMAT_NAME, FORMAT_VERSION, ModelCard, read_metadata
 from napari_autofocus.errors import AutofocusError, CheckpointError
 from napari_autofocus.io.atomic import write_bytes
+from napari_autofocus.nets.card import FORMAT_NAME, FORMAT_VERSION, ModelCard, read_metadata
 
 from . import reference
 from .networks import build_network, canonical_arch
@@ -254,6 +254,12 @@ def _read_reference(path: Path) -> dict:
     return {"state": state, "epoch": obj.get("epoch") if isinstance(obj, dict) else None}
 
 
+def region_convention(name: str) -> dict[str, list[int]]:
+    from napari_autofocus.analysis.metrics import REGION_CONVENTIONS
+
+    return {region: list(values) for region, values in REGION_CONVENTIONS[name].items()}
+
+
 def reference_card(model, path: Path, epoch=None) -> ModelCard:
     """Card defaults for a model trained with the reference code on BRATS 2015."""
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -263,9 +269,7 @@ def reference_card(model, path: Path, epoch=None) -> ModelCard:
         num_classes=model.num_classes,
         modalities=list(reference.REFERENCE_MODALITIES) if model.in_channels == 4 else [],
         class_names=dict(reference.REFERENCE_CLASS_NAMES) if model.num_classes == 5 else {},
-        regions={k: list(v) for k, v in reference.REFERENCE_REGIONS.items()}
-        if model.num_classes == 5
-        else {},
+        regions=region_convention(reference.REFERENCE_REGION_CONVENTION) if model.num_classes == 5 else {},
         normalization={
             "scheme": "zscore",
             "roi": "nonzero",

@@ -21,7 +21,7 @@ REFERENCE_CLASS_NAMES = {
     "3": "non-enhancing",
     "4": "enhancing",
 }
-REFERENCE_REGIONS = {"whole": [1, 2, 3, 4], "core": [1, 3, 4], "enhancing": [4]}
+REFERENCE_REGION_CONVENTION = "brats2015"  # a key of napari_autofocus.analysis.metrics.REGION_CONVENTIONS
 
 # Inside a reference AFN block: (their name prefix) -> (our name prefix).
 _AFN_BLOCK = [

@@ -16,8 +16,8 @@ from napari.qt.threading import create_worker
 from napari.utils import progress as napari_progress
 from qtpy.QtCore import QObject, Signal
 
+from napari_autofocus.app.session import is_out_of_memory
 from napari_autofocus.errors import AutofocusError, describe_os_error
-from napari_autofocus.session import is_out_of_memory
 from napari_autofocus.widgets import _common
 
 NOTE_SEP = " · "

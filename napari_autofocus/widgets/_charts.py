@@ -8,7 +8,7 @@ import numpy as np
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 
-from napari_autofocus.attention_views import rate_hue
+from napari_autofocus.analysis.explorer_maps import rate_hue
 
 BACKGROUND = "#262930"
 FOREGROUND = "#e6e6e6"

@@ -7,8 +7,8 @@ from napari.utils import notifications
 from qtpy.QtCore import QSize, Qt
 from qtpy.QtWidgets import QComboBox, QFrame, QScrollArea, QVBoxLayout, QWidget
 
-from napari_autofocus.inputs import LayerInfo
-from napari_autofocus.session import RESULT_KEY
+from napari_autofocus.app.inputs import LayerInfo
+from napari_autofocus.app.session import RESULT_KEY
 
 NONE = "(none)"
 
@@ -106,7 +106,7 @@ def watch_layers(viewer, callback) -> None:
 
 def source_placement(layer) -> dict:
     """Where a result computed from ``layer`` belongs: scale, translate, affine and NIfTI geometry."""
-    from napari_autofocus.nifti import NiftiGeometry, geometry_from_layer
+    from napari_autofocus.io.nifti import NiftiGeometry, geometry_from_layer
 
     geometry = layer.metadata.get("nifti")
     if not isinstance(geometry, NiftiGeometry):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from napari_autofocus.session import RESULT_KEY, SegmentationResult
+from napari_autofocus.app.session import RESULT_KEY, SegmentationResult
 
 TAG = "autofocus"
 

@@ -13,7 +13,7 @@ from qtpy.QtCore import QRectF, Qt
 from qtpy.QtGui import QColor, QFont, QPainter
 from qtpy.QtWidgets import QSizePolicy, QWidget
 
-from napari_autofocus.attention_views import rate_hue
+from napari_autofocus.analysis.explorer_maps import rate_hue
 from napari_autofocus.widgets._charts import BACKGROUND, FOREGROUND
 
 AXIS = "#888888"

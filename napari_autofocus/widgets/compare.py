@@ -17,11 +17,11 @@ from qtpy.QtWidgets import (
 )
 
 from napari_autofocus._reader import prefer_this_reader
-from napari_autofocus.compare import dice_table, disagreement
+from napari_autofocus.analysis.compare import dice_table, disagreement
+from napari_autofocus.app.inputs import input_problems, match_modalities, modality_names
+from napari_autofocus.app.model_library import available_models, describe, model_name
+from napari_autofocus.app.session import RunRequest, run_model
 from napari_autofocus.errors import AutofocusError
-from napari_autofocus.inputs import input_problems, match_modalities, modality_names
-from napari_autofocus.model_library import available_models, describe, model_name
-from napari_autofocus.session import RunRequest, run_model
 from napari_autofocus.widgets import _charts, _common, _outputs, _table, _tips
 from napari_autofocus.widgets._background import BackgroundRun
 from napari_autofocus.widgets.model_picker import FILE_FILTER

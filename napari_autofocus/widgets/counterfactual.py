@@ -9,8 +9,8 @@ from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QComboBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QWidget
 
 from napari_autofocus._reader import prefer_this_reader
-from napari_autofocus.counterfactual import compare_to_reference, override_choices
-from napari_autofocus.session import RESULT_KEY, run_model
+from napari_autofocus.analysis.counterfactual import compare_to_reference, override_choices
+from napari_autofocus.app.session import RESULT_KEY, run_model
 from napari_autofocus.widgets import _common, _outputs, _table, _tips
 from napari_autofocus.widgets._background import BackgroundRun
 

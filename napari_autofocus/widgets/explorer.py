@@ -1,6 +1,6 @@
 """Attention explorer: the cached attention of a result as colour layers, a voxel readout and charts.
 
-Everything here reads the :class:`~napari_autofocus.session.SegmentationResult` stored on a labels
+Everything here reads the :class:`~napari_autofocus.app.session.SegmentationResult` stored on a labels
 layer; switching layers, rates or maps only changes which napari layers are shown, never re-runs
 the network.
 """
@@ -26,7 +26,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_autofocus._reader import prefer_this_reader
-from napari_autofocus.attention_views import (
+from napari_autofocus.analysis.explorer_maps import (
     argmax_colors,
     blend,
     class_index,
@@ -40,7 +40,7 @@ from napari_autofocus.attention_views import (
     weight_layer_name,
     zoom_mm_map,
 )
-from napari_autofocus.session import RESULT_KEY
+from napari_autofocus.app.session import RESULT_KEY
 from napari_autofocus.widgets import _charts, _common, _stacked_bars
 from napari_autofocus.widgets._outputs import TAG, placement
 

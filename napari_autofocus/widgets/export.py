@@ -19,9 +19,9 @@ from qtpy.QtWidgets import (
 )
 
 from napari_autofocus._reader import prefer_this_reader
+from napari_autofocus.app.export import KINDS, existing_files, export_result
+from napari_autofocus.app.session import RESULT_KEY
 from napari_autofocus.errors import AutofocusError
-from napari_autofocus.export import KINDS, existing_files, export_result
-from napari_autofocus.session import RESULT_KEY
 from napari_autofocus.widgets import _common, _tips
 from napari_autofocus.widgets._background import BackgroundRun
 

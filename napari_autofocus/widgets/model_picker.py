@@ -5,8 +5,7 @@ from __future__ import annotations
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
-from napari_autofocus.errors import AutofocusError
-from napari_autofocus.model_library import (
+from napari_autofocus.app.model_library import (
     ARCH_CHOICES,
     ModelEntry,
     available_models,
@@ -14,6 +13,7 @@ from napari_autofocus.model_library import (
     is_reference_checkpoint,
     summary,
 )
+from napari_autofocus.errors import AutofocusError
 from napari_autofocus.widgets._tips import TIPS
 
 FILE_FILTER = "Model files (*.safetensors *.pth.tar *.pth *.pt *.tar);;All files (*)"

@@ -8,7 +8,7 @@ import numpy as np
 from qtpy.QtWidgets import QLabel, QWidget
 
 from napari_autofocus._reader import prefer_this_reader
-from napari_autofocus.nifti import NiftiGeometry
+from napari_autofocus.io.nifti import NiftiGeometry
 from napari_autofocus.widgets import _common
 
 

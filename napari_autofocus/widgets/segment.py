@@ -17,9 +17,9 @@ from qtpy.QtWidgets import (
 )
 
 from napari_autofocus._reader import prefer_this_reader
-from napari_autofocus.inputs import input_problems, match_modalities, modality_names
-from napari_autofocus.model_library import is_reference_checkpoint, remember_model
-from napari_autofocus.session import RunRequest, run_model
+from napari_autofocus.app.inputs import input_problems, match_modalities, modality_names
+from napari_autofocus.app.model_library import is_reference_checkpoint, remember_model
+from napari_autofocus.app.session import RunRequest, run_model
 from napari_autofocus.widgets import _common, _outputs, _tips
 from napari_autofocus.widgets._background import BackgroundRun
 from napari_autofocus.widgets.model_picker import ModelPicker

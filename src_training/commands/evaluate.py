@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_autofocus.app.model_library import model_file
 from napari_autofocus.errors import AutofocusError, DatasetError
-from napari_autofocus.model_library import model_file
 
 EXAMPLES = """examples:
   python -m src_training evaluate --model runs/afn6/model.safetensors --data Task01_BrainTumour \\
@@ -127,7 +127,7 @@ def _wanted_cases(dataset, names: str | None, split: dict | None):
 
 def _training_data(model: str) -> str | None:
     """The dataset a model was trained on, when its card names a folder that exists here."""
-    from napari_autofocus.card import read_card
+    from napari_autofocus.nets.card import read_card
 
     path = model_file(model)
     if path.suffix != ".safetensors" or not path.is_file():
@@ -167,7 +167,7 @@ def run_split(path: Path, card, dataset) -> dict | None:
 def check_labels(dataset, cases) -> None:
     """Read every case's label file and report all problems at once (values, integers, files)."""
     from napari_autofocus.errors import NiftiError
-    from napari_autofocus.nifti import load_nifti
+    from napari_autofocus.io.nifti import load_nifti
     from src_training.data import check_label_values
 
     problems = []
@@ -197,8 +197,8 @@ def check_labels(dataset, cases) -> None:
 
 def _predict_and_score(args):
     from napari_autofocus.inference.predictor import predict_scan
+    from napari_autofocus.io.nifti import save_nifti
     from napari_autofocus.nets import load_model
-    from napari_autofocus.nifti import save_nifti
     from src_training.data import check_geometry, open_dataset, read_case
     from src_training.evaluation import choose_regions, class_structures, score_case
 
@@ -253,7 +253,7 @@ def _predict_and_score(args):
 
 
 def _nifti_files(folder: Path) -> dict[str, Path]:
-    from napari_autofocus.nifti import strip_nifti_suffix
+    from napari_autofocus.io.nifti import strip_nifti_suffix
 
     if not folder.is_dir():
         raise DatasetError(f"{folder}: no such folder")
@@ -266,7 +266,7 @@ def _nifti_files(folder: Path) -> dict[str, Path]:
 
 def _score_folders(args):
     from napari_autofocus.errors import NiftiError
-    from napari_autofocus.nifti import load_nifti
+    from napari_autofocus.io.nifti import load_nifti
     from src_training.data import open_dataset
     from src_training.evaluation import choose_regions, class_structures, score_case
 

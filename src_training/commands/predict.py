@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 from napari_autofocus.errors import AutofocusError
-from napari_autofocus.nifti import is_nifti_path, strip_nifti_suffix
+from napari_autofocus.io.nifti import is_nifti_path, strip_nifti_suffix
 
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
@@ -115,8 +115,8 @@ def find_cases(inputs: list[str]) -> dict[str, list[Path]]:
 
 
 def run(args) -> int:
+    from napari_autofocus.app.model_library import model_file
     from napari_autofocus.io.prediction_files import existing_outputs, interrupted
-    from napari_autofocus.model_library import model_file
     from napari_autofocus.nets import load_model
 
     cases = find_cases(args.input)
@@ -163,8 +163,8 @@ def predict_case(model, card, case: str, files: list[Path], out: Path, args) -> 
     """Predict one case through the predictor and write its files (see the module docstring)."""
     from napari_autofocus import __version__
     from napari_autofocus.inference.predictor import predict_scan
+    from napari_autofocus.io.nifti import load_multichannel
     from napari_autofocus.io.prediction_files import output_files, write_outputs
-    from napari_autofocus.nifti import load_multichannel
 
     image, geometry = load_multichannel(files)
     if image.shape[0] != card.in_channels:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from napari_autofocus.metrics import dice
+from napari_autofocus.analysis.metrics import dice
 
 
 def override_choices(rates: Sequence[int]) -> list[tuple[str, object]]:

@@ -1,7 +1,7 @@
 """Comparing several models on one volume: disagreement map and a Dice table with CSV export.
 
 Structures are each model's foreground classes plus the regions its card defines (e.g. BraTS
-whole/core/enhancing), scored with :func:`napari_autofocus.metrics.dice` so the numbers match the
+whole/core/enhancing), scored with :func:`napari_autofocus.analysis.metrics.dice` so the numbers match the
 training package's evaluation. No Qt.
 """
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_autofocus.card import ModelCard
-from napari_autofocus.metrics import dice, region_mask
+from napari_autofocus.analysis.metrics import dice, region_mask
+from napari_autofocus.nets.card import ModelCard
 
 
 def disagreement(label_maps: Sequence[np.ndarray]) -> np.ndarray:

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from napari_autofocus import __version__
-from napari_autofocus.card import ModelCard
+from napari_autofocus.app.model_library import is_reference_checkpoint, model_name
 from napari_autofocus.errors import AutofocusError
-from napari_autofocus.model_library import is_reference_checkpoint, model_name
-from napari_autofocus.nifti import NiftiGeometry
+from napari_autofocus.io.nifti import NiftiGeometry
+from napari_autofocus.nets.card import ModelCard
 
 RESULT_KEY = "autofocus_result"  # layer.metadata key of the labels layer that owns a result
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_autofocus.io.nifti import geometry_from_layer
 from napari_autofocus.io.prediction_files import (
     KINDS,
     OutputFile,
@@ -21,7 +22,6 @@ from napari_autofocus.io.prediction_files import (
     output_files,
     write_outputs,
 )
-from napari_autofocus.nifti import geometry_from_layer
 
 __all__ = ["KINDS", "existing_files", "export_result", "files_for"]
 

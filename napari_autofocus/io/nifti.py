@@ -300,7 +300,7 @@ def is_oblique(affine: np.ndarray, tolerance: float = 1e-3) -> bool:
 
 def _channel_names(path: Path, data: np.ndarray) -> list[str]:
     """Channel names from a Decathlon/nnU-Net ``dataset.json`` next to the images folder, if any."""
-    from napari_autofocus.datasets import channel_names_for
+    from napari_autofocus.io.datasets import channel_names_for
 
     n = data.shape[0] if data.ndim == 4 else 1
     names = channel_names_for(path, n)

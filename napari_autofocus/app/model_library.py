@@ -1,6 +1,6 @@
 """Where the plugin finds models: bundled files, recently used files, and any file the user picks.
 
-Listing reads only model cards (:func:`napari_autofocus.card.read_card`), so the model menu opens
+Listing reads only model cards (:func:`napari_autofocus.nets.card.read_card`), so the model menu opens
 without importing torch. A reference ``.pth.tar`` has no card; describing one loads it (torch).
 The recent list is a small JSON file in the user's config directory; ``NAPARI_AUTOFOCUS_CONFIG_DIR``
 moves it (tests point it at a temporary folder).
@@ -13,11 +13,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from napari_autofocus.card import ModelCard, read_card
 from napari_autofocus.errors import AutofocusError
+from napari_autofocus.nets.card import ModelCard, read_card
 from napari_autofocus.nets.registry import ARCHITECTURES
 
-BUNDLED_DIR = Path(__file__).resolve().parent / "sample_data" / "models"
+BUNDLED_DIR = Path(__file__).resolve().parents[1] / "sample_data" / "models"
 RECENT_FILE = "recent_models.json"
 MAX_RECENT = 8
 # The architectures of napari_autofocus.nets.ARCHITECTURES, repeated so the menu needs no torch

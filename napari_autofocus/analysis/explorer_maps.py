@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from napari_autofocus import attention as maps
+from napari_autofocus.analysis import attention as maps
 
 # Hues by rate position (smallest rate first): blue, green, orange, red, then violet, cyan, yellow, pink.
 RATE_HUES = (
@@ -122,7 +122,8 @@ def structure_means(
     result, labels: np.ndarray, classes: Iterable[int], layers: Sequence[str], index=None
 ) -> dict[str, dict[int, np.ndarray]]:
     """Layer -> class -> mean weight per rate, inside each class of ``labels``. ``index``: a
-    :class:`~napari_autofocus.attention.ClassIndex` from :func:`class_index`, to share between calls."""
+    :class:`~napari_autofocus.analysis.attention.ClassIndex` from :func:`class_index`, to share
+    between calls."""
     classes = list(classes)
     index = index if index is not None else class_index(result, labels, classes)
     return {
