@@ -126,18 +126,24 @@ def run_demo(screenshot: str | None) -> int:
 
     with display_available():
         import napari
-        from qtpy.QtWidgets import QApplication
 
         viewer = napari.Viewer(title="napari-autofocus demo", show=True)
         viewer.window._qt_window.resize(1500, 950)
         segment = open_demo(viewer)
         wait_for_run(segment)
-        for _ in range(5):
-            QApplication.processEvents()
-        viewer.window.screenshot(path=screenshot, flash=False, canvas_only=False)
+        save_window(viewer, screenshot)
         viewer.close()
     print(f"saved {screenshot}")
     return 0
+
+
+def save_window(viewer, path: str) -> None:
+    """The whole window (docks included) as a PNG, once pending paints are done."""
+    from qtpy.QtWidgets import QApplication
+
+    for _ in range(5):
+        QApplication.processEvents()
+    viewer.window.screenshot(path=str(path), flash=False, canvas_only=False)
 
 
 def main(argv: list[str] | None = None) -> int:

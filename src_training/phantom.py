@@ -289,6 +289,8 @@ def _place_masses(rng, config, canvas: _Canvas, count: int, seed: int) -> None:
     Masses go first, on an empty canvas; when fewer than two fit, the canvas is cleared and the
     masses are drawn again (the random stream goes on, so the case stays deterministic).
     """
+    if not (canvas.inner > config.mass_radius[0] * 1.2 + 2).any():  # not even the smallest mass fits
+        raise ValueError(f"case {seed}: two masses do not fit in {list(canvas.roi.shape)}")
     for _ in range(10):
         masses = [m for m in (_place_structure(rng, config, canvas, 0, mass=True) for _ in range(count)) if m]
         if len(masses) >= 2:

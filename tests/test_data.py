@@ -18,7 +18,12 @@ from src_training.preprocess import prepare_cases
 from src_training.sampling import PatchStream, choose_centre, class_indices, extract
 
 SMALL = PhantomConfig(
-    shape=(40, 40, 40), small_radius=(2, 3), large_radius=(5, 7), n_small=(2, 2), n_large=(1, 1)
+    shape=(40, 40, 40),
+    small_radius=(2, 3),
+    large_radius=(5, 7),
+    n_small=(2, 2),
+    n_large=(1, 1),
+    large_lobes=(4, 5),
 )
 
 

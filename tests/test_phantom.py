@@ -118,7 +118,7 @@ def test_cli_writes_msd_and_nnunet_layouts(tmp_path, capsys):
             "--seed",
             "11",
             "--size",
-            "64",
+            "72",  # the clusters style places its lesions at once from 72^3 (64^3 takes many tries)
             "--layout",
             layout,
         ]
@@ -128,9 +128,9 @@ def test_cli_writes_msd_and_nnunet_layouts(tmp_path, capsys):
         assert meta["labels"] == {"background": 0, "small lesion": 1, "large lesion": 2}
         assert meta["phantom"]["config"]["style"] == "clusters"
         label = nib.load(out / "labelsTr" / "phantom_00011.nii.gz")
-        assert label.shape == (64, 64, 64)
-    assert nib.load(tmp_path / "msd" / "imagesTr" / "phantom_00011.nii.gz").shape == (64, 64, 64, 2)
-    assert nib.load(tmp_path / "nnunet" / "imagesTr" / "phantom_00011_0001.nii.gz").shape == (64, 64, 64)
+        assert label.shape == (72, 72, 72)
+    assert nib.load(tmp_path / "msd" / "imagesTr" / "phantom_00011.nii.gz").shape == (72, 72, 72, 2)
+    assert nib.load(tmp_path / "nnunet" / "imagesTr" / "phantom_00011_0001.nii.gz").shape == (72, 72, 72)
 
 
 def test_cli_refuses_to_write_into_a_non_empty_folder(tmp_path, capsys):

@@ -17,7 +17,12 @@ from src_training.config import resolve
 from src_training.phantom import PhantomConfig, write_dataset
 
 TINY = PhantomConfig(
-    shape=(48, 48, 48), small_radius=(2, 4), large_radius=(6, 9), n_small=(2, 3), n_large=(1, 1)
+    shape=(48, 48, 48),
+    small_radius=(2, 4),
+    large_radius=(6, 9),
+    n_small=(2, 3),
+    n_large=(1, 1),
+    large_lobes=(4, 5),
 )
 CH = "4,4,4,4,4,4,4,4"
 
