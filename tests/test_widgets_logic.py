@@ -98,3 +98,18 @@ def test_attention_views_names_hues_and_readout():
     assert readout["zoom_voxels"] == pytest.approx(29 + 2 * (4 - 2))
     assert readout["zoom_mm"] == pytest.approx(2 * readout["zoom_voxels"])
     assert voxel_readout(R, (2, 0, 0)) is None
+
+
+def test_a_comparison_is_planned_before_anything_runs(tmp_path):
+    from napari_autofocus.app.comparison import plan_comparison
+    from napari_autofocus.errors import AutofocusError
+
+    a, b = make_model_file(tmp_path / "a.safetensors"), make_model_file(tmp_path / "b.safetensors", "BASIC")
+    layers = [L("case [T1-like]", (8, 8, 8)), L("case [T2-like]", (8, 8, 8))]
+    plan = plan_comparison([a, b], layers)
+    assert [p.name for p in plan] == ["a", "b"]
+    assert all(p.layers == ("case [T1-like]", "case [T2-like]") for p in plan)
+    with pytest.raises(AutofocusError, match="at least two models"):
+        plan_comparison([a], layers)
+    with pytest.raises(AutofocusError, match="^a: "):  # which model cannot read the open layers
+        plan_comparison([a, b], [L("only one", (8, 8, 8))])

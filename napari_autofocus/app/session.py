@@ -20,6 +20,7 @@ import numpy as np
 
 from napari_autofocus import __version__
 from napari_autofocus.app.model_library import is_reference_checkpoint, model_name
+from napari_autofocus.app.placement import Placement
 from napari_autofocus.errors import AutofocusError
 from napari_autofocus.io.nifti import NiftiGeometry
 from napari_autofocus.nets.card import ModelCard
@@ -56,9 +57,7 @@ class SegmentationResult:
     receptive_field_min: int
     input_layers: list[str]
     inputs: list[np.ndarray]  # the raw layer arrays (references, not copies) for re-runs
-    scale: tuple[float, ...]
-    translate: tuple[float, ...]
-    geometry: NiftiGeometry | None
+    placement: Placement  # where the input layers (and so every output layer) sit
     device: str
     seconds: float
     crop_box: tuple | None = (
@@ -67,13 +66,29 @@ class SegmentationResult:
     mode: str = "whole"
     network_spacing: tuple[float, ...] | None = None  # voxel size the network computed on (mm)
     preprocessing: dict = field(default_factory=dict)  # the predictor's report, warnings included
-    affine: np.ndarray | None = None  # the input layer's napari affine (display)
     created: str = field(default_factory=lambda: datetime.datetime.now().isoformat(timespec="seconds"))
     model: object = field(default=None, repr=False)  # the loaded torch module, reused by re-runs
 
     def __post_init__(self) -> None:
         if self.network_spacing is None:
-            self.network_spacing = tuple(self.scale[-3:])
+            self.network_spacing = tuple(self.placement.spacing)
+
+    # the placement's parts, as the writers and provenance read them
+    @property
+    def scale(self) -> tuple[float, ...]:
+        return self.placement.scale
+
+    @property
+    def translate(self) -> tuple[float, ...]:
+        return self.placement.translate
+
+    @property
+    def geometry(self) -> NiftiGeometry | None:
+        return self.placement.geometry
+
+    @property
+    def affine(self) -> np.ndarray | None:
+        return self.placement.affine
 
     @property
     def name(self) -> str:
@@ -176,9 +191,7 @@ def run_model(
     inputs: Sequence[np.ndarray],
     *,
     input_layers: Sequence[str],
-    scale: Sequence[float],
-    translate: Sequence[float],
-    geometry: NiftiGeometry | None,
+    placement: Placement,
     progress: Callable[[int, int], None] | None = None,
     status: Callable[[str], None] | None = None,
     cancel: threading.Event | None = None,
@@ -196,8 +209,8 @@ def run_model(
     if status is not None:
         status(device)
     prediction, report = predict(
-        model, card, inputs, request, spacing=tuple(scale)[-3:], input_layers=input_layers,
-        scan_description=geometry.description if geometry is not None else None,
+        model, card, inputs, request, spacing=placement.spacing, input_layers=input_layers,
+        scan_description=placement.description,
         progress=progress, cancel=cancel,
     )  # fmt: skip
     return SegmentationResult(
@@ -210,9 +223,7 @@ def run_model(
         receptive_field_min=int(model.receptive_field_min),
         input_layers=list(input_layers),
         inputs=list(inputs),
-        scale=tuple(float(s) for s in scale),
-        translate=tuple(float(t) for t in translate),
-        geometry=geometry,
+        placement=placement,
         device=prediction.device,
         seconds=prediction.seconds,
         crop_box=prediction.crop_box,

@@ -102,18 +102,3 @@ def watch_layers(viewer, callback) -> None:
     viewer.layers.events.inserted.connect(callback)
     viewer.layers.events.removed.connect(callback)
     viewer.layers.events.reordered.connect(callback)
-
-
-def source_placement(layer) -> dict:
-    """Where a result computed from ``layer`` belongs: scale, translate, affine and NIfTI geometry."""
-    from napari_autofocus.io.nifti import NiftiGeometry, geometry_from_layer
-
-    geometry = layer.metadata.get("nifti")
-    if not isinstance(geometry, NiftiGeometry):
-        geometry = geometry_from_layer(layer.scale, layer.translate, layer.data.shape)
-    return {
-        "scale": tuple(layer.scale),
-        "translate": tuple(layer.translate),
-        "affine": layer.affine.affine_matrix.copy(),
-        "geometry": geometry,
-    }

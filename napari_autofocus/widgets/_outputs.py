@@ -17,10 +17,7 @@ TAG = "autofocus"
 
 def placement(result: SegmentationResult) -> dict:
     """scale/translate/affine kwargs that put a layer on the result's input grid."""
-    kwargs = {"scale": result.scale, "translate": result.translate}
-    if result.affine is not None:
-        kwargs["affine"] = result.affine
-    return kwargs
+    return result.placement.layer_kwargs()
 
 
 def base_metadata(result: SegmentationResult, owner: str, kind: str) -> dict:

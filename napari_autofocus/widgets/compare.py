@@ -17,10 +17,9 @@ from qtpy.QtWidgets import (
 )
 
 from napari_autofocus._reader import prefer_this_reader
-from napari_autofocus.analysis.compare import dice_table, disagreement
-from napari_autofocus.app.inputs import input_problems, match_modalities, modality_names
-from napari_autofocus.app.model_library import available_models, describe, model_name
-from napari_autofocus.app.session import RunRequest, run_model
+from napari_autofocus.app.comparison import plan_comparison, run_comparison
+from napari_autofocus.app.model_library import available_models, model_name
+from napari_autofocus.app.placement import Placement
 from napari_autofocus.errors import AutofocusError
 from napari_autofocus.widgets import _charts, _common, _outputs, _table, _tips
 from napari_autofocus.widgets._background import BackgroundRun
@@ -159,63 +158,21 @@ class CompareWidget(QWidget):
         names = [_common.NONE] + [layer.name for layer in _common.truth_layers(self.viewer)]
         _common.set_items(self.truth_combo, names, default=names[1] if len(names) > 1 else None)
 
-    def _plan(self) -> list[tuple[str, object, list[str]]]:
-        """(path, card, layer names) per chosen model; raises AutofocusError explaining any problem."""
-        paths = self.chosen()
-        if len(paths) < 2:
-            raise AutofocusError("Compare needs at least two models: tick them in the list or add files.")
-        layers = [_common.layer_info(layer) for layer in _common.image_layers(self.viewer)]
-        plan = []
-        for path in paths:
-            card = describe(path)
-            mapping = match_modalities(modality_names(card.modalities, card.in_channels), layers)
-            problems = input_problems(mapping, layers)
-            if problems:
-                raise AutofocusError(f"{model_name(path)}: {' '.join(problems)}")
-            plan.append((path, card, list(mapping.values())))
-        shapes = {tuple(self.viewer.layers[names[0]].data.shape) for _, _, names in plan}
-        if len(shapes) > 1:
-            raise AutofocusError(f"The models would read volumes of different shapes {sorted(shapes)}.")
-        return plan
-
     def run(self) -> None:
+        layers = [_common.layer_info(layer) for layer in _common.image_layers(self.viewer)]
         try:
-            plan = self._plan()
+            plan = plan_comparison(self.chosen(), layers)
         except AutofocusError as exc:
             _common.error(str(exc))
             return
-        place = _common.source_placement(self.viewer.layers[plan[0][2][0]])
-        inputs = {
-            names_key: [np.asarray(self.viewer.layers[n].data) for n in names_key]
-            for names_key in {tuple(names) for _, _, names in plan}
-        }
+        placement = Placement.of_layer(self.viewer.layers[plan[0].layers[0]])
+        inputs = {p.layers: [np.asarray(self.viewer.layers[n].data) for n in p.layers] for p in plan}
         device = self.device.currentText().lower()
         truth_name = self.truth_combo.currentText()
         truth = np.asarray(self.viewer.layers[truth_name].data) if truth_name in self.viewer.layers else None
 
         def job(progress, status, cancel):
-            results = []
-            for path, _card, names in plan:
-                what = f"Compare: {model_name(path)}"
-                result = run_model(
-                    RunRequest(path, device=device),
-                    inputs[tuple(names)],
-                    input_layers=names,
-                    scale=place["scale"],
-                    translate=place["translate"],
-                    geometry=place["geometry"],
-                    progress=lambda d, t, w=what: progress(d, t, w),
-                    status=status,
-                    cancel=cancel,
-                )
-                result.affine = place["affine"]
-                results.append(result)
-            table = None
-            if truth is not None and truth.shape == results[0].labels.shape:
-                table = dice_table(
-                    {r.name: r.labels for r in results}, {r.name: r.card for r in results}, truth
-                )
-            return results, disagreement([r.labels for r in results]), table
+            return run_comparison(plan, inputs, placement, device, truth, progress, status, cancel)
 
         if self.runner.start(job, f"Compare {len(plan)} models"):
             self.run_button.setEnabled(False)
@@ -223,7 +180,7 @@ class CompareWidget(QWidget):
             self.status.setText(f"Running {len(plan)} models…")
 
     def _on_done(self, outcome) -> None:
-        results, disagree, table = outcome
+        results, disagree, table = outcome.results, outcome.disagreement, outcome.table
         _outputs.remove_outputs(self.viewer, OWNER)
         for result in results:
             _outputs.add_labels(self.viewer, result, OWNER, name=f"{result.name} (compare)")

@@ -118,16 +118,13 @@ class CounterfactualWidget(QWidget):
                 request,
                 result.inputs,
                 input_layers=result.input_layers,
-                scale=result.scale,
-                translate=result.translate,
-                geometry=result.geometry,
+                placement=result.placement,
                 progress=progress,
                 status=status,
                 cancel=cancel,
                 model=result.model,
                 card=result.card,
             )
-            modified.affine = result.affine
             return modified, compare_to_reference(result.labels, modified.labels, classes, truth)
 
         self._what = f"{layer} {label}"

@@ -19,6 +19,7 @@ from qtpy.QtWidgets import (
 from napari_autofocus._reader import prefer_this_reader
 from napari_autofocus.app.inputs import input_problems, match_modalities, modality_names
 from napari_autofocus.app.model_library import is_reference_checkpoint, remember_model
+from napari_autofocus.app.placement import Placement
 from napari_autofocus.app.session import RunRequest, run_model
 from napari_autofocus.widgets import _common, _outputs, _tips
 from napari_autofocus.widgets._background import BackgroundRun
@@ -163,11 +164,9 @@ class SegmentWidget(QWidget):
         if len({a.shape for a in arrays}) != 1 or arrays[0].ndim != 3:
             return []
         contract = predictor.Contract.from_card(self.picker.card)
-        place = _common.source_placement(layers[0])
-        geometry = place["geometry"]
+        place = Placement.of_layer(layers[0])
         sample = np.stack([a[::2, ::2, ::2] for a in arrays]).astype(np.float32, copy=False)
-        description = geometry.description if geometry is not None else None
-        return predictor.check_scan(sample, tuple(place["scale"])[-3:], contract, names, description, arrays)
+        return predictor.check_scan(sample, place.spacing, contract, names, place.description, arrays)
 
     # -- running ---------------------------------------------------------------------------------
     def run(self) -> None:
@@ -179,7 +178,7 @@ class SegmentWidget(QWidget):
         names = list(self.mapping().values())
         layers = [self.viewer.layers[name] for name in names]
         inputs = [np.asarray(layer.data) for layer in layers]
-        place = _common.source_placement(layers[0])
+        place = Placement.of_layer(layers[0])
         entry = self.picker.entry
         arch = self.picker.arch.currentText() if is_reference_checkpoint(entry.path) else "auto"
         request = RunRequest(
@@ -191,19 +190,15 @@ class SegmentWidget(QWidget):
         )
 
         def job(progress, status, cancel):
-            result = run_model(
+            return run_model(
                 request,
                 inputs,
                 input_layers=names,
-                scale=place["scale"],
-                translate=place["translate"],
-                geometry=place["geometry"],
+                placement=place,
                 progress=progress,
                 status=status,
                 cancel=cancel,
             )
-            result.affine = place["affine"]
-            return result
 
         if self.runner.start(job, f"Segment ({request.model_name})"):
             remember_model(entry.path, arch)
