@@ -8,7 +8,6 @@ from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFormLayout,
-    QHBoxLayout,
     QLabel,
     QListWidget,
     QListWidgetItem,
@@ -22,7 +21,7 @@ from napari_autofocus.app.model_library import available_models, model_name
 from napari_autofocus.app.placement import Placement
 from napari_autofocus.errors import AutofocusError
 from napari_autofocus.widgets import _charts, _common, _outputs, _table, _tips
-from napari_autofocus.widgets._background import BackgroundRun
+from napari_autofocus.widgets._run_controls import RunControls
 from napari_autofocus.widgets.model_picker import FILE_FILTER
 
 OWNER = "compare"
@@ -74,36 +73,29 @@ class CompareWidget(QWidget):
         self.models.setMaximumHeight(110)
         self.add_button = QPushButton("Add model file…")
         self.truth_combo = QComboBox()
-        self.device = QComboBox()
-        self.device.addItems(("auto", "CPU", "CUDA", "MPS"))
-        self.run_button = QPushButton("Run all")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.status = QLabel("Tick two or more models; each runs on the same image layers.")
+        self.controls = RunControls("Run all", "Tick two or more models; each runs on the same image layers.")
+        self.device, self.run_button, self.cancel_button = (
+            self.controls.device,
+            self.controls.run_button,
+            self.controls.cancel_button,
+        )
+        self.status, self.runner = self.controls.status, self.controls.runner
         self.grid_label = QLabel()  # which model sits in which grid cell
         self.grid_label.setWordWrap(True)
         self.grid_label.setToolTip("napari's grid shows one layer per cell; this says which is where")
-        self.status.setWordWrap(True)
         self.table = _table.make_table()
         self.chart = _charts.ChartCanvas(4.0, 3.0)
         self.csv_button = QPushButton("Export table as CSV…")
         self.csv_button.setEnabled(False)
-        self.runner = BackgroundRun(self)
-        self.runner.show_progress_in(self.status)
 
         form = QFormLayout()
         form.addRow("ground truth", self.truth_combo)
-        form.addRow("device", self.device)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
         layout = _common.scroll_body(self)
         layout.addWidget(QLabel("models"))
         layout.addWidget(self.models)
         layout.addWidget(self.add_button)
         layout.addLayout(form)
-        layout.addLayout(buttons)
-        layout.addWidget(self.status)
+        layout.addWidget(self.controls)
         layout.addWidget(self.grid_label)
         layout.addWidget(self.table)
         layout.addWidget(self.chart)
@@ -114,10 +106,9 @@ class CompareWidget(QWidget):
         _tips.apply(self, "compare")
         self.add_button.clicked.connect(self._browse)
         self.run_button.clicked.connect(self.run)
-        self.cancel_button.clicked.connect(self.runner.cancel)
         self.csv_button.clicked.connect(self._save_csv)
-        self.runner.succeeded.connect(self._on_done)
-        self.runner.ended.connect(self._on_ended)
+        self.controls.succeeded.connect(self._on_done)
+        self.controls.ended.connect(self.run_finished.emit)
         _common.watch_layers(napari_viewer, self._refresh)
         _common.watch_layers(napari_viewer, self._refresh_grid_note)
         # hiding or showing a layer moves the others between grid cells
@@ -167,17 +158,14 @@ class CompareWidget(QWidget):
             return
         placement = Placement.of_layer(self.viewer.layers[plan[0].layers[0]])
         inputs = {p.layers: [np.asarray(self.viewer.layers[n].data) for n in p.layers] for p in plan}
-        device = self.device.currentText().lower()
+        device = self.controls.device_name
         truth_name = self.truth_combo.currentText()
         truth = np.asarray(self.viewer.layers[truth_name].data) if truth_name in self.viewer.layers else None
 
         def job(progress, status, cancel):
             return run_comparison(plan, inputs, placement, device, truth, progress, status, cancel)
 
-        if self.runner.start(job, f"Compare {len(plan)} models"):
-            self.run_button.setEnabled(False)
-            self.cancel_button.setEnabled(True)
-            self.status.setText(f"Running {len(plan)} models…")
+        self.controls.start(job, f"Compare {len(plan)} models", f"Running {len(plan)} models…")
 
     def _on_done(self, outcome) -> None:
         results, disagree, table = outcome.results, outcome.disagreement, outcome.table
@@ -209,11 +197,6 @@ class CompareWidget(QWidget):
         """Which model is in which grid cell, while the grid is on (layers added or removed move them)."""
         on = bool(grid_of(self.viewer).enabled) and bool(_common.result_layers(self.viewer))
         self.grid_label.setText(grid_note(self.viewer) if on else "")
-
-    def _on_ended(self) -> None:
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-        self.run_finished.emit()
 
     def _save_csv(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save Dice table", "dice.csv", "CSV (*.csv)")

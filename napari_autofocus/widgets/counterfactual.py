@@ -6,13 +6,13 @@ import dataclasses
 
 import numpy as np
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import QComboBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QWidget
+from qtpy.QtWidgets import QComboBox, QFormLayout, QWidget
 
 from napari_autofocus._reader import prefer_this_reader
 from napari_autofocus.analysis.counterfactual import compare_to_reference, override_choices
 from napari_autofocus.app.session import RESULT_KEY, run_model
 from napari_autofocus.widgets import _common, _outputs, _table, _tips
-from napari_autofocus.widgets._background import BackgroundRun
+from napari_autofocus.widgets._run_controls import RunControls
 
 OWNER = "counterfactual"
 
@@ -32,27 +32,23 @@ class CounterfactualWidget(QWidget):
         self.reference_combo.setToolTip(
             "Dice against this labels layer, or against the unmodified prediction"
         )
-        self.run_button = QPushButton("Re-segment")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.status = QLabel("Force a layer's attention to see how much its choice of scale matters.")
-        self.status.setWordWrap(True)
+        self.controls = RunControls(
+            "Re-segment",
+            "Force a layer's attention to see how much its choice of scale matters.",
+            with_device=False,  # the result's own model and device are reused
+        )
+        self.run_button, self.cancel_button = self.controls.run_button, self.controls.cancel_button
+        self.status, self.runner = self.controls.status, self.controls.runner
         self.table = _table.make_table()
-        self.runner = BackgroundRun(self)
-        self.runner.show_progress_in(self.status)
 
         form = QFormLayout()
         form.addRow("result", self.result_combo)
         form.addRow("autofocus layer", self.layer_combo)
         form.addRow("force", self.mode_combo)
         form.addRow("Dice against", self.reference_combo)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
         layout = _common.scroll_body(self)
         layout.addLayout(form)
-        layout.addLayout(buttons)
-        layout.addWidget(self.status)
+        layout.addWidget(self.controls)
         layout.addWidget(self.table)
         layout.addStretch(1)
 
@@ -60,9 +56,8 @@ class CounterfactualWidget(QWidget):
         self.result_combo.currentTextChanged.connect(self._on_result)
         self.layer_combo.currentTextChanged.connect(self._on_layer)
         self.run_button.clicked.connect(self.run)
-        self.cancel_button.clicked.connect(self.runner.cancel)
-        self.runner.succeeded.connect(self._on_done)
-        self.runner.ended.connect(self._on_ended)
+        self.controls.succeeded.connect(self._on_done)
+        self.controls.ended.connect(self.run_finished.emit)
         _common.watch_layers(napari_viewer, self._refresh)
         self._refresh()
 
@@ -128,10 +123,9 @@ class CounterfactualWidget(QWidget):
             return modified, compare_to_reference(result.labels, modified.labels, classes, truth)
 
         self._what = f"{layer} {label}"
-        if self.runner.start(job, f"Counterfactual ({result.name}, {self._what})"):
-            self.run_button.setEnabled(False)
-            self.cancel_button.setEnabled(True)
-            self.status.setText(f"Re-segmenting with {self._what}…")
+        self.controls.start(
+            job, f"Counterfactual ({result.name}, {self._what})", f"Re-segmenting with {self._what}…"
+        )
 
     def _on_done(self, outcome) -> None:
         modified, report = outcome
@@ -157,8 +151,3 @@ class CounterfactualWidget(QWidget):
             f"{self._what}: {report.changed_voxels} voxel(s) changed label; mean Dice change "
             f"{report.mean_delta:+.3f} against the {report.reference}."
         )
-
-    def _on_ended(self) -> None:
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-        self.run_finished.emit()

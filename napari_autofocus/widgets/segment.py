@@ -9,9 +9,7 @@ from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
     QGroupBox,
-    QHBoxLayout,
     QLabel,
-    QPushButton,
     QVBoxLayout,
     QWidget,
 )
@@ -22,10 +20,9 @@ from napari_autofocus.app.model_library import is_reference_checkpoint, remember
 from napari_autofocus.app.placement import Placement
 from napari_autofocus.app.session import RunRequest, run_model
 from napari_autofocus.widgets import _common, _outputs, _tips
-from napari_autofocus.widgets._background import BackgroundRun
+from napari_autofocus.widgets._run_controls import RunControls
 from napari_autofocus.widgets.model_picker import ModelPicker
 
-DEVICES = ("auto", "CPU", "CUDA", "MPS")
 OWNER = "segment"
 
 
@@ -45,9 +42,6 @@ class SegmentWidget(QWidget):
         self.input_problem = QLabel()
         self.input_problem.setWordWrap(True)
         self.input_problem.setStyleSheet("color: #e66")
-        self.device = QComboBox()
-        self.device.addItems(DEVICES)
-        self.device.setToolTip("auto: CUDA, then Apple MPS, then CPU")
         self.probabilities = QCheckBox("add probability layers")
         self.crop = QCheckBox("only the foreground's bounding box")
         self.crop.setChecked(True)
@@ -56,29 +50,27 @@ class SegmentWidget(QWidget):
             "as the authors do: faster on skull-stripped scans. Outside it: label 0 and no attention.\n"
             "Untick to compute the whole volume."
         )
-        self.run_button = QPushButton("Run")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.status = QLabel("Ready.")
-        self.status.setWordWrap(True)
+        self.controls = RunControls("Run", "Ready.")
+        self.device, self.run_button, self.cancel_button = (
+            self.controls.device,
+            self.controls.run_button,
+            self.controls.cancel_button,
+        )
+        self.status, self.runner = self.controls.status, self.controls.runner
         self.mismatch = QLabel()  # how the scan does not match the model (the predictor's warnings)
         self.mismatch.setWordWrap(True)
         self.mismatch.setStyleSheet("color: #e6a23c")
         self.mismatch.setVisible(False)
         self.legend = QLabel()
         self.legend.setWordWrap(True)
-        self.runner = BackgroundRun(self)
-        self.runner.show_progress_in(self.status)
         self._build_layout()
         _tips.apply(self, "segment")
 
         self.picker.changed.connect(self._rebuild_channels)
         _common.watch_layers(napari_viewer, self._rebuild_channels)
         self.run_button.clicked.connect(self.run)
-        self.cancel_button.clicked.connect(self.runner.cancel)
-        self.runner.status_changed.connect(self._on_status)
-        self.runner.succeeded.connect(self._on_result)
-        self.runner.ended.connect(self._on_ended)
+        self.controls.succeeded.connect(self._on_result)
+        self.controls.ended.connect(self.run_finished.emit)
         self._rebuild_channels()
 
     def _build_layout(self) -> None:
@@ -89,18 +81,13 @@ class SegmentWidget(QWidget):
         inputs.addLayout(self.channel_form)
         inputs.addWidget(self.input_problem)
         options = QFormLayout()
-        options.addRow("device", self.device)
         options.addRow(self.probabilities)
         options.addRow(self.crop)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
         layout = _common.scroll_body(self)
         layout.addWidget(model_box)
         layout.addWidget(inputs_box)
         layout.addLayout(options)
-        layout.addLayout(buttons)
-        layout.addWidget(self.status)
+        layout.addWidget(self.controls)
         layout.addWidget(self.mismatch)
         layout.addWidget(self.legend)
         layout.addStretch(1)
@@ -184,7 +171,7 @@ class SegmentWidget(QWidget):
         request = RunRequest(
             entry.path,
             arch,
-            self.device.currentText().lower(),
+            self.controls.device_name,
             self.probabilities.isChecked(),
             crop=self.crop.isChecked(),
         )
@@ -200,18 +187,12 @@ class SegmentWidget(QWidget):
                 cancel=cancel,
             )
 
-        if self.runner.start(job, f"Segment ({request.model_name})"):
+        if self.controls.start(job, f"Segment ({request.model_name})", f"Loading {request.model_name}…"):
             remember_model(entry.path, arch)
-            self.run_button.setEnabled(False)
-            self.cancel_button.setEnabled(True)
-            self.status.setText(f"Loading {request.model_name}…")
             self.mismatch.setVisible(False)
 
     def cancel(self) -> None:
         self.runner.cancel()
-
-    def _on_status(self, text: str) -> None:
-        self.status.setText(text if text.endswith("…") else f"Running on {text}…")
 
     def _on_result(self, result) -> None:
         self.result = result
@@ -227,13 +208,6 @@ class SegmentWidget(QWidget):
         self.legend.setText(f"Labels: {_outputs.legend(result)}")
         self.mismatch.setText(mismatch_note(result))
         self.mismatch.setVisible(bool(result.warnings))
-
-    def _on_ended(self) -> None:
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-        if self.runner.last_error:
-            self.status.setText(self.runner.last_error)
-        self.run_finished.emit()
 
 
 def mismatch_note(result) -> str:
