@@ -49,23 +49,18 @@ PRESETS: dict[str, dict] = {
 }
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
 SCHEDULES = ("poly", "step", "constant")
-# Settings that may differ from config.json when resuming (they do not change what is computed):
-# ``out`` so that a copied or moved run folder resumes where it now is, ``regions`` (what the card
-# and reports call the label groups) so that a run refused for a misspelt convention continues.
-RESUME_MUTABLE = {
-    "epochs", "val_every", "workers", "device", "resume", "force", "stop_after_epochs",
-    "tensorboard", "cache", "debug_checksums", "config", "out", "regions", "ddp_timeout",
-}  # fmt: skip
 
 
 @dataclass
-class TrainConfig:
+class Recipe:
+    """What is learned: the data, network, optimisation, sampling, augmentation, preprocessing,
+    validation split, seed and numerics (mixed precision and memory layout change the numbers).
+    A resumed run keeps all of it: ``--resume`` refuses a flag that would change any of these."""
+
     data: str = ""
-    out: str = ""
     arch: str = "AFN1"
     channels: list[int] | None = None  # 8 trunk widths; None = the paper's
     preset: str = "brats-reference"
-    epochs: int = 100
     iters_per_epoch: int = 50
     patch_size: int = 75
     batch_size: int = 10
@@ -91,12 +86,23 @@ class TrainConfig:
     val_cases: str | None = None  # a count ("4") or comma-separated case names
     fold: int | None = None
     num_folds: int = 5
-    val_every: int = 1
-    regions: str | None = None  # region convention for the card and validation report
     seed: int = 0
-    device: str = "auto"
     amp: str = "auto"
     channels_last: str = "auto"  # channels_last_3d layout; auto = on for CPU (oneDNN is much faster there)
+
+
+@dataclass
+class RunOptions:
+    """Where and how a run goes, free to differ when it is resumed: the run folder (a copied or moved
+    run resumes where it now is), how long it goes on, how often it validates, what the card calls
+    the label groups, the device and loader workers, the DDP timeout, the cache, logging, and two
+    developer switches (``debug_checksums``, ``stop_after_epochs``) that are not in ``--help``."""
+
+    out: str = ""
+    epochs: int = 100
+    val_every: int = 1
+    regions: str | None = None  # region convention for the card and validation report
+    device: str = "auto"
     workers: int = 2
     ddp_timeout: float = 30.0  # minutes a process waits for the others before it stops with a message
     cache: str | None = None
@@ -107,8 +113,37 @@ class TrainConfig:
     force: bool = False
     config: str | None = None
 
+
+RECIPE_FIELDS = frozenset(f.name for f in dataclasses.fields(Recipe))
+RUN_FIELDS = frozenset(f.name for f in dataclasses.fields(RunOptions))
+RESUME_MUTABLE = RUN_FIELDS  # what may differ from config.json when resuming
+
+
+@dataclass
+class TrainConfig:
+    """A recipe and the options of one run. ``config.lr`` and ``config.out`` read through to the
+    part that holds them; ``config.json`` stores both as one flat object, as it always has."""
+
+    recipe: Recipe = field(default_factory=Recipe)
+    run: RunOptions = field(default_factory=RunOptions)
+
+    @classmethod
+    def from_flat(cls, values: dict) -> TrainConfig:
+        return cls(
+            Recipe(**{k: v for k, v in values.items() if k in RECIPE_FIELDS}),
+            RunOptions(**{k: v for k, v in values.items() if k in RUN_FIELDS}),
+        )
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") or name in ("recipe", "run"):
+            raise AttributeError(name)
+        for part in (self.__dict__.get("recipe"), self.__dict__.get("run")):
+            if part is not None and name in part.__dataclass_fields__:
+                return getattr(part, name)
+        raise AttributeError(f"TrainConfig has no setting {name!r}")
+
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self.recipe), **dataclasses.asdict(self.run)}
 
     def validate(self) -> None:
         checks = [
@@ -173,7 +208,7 @@ def _read_file(path: str | Path) -> dict:
 
 def resolve(flags: dict, base: dict | None = None) -> TrainConfig:
     """Merge defaults, preset, ``--config`` file (or ``base``, e.g. a run's config.json) and flags."""
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    known = RECIPE_FIELDS | RUN_FIELDS
     file_values = dict(base or {})
     if flags.get("config"):
         file_values.update(_read_file(flags["config"]))
@@ -182,7 +217,7 @@ def resolve(flags: dict, base: dict | None = None) -> TrainConfig:
         raise AutofocusError(
             f"unknown setting(s) {unknown} in the configuration file; known: {sorted(known)}"
         )
-    preset = flags.get("preset") or file_values.get("preset") or TrainConfig.preset
+    preset = flags.get("preset") or file_values.get("preset") or Recipe.preset
     if preset not in PRESETS:
         raise AutofocusError(f"unknown --preset {preset!r}; expected one of {', '.join(PRESETS)}")
     values = TrainConfig().to_dict()
@@ -191,7 +226,7 @@ def resolve(flags: dict, base: dict | None = None) -> TrainConfig:
     values.update({k: v for k, v in flags.items() if k in known})
     values["preset"] = preset
     values["channels_last"] = layout_setting(values["channels_last"])
-    config = TrainConfig(**values)
+    config = TrainConfig.from_flat(values)
     config.validate()
     return config
 

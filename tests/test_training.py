@@ -312,3 +312,26 @@ def test_evaluate_names_the_prediction_files_it_expected(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no prediction for 1 labelled case(s): mni001" in err
     assert "mni001.nii.gz or mni001.nii" in err and "found mni001_labels.nii.gz" in err
+
+
+def test_the_config_is_a_recipe_and_run_options_and_resume_may_change_only_the_options():
+    from src_training.config import RECIPE_FIELDS, RESUME_MUTABLE, RUN_FIELDS, TrainConfig, resolve
+
+    assert not RECIPE_FIELDS & RUN_FIELDS and RESUME_MUTABLE == RUN_FIELDS
+    assert {"lr", "arch", "seed", "amp", "patch_size"} <= RECIPE_FIELDS
+    assert {"out", "epochs", "device", "workers", "ddp_timeout"} <= RUN_FIELDS
+    config = resolve({"data": "d", "out": "o", "lr": 0.5, "workers": 0})
+    assert config.recipe.lr == 0.5 and config.run.workers == 0 and config.lr == 0.5 and config.out == "o"
+    flat = config.to_dict()  # config.json: one flat object, as before the split
+    assert set(flat) == RECIPE_FIELDS | RUN_FIELDS and TrainConfig.from_flat(flat) == config
+    with pytest.raises(AttributeError, match="no setting 'lrr'"):
+        _ = config.lrr
+
+
+def test_developer_switches_work_but_stay_out_of_help(capsys):
+    from src_training.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    assert "--stop-after-epochs" not in text and "--debug-checksums" not in text and "--ddp-timeout" in text

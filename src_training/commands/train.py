@@ -97,8 +97,9 @@ def register(subparsers, name: str, help_text: str) -> None:
     )  # fmt: skip
     g.add_argument("--val-every", type=int, help="validate every N epochs (default 1; 0 = never)")
     g.add_argument("--tensorboard", action="store_true", help="also log to <out>/tensorboard if installed")
-    g.add_argument("--debug-checksums", action="store_true", help="each rank writes a parameter checksum")
-    g.add_argument("--stop-after-epochs", type=int, help="stop after N epochs as if killed (resume tests)")
+    # developer switches for the DDP and resume tests: they work, but are not part of --help
+    g.add_argument("--debug-checksums", action="store_true", help=argparse.SUPPRESS)
+    g.add_argument("--stop-after-epochs", type=int, help=argparse.SUPPRESS)
     p.set_defaults(func=run)
 
 
