@@ -12,9 +12,7 @@ _SETTINGS_DIR = Path(tempfile.mkdtemp(prefix="napari-autofocus-tests-"))
 os.environ["NAPARI_CONFIG"] = str(_SETTINGS_DIR / "settings.yaml")
 os.environ.pop("QT_QPA_PLATFORM", None)  # Xvfb + xcb renders; offscreen cannot draw image layers
 
-REPO = Path(__file__).resolve().parents[1]
-REFERENCE = REPO.parent / "shared" / "reference"
-GOLDEN = REFERENCE / "golden"
+from repo_paths import GOLDEN  # noqa: E402
 
 
 def pytest_unconfigure(config):

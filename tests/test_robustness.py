@@ -4,13 +4,13 @@ hash, resume after failed starts and kills, interrupted outputs, and I/O errors 
 import errno
 import json
 import warnings
-from pathlib import Path
 from types import SimpleNamespace
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from repo_paths import GOLDEN
 
 from napari_autofocus.errors import CheckpointError
 from napari_autofocus.nets import build_network, load_model, save_model
@@ -29,7 +29,6 @@ TINY = PhantomConfig(
 )
 CH = "4,4,4,4,4,4,4,4"
 AFFINE = np.diag([1.0, 1.0, 1.0, 1.0])
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "reference" / "golden"
 
 
 def _train_args(ds, out, cache, *extra):

@@ -7,6 +7,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from repo_paths import REPO
 
 from napari_autofocus.analysis import metrics
 from napari_autofocus.errors import AutofocusError
@@ -260,9 +261,8 @@ def test_cuda_amp_channels_last(data, tmp_path):
 
 def _gpu_check():
     import importlib.util
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    path = REPO / "benchmarks" / "gpu_check.py"
     spec = importlib.util.spec_from_file_location("gpu_check", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -11,13 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from repo_paths import GOLDEN
 
 from napari_autofocus.errors import CheckpointError
 from napari_autofocus.nets import ARCHITECTURES, build_network, load_model, save_model
 from napari_autofocus.nets.card import read_card
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
-GOLDEN = REFERENCE / "golden"
 needs_golden = pytest.mark.usefixtures("golden")  # skipped without shared/, failed in CI
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from repo_paths import REPO
 
 from napari_autofocus.nets.card import read_card, read_metadata
 from src_training.phantom import PhantomConfig, write_dataset
 
-REPO = Path(__file__).resolve().parents[1]
 SPEC = importlib.util.spec_from_file_location("phantom_table", REPO / "benchmarks" / "phantom_table.py")
 phantom_table = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(phantom_table)

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-REPO = Path(__file__).resolve().parents[1]
+from repo_paths import REPO
 
 
 def test_every_python_name_in_the_manifest_imports():

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+from repo_paths import GOLDEN
 
 from napari_autofocus.nets.card import read_card
 from src_training.cli import main
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
-GOLDEN = REFERENCE / "golden"
 needs_golden = pytest.mark.usefixtures("golden")  # skipped without shared/, failed in CI
 
 

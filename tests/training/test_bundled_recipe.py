@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import shlex
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from repo_paths import REPO
+
 SPEC = importlib.util.spec_from_file_location("train_bundled", REPO / "tools" / "train_bundled_models.py")
 train_bundled = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(train_bundled)

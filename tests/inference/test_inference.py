@@ -1,11 +1,11 @@
 """Whole-volume engine: exact tiling, alignment of attention maps, ROI skipping, cancel."""
 
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from repo_paths import REPO
 from torch import nn
 
 from napari_autofocus.inference import Cancelled, make_plan, predict_volume
@@ -13,7 +13,6 @@ from napari_autofocus.inference.tiling import plan_tiles
 from napari_autofocus.nets import AutofocusConv, build_network, capture_attention
 
 TINY = (4, 4, 4, 4, 4, 4, 4, 4)
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _randomize_bn(model, seed=0, scale=0.3):

@@ -1,11 +1,11 @@
 """Phantom generator: deterministic, labelled by size, written in the dataset layouts we read."""
 
 import json
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+from repo_paths import REPO
 from scipy import ndimage
 
 from src_training.cli import main
@@ -18,7 +18,6 @@ from src_training.phantom import (
     write_dataset,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_data" / "phantom"
 BLOBS = PhantomConfig(shape=(64, 64, 64), style="blobs", large_radius=(10.0, 13.0), small_radius=(3.0, 5.0))
 TINY = PhantomConfig(shape=(40, 40, 40), large_lobes=(4, 5), n_large=(1, 1), n_small=(1, 2))
