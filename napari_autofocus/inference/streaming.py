@@ -15,20 +15,22 @@ a temporary file read back slab by slab, so a small budget works for any volume.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import math
-import mmap
-import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from napari_autofocus.inference.activation_stores import (
+    CropStore,
+    FileStore,
+    MemoryStore,
+    format_of,
+)
 from napari_autofocus.nets.autofocus import AutofocusConv
 from napari_autofocus.nets.blocks import per_side_shrink
 from napari_autofocus.nets.networks import BasicNet, TrunkNet
@@ -184,7 +186,7 @@ class _ResidualBlockStep:
             sample = x.read(0, 1)
             plane = (sample.shape[3] - 2 * self.s1, sample.shape[4] - 2 * self.s1)
             window = sample.new_empty((1, self.first.out_channels, hi - lo, *plane))
-            self.window, self.held = window.contiguous(memory_format=_format_of(sample)), (lo, lo)
+            self.window, self.held = window.contiguous(memory_format=format_of(sample)), (lo, lo)
             self.chunk = max(1, slab.stop - slab.start)
         window, (held_lo, held_hi) = self.window, self.held
         kept = max(lo, min(hi, held_hi))  # planes [lo, kept) are held already (slabs only move on)
@@ -243,193 +245,6 @@ def _then(step: Step, classifier: nn.Conv3d, channels: int) -> Step:
 
 
 # -- where activations live -----------------------------------------------------------------------
-
-
-class _MemoryStore:
-    """A full activation (1, C, D, H, W) held as one tensor on the compute device."""
-
-    def __init__(self, data: torch.Tensor) -> None:
-        self.data = data
-        self.scratch: torch.Tensor | None = None
-
-    @classmethod
-    def empty(cls, channels, extent, device, memory_format) -> _MemoryStore:
-        return cls(torch.empty((1, channels, *extent), device=device, memory_format=memory_format))
-
-    def write(self, start: int, slab: torch.Tensor) -> None:
-        self.data[:, :, start : start + slab.shape[2]].copy_(slab)
-
-    @property
-    def can_release(self) -> bool:
-        return _release_pages is not None and self.data.device.type == "cpu" and _plane_major(self.data)
-
-    def release(self, below: int) -> None:
-        """Give the memory of planes [0, below) back to the system: no later step reads them."""
-        if self.can_release and below > 0:
-            plane = self.data[0, :, 0].numel() * self.data.element_size()
-            _release_pages(self.data.data_ptr(), min(below, self.data.shape[2]) * plane)
-
-    def read(self, lo: int, hi: int) -> torch.Tensor:
-        """Planes [lo, hi): a view inside the volume; across its border, zeros beyond it in a
-        buffer that is reused (valid until the next read of this store)."""
-        depth = self.data.shape[2]
-        if lo >= 0 and hi <= depth:
-            return self.data[:, :, lo:hi]
-        if self.scratch is None or self.scratch.shape[2] < hi - lo:
-            shape = (*self.data.shape[:2], hi - lo, *self.data.shape[3:])
-            self.scratch = torch.empty(shape, dtype=self.data.dtype, device=self.data.device)
-            self.scratch = self.scratch.contiguous(memory_format=_format_of(self.data))
-        out = self.scratch[:, :, : hi - lo]
-        a, b = min(max(lo, 0), hi), max(min(hi, depth), lo)
-        out[:, :, : a - lo].zero_()
-        out[:, :, max(b, a) - lo :].zero_()
-        if b > a:
-            out[:, :, a - lo : b - lo].copy_(self.data[:, :, a:b])
-        return out
-
-
-class CropStore:
-    """The network's input read straight from the (C, D, H, W) scan: the box grown by the margin,
-    ``pad_value`` beyond the scan's border, a slab of planes at a time. No full copy of the scan
-    is made (the scan itself belongs to the caller)."""
-
-    PLANES = 8  # planes copied at once from the scan
-
-    def __init__(self, image: np.ndarray, box, margin: int, pad_value: float, device, memory_format) -> None:
-        self.image, self.box, self.margin, self.pad = image, box, margin, float(pad_value)
-        self.extent = tuple(b - a + 2 * margin for a, b in box)
-        self.device, self.memory_format = torch.device(device), memory_format
-        self.can_release = False
-
-    def read(self, lo: int, hi: int) -> torch.Tensor:
-        """Planes [lo, hi) of the padded crop: the scan, ``pad_value`` where the crop lies beyond the
-        scan, zeros beyond the crop's own planes."""
-        out = torch.empty((1, self.image.shape[0], hi - lo, *self.extent[1:]), dtype=torch.float32,
-                          device=self.device, memory_format=self.memory_format)  # fmt: skip
-        (z0, _), (y0, y1), (x0, x1) = self.box
-        m = self.margin
-        depth = self.extent[0]
-        a, b = max(lo, 0), min(hi, depth)  # planes of the padded crop this read covers
-        out.zero_()  # beyond the crop's planes: zeros, as for any activation read past its border
-        if b > a:
-            out[:, :, a - lo : b - lo].fill_(self.pad)  # inside it but beyond the scan: the padding
-        src = [(z0 - m + a, z0 - m + b), (y0 - m, y1 + m), (x0 - m, x1 + m)]
-        limits = self.image.shape[1:]
-        clipped = [(max(u, 0), min(v, n)) for (u, v), n in zip(src, limits, strict=True)]
-        if b > a and all(v > u for u, v in clipped):
-            (za, zb), (ya, yb), (xa, xb) = clipped
-            dy, dx = ya - (y0 - m), xa - (x0 - m)
-            for z in range(za, zb, self.PLANES):  # a few planes at a time: no temporary of the read
-                z_end = min(z + self.PLANES, zb)
-                chunk = np.ascontiguousarray(self.image[:, z:z_end, ya:yb, xa:xb], dtype=np.float32)
-                dz = z - (z0 - m) - lo
-                target = out[0, :, dz : dz + z_end - z, dy : dy + yb - ya, dx : dx + xb - xa]
-                target.copy_(torch.from_numpy(np.require(chunk, requirements="W")))
-        return out
-
-    def whole(self) -> torch.Tensor:
-        """The whole padded crop as one tensor: the network's input when a copy fits the budget."""
-        return self.read(0, self.extent[0])
-
-    def release(self, below: int) -> None:
-        """The scan is the caller's: nothing to give back."""
-
-
-class _FileStore:
-    """A full activation kept plane by plane (D, H, W, C float32) in a temporary file.
-
-    Slabs are read in increasing order and overlap by their halos, so one buffer is kept per
-    store: planes still wanted are moved to its front and only new planes come from the file.
-    (Reading every halo again, into a fresh buffer each time, took a fifth of a BraTS-size run.)
-    """
-
-    def __init__(self, folder: str, channels: int, extent, device) -> None:
-        self.shape = (extent[0], extent[1], extent[2], channels)
-        self.plane = extent[1] * extent[2] * channels
-        self.device = device
-        self.file = tempfile.TemporaryFile(dir=folder)  # noqa: SIM115 - closed by _release()
-        self.buffer: np.ndarray | None = None
-        self.held = (0, 0)  # planes [lo, hi) at the front of the buffer
-
-    def write(self, start: int, slab: torch.Tensor) -> None:
-        planes = slab[0].permute(1, 2, 3, 0).float().contiguous().cpu().numpy()
-        self.file.seek(start * self.plane * 4)
-        self.file.write(memoryview(planes).cast("B"))
-
-    def read(self, lo: int, hi: int) -> torch.Tensor:
-        """Planes [lo, hi), zeros beyond the volume; valid until the next read of this store."""
-        if self.buffer is None or self.buffer.shape[0] < hi - lo:
-            self.buffer, self.held = np.empty((hi - lo, *self.shape[1:]), np.float32), (0, 0)
-        buffer = self.buffer
-        keep_lo, keep_hi = max(lo, self.held[0]), min(hi, self.held[1])
-        if keep_hi > keep_lo and lo != self.held[0]:
-            planes = range(keep_lo, keep_hi)  # plane by plane, in the order that is safe in place
-            for plane in planes if lo > self.held[0] else reversed(planes):
-                buffer[plane - lo] = buffer[plane - self.held[0]]
-        elif keep_hi <= keep_lo:
-            keep_lo = keep_hi = lo
-        for a, b in ((lo, keep_lo), (keep_hi, hi)):
-            self._load(buffer, lo, a, b)
-        self.held = (lo, hi)
-        return torch.from_numpy(buffer[: hi - lo]).permute(3, 0, 1, 2)[None].to(self.device)
-
-    def _load(self, buffer: np.ndarray, lo: int, a: int, b: int) -> None:
-        """Planes [a, b) into the buffer (which starts at plane ``lo``): from the file, or zeros."""
-        if b <= a:
-            return
-        inside_a, inside_b = min(max(a, 0), self.shape[0]), max(min(b, self.shape[0]), 0)
-        buffer[a - lo : max(inside_a, a) - lo] = 0
-        buffer[min(max(inside_b, a), b) - lo : b - lo] = 0
-        if inside_b > inside_a:
-            self.file.seek(inside_a * self.plane * 4)
-            self.file.readinto(memoryview(buffer[inside_a - lo : inside_b - lo]).cast("B"))
-
-    def release(self, below: int) -> None:
-        """Nothing to give back: the file's pages belong to the system's cache."""
-
-    def close(self) -> None:
-        self.file.close()
-        self.buffer = None
-
-
-def _plane_major(t: torch.Tensor) -> bool:
-    """Whether every depth plane of a (1, C, D, H, W) tensor is one contiguous block, in order."""
-    return t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d)
-
-
-def _page_releaser():
-    """madvise(MADV_DONTNEED) on whole pages, where the C library has it (Linux), else None."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        madvise = libc.madvise
-    except (OSError, AttributeError):
-        return None
-    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    page = mmap.PAGESIZE
-
-    def release(address: int, length: int) -> None:
-        first = -(-address // page) * page  # whole pages inside [address, address + length) only
-        last = (address + length) // page * page
-        if last > first:
-            madvise(first, last - first, 4)  # MADV_DONTNEED: freed now, zero pages if touched again
-
-    return release
-
-
-_release_pages = _page_releaser()
-
-
-def _format_of(t: torch.Tensor):
-    return (
-        torch.channels_last_3d
-        if t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d)
-        else (torch.contiguous_format)
-    )
-
-
-# -- running the steps ----------------------------------------------------------------------------
 
 
 @dataclass
@@ -538,8 +353,8 @@ def run_stream(
         stores = {"input": image}
         device, memory_format = image.device, image.memory_format
     else:
-        stores = {"input": _MemoryStore(image)}
-        device, memory_format = image.device, _format_of(image)
+        stores = {"input": MemoryStore(image)}
+        device, memory_format = image.device, format_of(image)
     in_memory = peak_activation_bytes(steps, plan, stores["input"].can_release) <= memory_bytes
     with tempfile.TemporaryDirectory(prefix="napari-autofocus-", dir=spill_dir) as folder:
         try:
@@ -549,9 +364,9 @@ def run_stream(
                 if not final:
                     extent = plan.extents[step.name]
                     store = (
-                        _MemoryStore.empty(step.channels, extent, device, memory_format)
+                        MemoryStore.empty(step.channels, extent, device, memory_format)
                         if in_memory
-                        else _FileStore(folder, step.channels, extent, device)
+                        else FileStore(folder, step.channels, extent, device)
                     )
                     stores[step.name] = store
                 freed = [r for r in step.reads if last_use[r.source] == i]
@@ -586,5 +401,5 @@ def run_stream(
 
 
 def _release(store) -> None:
-    if isinstance(store, _FileStore):
+    if isinstance(store, FileStore):
         store.close()

@@ -367,10 +367,10 @@ def test_wrong_channel_count_is_a_clear_error():
 
 
 def test_activation_file_reads_any_slab_with_zeros_beyond_the_volume(tmp_path):
-    from napari_autofocus.inference.streaming import _FileStore
+    from napari_autofocus.inference.activation_stores import FileStore
 
     data = torch.randn(1, 2, 10, 3, 4)
-    store = _FileStore(str(tmp_path), 2, (10, 3, 4), torch.device("cpu"))
+    store = FileStore(str(tmp_path), 2, (10, 3, 4), torch.device("cpu"))
     store.write(0, data[:, :, :6])
     store.write(6, data[:, :, 6:])
     padded = torch.nn.functional.pad(data, (0, 0, 0, 0, 5, 5))  # 5 zero planes before and after
@@ -380,10 +380,10 @@ def test_activation_file_reads_any_slab_with_zeros_beyond_the_volume(tmp_path):
 
 
 def test_memory_store_gives_read_planes_back_and_reads_across_the_border(tmp_path):
-    from napari_autofocus.inference.streaming import _MemoryStore
+    from napari_autofocus.inference.activation_stores import MemoryStore
 
     data = torch.randn(1, 8, 64, 64, 64).contiguous(memory_format=torch.channels_last_3d)
-    store = _MemoryStore(data.clone(memory_format=torch.channels_last_3d))
+    store = MemoryStore(data.clone(memory_format=torch.channels_last_3d))
     padded = torch.nn.functional.pad(data, (0, 0, 0, 0, 3, 3))
     for lo, hi in [(-3, 5), (10, 20), (60, 67), (-2, 66)]:
         torch.testing.assert_close(store.read(lo, hi), padded[:, :, lo + 3 : hi + 3], rtol=0, atol=0)
