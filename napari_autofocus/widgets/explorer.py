@@ -7,10 +7,9 @@ the network.
 
 from __future__ import annotations
 
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 
 import numpy as np
-from napari.utils.colormaps import Colormap, DirectLabelColormap
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -27,24 +26,18 @@ from qtpy.QtWidgets import (
 
 from napari_autofocus._reader import prefer_this_reader
 from napari_autofocus.analysis.explorer_maps import (
-    argmax_colors,
-    blend,
     class_index,
     derived_layer_name,
-    derived_map,
     legend_html,
     legend_text,
-    rate_hue,
     structure_means,
     voxel_readout,
     weight_layer_name,
-    zoom_mm_map,
 )
 from napari_autofocus.app.session import RESULT_KEY
 from napari_autofocus.widgets import _charts, _common, _stacked_bars
-from napari_autofocus.widgets._outputs import TAG, placement
+from napari_autofocus.widgets._explorer_layers import ExplorerLayers, background_pool
 
-OWNER = "explorer"
 MAPS = ("blend", "weights", "arg-max rate", "expected rate", "entropy", "zoom")
 DEFAULT_MAPS = ("blend",)  # one layer per autofocus layer to start with; the other maps on demand
 TIPS = {
@@ -62,40 +55,6 @@ PREDICTED = "predicted labels"
 GLYPHS = "colours: " + "bluegreenorangeredvioletcyanyellowpink" + "r=0123456789,"  # the legend's characters
 
 
-def layer_content(result, kind: str, af: str | None, k: int | None) -> tuple[np.ndarray, dict]:
-    """The data of one explorer layer (autofocus layer ``af``, rate index ``k`` for weights) and the
-    styling that depends on it (colormap, limits: given, so napari need not scan the data)."""
-    if kind == "zoom":
-        data = zoom_mm_map(result)
-        finite = np.isfinite(data).any()
-        limits = (float(np.nanmin(data)), float(np.nanmax(data)) + 1e-3) if finite else (0.0, 1.0)
-        return data, {"colormap": "viridis", "contrast_limits": limits}
-    a, rates = result.attention[af], result.rates[af]
-    if kind == "blend":  # 8-bit RGB: a quarter of the texture, and nothing for napari to rescale
-        return (blend(a) * 255 + 0.5).astype(np.uint8), {"contrast_limits": (0, 255)}
-    if kind == "weight":
-        cmap = Colormap([[0, 0, 0, 1], [*rate_hue(k), 1]], name=f"autofocus-rate-{k}")
-        return a[k], {"colormap": cmap, "contrast_limits": (0.0, 1.0)}
-    if kind == "arg-max rate":
-        return derived_map(a, rates, kind), {"colormap": DirectLabelColormap(color_dict=argmax_colors(rates))}
-    data = derived_map(a, rates, kind)
-    if kind == "entropy":
-        return data, {"colormap": "magma", "contrast_limits": (0.0, 1.0)}
-    return data, {"colormap": "viridis", "contrast_limits": (float(min(rates)), float(max(rates)))}
-
-
-_POOL = None
-
-
-def _background_pool() -> ThreadPoolExecutor:
-    """One worker thread for the explorer's NumPy work (maps, means): NumPy releases the GIL in
-    its loops, so the GUI thread keeps painting while a map is computed."""
-    global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="autofocus-explorer")
-    return _POOL
-
-
 def _means_when_indexed(result, labels, classes, af: str, index) -> dict:
     index = index.result() if isinstance(index, Future) else index
     return structure_means(result, labels, classes, [af], index)
@@ -108,12 +67,8 @@ class ExplorerWidget(QWidget):
         self.viewer = napari_viewer
         self._last_index = None
         self._shown_result = None  # id of the result the layers were built from
-        self._pending: list[list] = []  # layer work left: [result, "add" | "refill", name, spec, future]
-        self._selected = None  # the layer the user had selected before the explorer added some
-        self._build_timer = QTimer(self)
-        self._build_timer.setSingleShot(True)
-        self._build_timer.setInterval(10)  # a gap for painting and input between two layers
-        self._build_timer.timeout.connect(self._build_next)
+        self.maps = ExplorerLayers(napari_viewer, lambda: self.result, self)
+        self.maps.built = lambda: self._show_legend(self.result)
         self._chart_timer = QTimer(self)
         self._chart_timer.setSingleShot(True)
         self._chart_timer.setInterval(80)
@@ -121,7 +76,6 @@ class ExplorerWidget(QWidget):
         self._means_key, self._means = None, {}  # per-structure means kept per autofocus layer
         self._class_index = None  # a future: where each class lies (shared by all layers' means)
         self._means_job = None  # a future: one autofocus layer's means
-        self._changing_layers = False  # our own layer changes fire layer events: do not react to them
         self.result_combo = QComboBox()
         self.layer_list = QListWidget()
         self.rate_list = QListWidget()
@@ -220,7 +174,7 @@ class ExplorerWidget(QWidget):
 
     def refresh(self, *_) -> None:
         """Follow the viewer's result layers (runs once after each burst of layer events)."""
-        if self._changing_layers:
+        if self.maps.changing:
             return
         names = [layer.name for layer in _common.result_layers(self.viewer)]
         default = names[-1] if names else None
@@ -228,7 +182,7 @@ class ExplorerWidget(QWidget):
         truth = [PREDICTED] + [layer.name for layer in _common.truth_layers(self.viewer)]
         _common.set_items(self.classes_combo, truth)
         if not names:
-            self._clear_layers()
+            self.maps.clear()
             self.structure_chart.message("Run Segment first: the explorer shows its attention.")
         elif id(self.result) != self._shown_result:  # same name, new result (a re-run)
             self._on_result()
@@ -296,123 +250,27 @@ class ExplorerWidget(QWidget):
             wanted[derived_layer_name("all", "zoom (mm)")] = ("zoom", None, None)
         return wanted
 
-    def _explorer_layers(self) -> dict:
-        return {
-            layer.name: layer
-            for layer in self.viewer.layers
-            if (layer.metadata.get(TAG) or {}).get("owner") == OWNER
-        }
-
-    def _remove(self, layers) -> None:
-        """Remove our layers (still there) in one batch (napari collects garbage once, not per layer)
-        without reacting to the removals ourselves."""
-        layers = [layer for layer in layers if layer in self.viewer.layers]
-        if not layers:
-            return
-        self._changing_layers = True
-        try:
-            with self.viewer.layers.batched_update():
-                for layer in layers:
-                    self.viewer.layers.remove(layer)
-        finally:
-            self._changing_layers = False
-
-    def _clear_layers(self) -> None:
-        self._pending = []
-        self._remove(self._explorer_layers().values())
-
     @property
     def building(self) -> bool:
         """Whether layers are still being added or refilled (one per turn of the event loop) or the
         structure chart is waiting to be redrawn."""
-        return bool(self._pending) or self._chart_timer.isActive()
+        return self.maps.building or self._chart_timer.isActive()
 
     def update_view(self, *_) -> None:
-        """Show the chosen maps and hide the rest; derived maps come from the cached attention.
-
-        Adding or deleting a napari layer takes about 0.2 s (deleting one makes napari collect garbage),
-        so the explorer does neither more than it must:
-        - an unticked map's layer is hidden, not deleted; ticking it again shows it at once;
-        - after a re-run (or another result) the same layers get the new data: their place, opacity and
-          visibility stay as the user left them;
-        - new layers are added, and layers refilled, one per turn of the event loop, so the viewer
-          keeps answering in between."""
-        if self._changing_layers:
+        """Show the chosen maps and hide the rest (see :class:`ExplorerLayers` for how)."""
+        if self.maps.changing:
             return
         result = self.result
-        wanted = self.wanted_layers()
-        existing = self._explorer_layers()
-        shown, later, gone = [], [], []
-        self._changing_layers = True
-        try:
-            for name, layer in existing.items():
-                tag = layer.metadata[TAG]
-                if name in wanted:
-                    if tag.get("parked"):
-                        layer.visible = True
-                        tag["parked"] = False
-                    if tag.get("result") != id(result):
-                        shown.append(("refill", name, wanted[name]))
-                else:
-                    if not tag.get("parked"):
-                        layer.visible = False
-                        tag["parked"] = True
-                    if tag.get("result") != id(result):  # hidden, but never left holding stale maps
-                        if result is not None and (tag.get("af") is None or tag["af"] in result.attention):
-                            later.append(("refill", name, (tag["kind"], tag.get("af"), tag.get("k"))))
-                        else:
-                            gone.append(layer)
-        finally:
-            self._changing_layers = False
-        self._remove(gone)
-        shown += [("add", name, spec) for name, spec in wanted.items() if name not in existing]
-        # each map is computed on a worker thread, one at a time while the GUI thread is idle (not
-        # while it hands the previous one to napari: two cores, and the display server needs one)
-        self._pending = [[result, action, name, spec, None] for action, name, spec in shown + later]
-        if self._pending:
-            # napari selects each new layer; the user's selection comes back once the layers are in
-            if self._selected is None:
-                self._selected = self.viewer.layers.selection.active
-            self._build_timer.start()
+        self.maps.show(result, self.wanted_layers())
         self._show_legend(result)
         self._chart_timer.start(80)  # once the clicks pause, like the cursor chart
 
     def build_now(self) -> None:
-        """Finish the queued layer work at once (scripts and screenshots)."""
-        while self._pending:
-            self._build_next(wait=True)
+        """Finish the queued layer work and the chart at once (scripts and screenshots)."""
+        self.maps.build_now()
         if self._chart_timer.isActive():
             self._chart_timer.stop()
             self.update_structure_chart(wait=True)
-
-    def _build_next(self, wait: bool = False) -> None:
-        if not self._pending:
-            return
-        task = self._pending[0]
-        result, action, name, spec, content = task
-        kind, af, k = spec
-        if content is None:
-            task[4] = content = _background_pool().submit(layer_content, result, *spec)
-        if not (wait or content.done()):  # still being computed: look again in a moment
-            self._build_timer.start()
-            return
-        self._pending.pop(0)
-        if result is self.result:  # a newer choice has replaced the queue otherwise
-            self._changing_layers = True
-            try:
-                if action == "add" and name not in self.viewer.layers:
-                    self._add_layer(result, name, kind, af, k, content.result())
-                elif action == "refill" and name in self.viewer.layers:
-                    self._refill_layer(self.viewer.layers[name], result, kind, af, k, content.result())
-            finally:
-                self._changing_layers = False
-        if self._pending:
-            self._build_timer.start()
-        else:
-            self._show_legend(self.result)
-            selected, self._selected = self._selected, None
-            if selected is not None and selected in self.viewer.layers:
-                self.viewer.layers.selection.active = selected
 
     def _text_overlay(self):
         canvas = getattr(self.viewer, "canvas", None)  # napari 0.9 moved the text overlay to the canvas
@@ -442,36 +300,8 @@ class ExplorerWidget(QWidget):
         overlay = self._text_overlay()
         if overlay.text == GLYPHS or overlay.opacity == 0.0:  # a result came before the warm-up ended
             overlay.opacity = 1.0
-        overlay.visible = bool(rates) and bool(self._explorer_layers())
+        overlay.visible = bool(rates) and bool(self.maps.layers())
         overlay.text = legend_text(rates) if rates else ""
-
-    @staticmethod
-    def _metadata(result, kind: str, af: str | None, k: int | None) -> dict:
-        tag = {"owner": OWNER, "kind": kind, "af": af, "k": k, "parked": False}
-        return {TAG: {**tag, "result": id(result), "model": result.request.model_path}}
-
-    def _add_layer(self, result, name: str, kind: str, af: str | None, k: int | None, content) -> None:
-        data, style = content
-        kwargs = {"name": name, "metadata": self._metadata(result, kind, af, k), **placement(result), **style}
-        if kind == "arg-max rate":
-            self.viewer.add_labels(data, opacity=0.5, **kwargs)
-        elif kind == "blend":
-            self.viewer.add_image(data, rgb=True, opacity=0.65, blending="translucent", **kwargs)
-        elif kind == "weight":
-            self.viewer.add_image(data, blending="additive", **kwargs)
-        else:
-            self.viewer.add_image(data, opacity=0.7, **kwargs)
-
-    def _refill_layer(self, layer, result, kind: str, af: str | None, k: int | None, content) -> None:
-        """A newer result in an existing layer: data, colours and grid change; visibility, opacity and
-        the layer's place in the list stay as the user left them."""
-        data, style = content
-        layer.data = data
-        for key, value in {**placement(result), **style}.items():
-            setattr(layer, key, value)
-        parked = layer.metadata[TAG].get("parked", False)
-        layer.metadata = {**layer.metadata, **self._metadata(result, kind, af, k)}
-        layer.metadata[TAG]["parked"] = parked
 
     # -- readout and charts ------------------------------------------------------------------------
     def _on_cursor(self, event=None) -> None:
@@ -518,14 +348,14 @@ class ExplorerWidget(QWidget):
         if not layers:
             self.structure_chart.message("Choose an autofocus layer.")
             return
-        if self._pending:  # the layers first; the chart when they are in
+        if self.maps.building:  # the layers first; the chart when they are in
             self._chart_timer.start(80)
             return
         key = (id(result), source, id(labels))
         classes = range(result.card.num_classes)
         if self._means_key != key:
             self._means_key, self._means, self._means_job = key, {}, None
-            self._class_index = _background_pool().submit(class_index, result, labels, classes)
+            self._class_index = background_pool().submit(class_index, result, labels, classes)
         job = self._means_job
         if job is not None and (wait or job.done()):
             self._means.update(job.result())
@@ -534,7 +364,7 @@ class ExplorerWidget(QWidget):
         if missing:
             if job is None:  # averaged on a worker thread, one autofocus layer at a time
                 index = self._class_index.result() if wait else self._class_index
-                self._means_job = _background_pool().submit(
+                self._means_job = background_pool().submit(
                     _means_when_indexed, result, labels, classes, missing[0], index
                 )
             if wait:

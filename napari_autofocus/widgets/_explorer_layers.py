@@ -1,0 +1,202 @@
+"""The explorer's napari layers: built on a worker thread, added one per turn of the event loop,
+hidden instead of deleted, refilled in place after a re-run.
+
+Adding or deleting a napari layer takes about 0.2 s on a 2-core machine (deleting one makes napari
+collect garbage), so the explorer does neither more than it must:
+
+- an unticked map's layer is hidden, not deleted; ticking it again shows it at once;
+- after a re-run (or another result) the same layers get the new data: their place, opacity and
+  visibility stay as the user left them; hidden ones are refilled too, so none holds stale maps;
+- each map is computed on a worker thread while the GUI thread is idle, and handed to napari one
+  layer per turn of the event loop, so the viewer keeps answering in between.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from napari.utils.colormaps import Colormap, DirectLabelColormap
+from qtpy.QtCore import QObject, QTimer
+
+from napari_autofocus.analysis.explorer_maps import argmax_colors, blend, derived_map, rate_hue, zoom_mm_map
+from napari_autofocus.widgets._outputs import TAG, placement
+
+OWNER = "explorer"
+
+
+def layer_content(result, kind: str, af: str | None, k: int | None) -> tuple[np.ndarray, dict]:
+    """The data of one explorer layer (autofocus layer ``af``, rate index ``k`` for weights) and the
+    styling that depends on it (colormap, limits: given, so napari need not scan the data)."""
+    if kind == "zoom":
+        data = zoom_mm_map(result)
+        finite = np.isfinite(data).any()
+        limits = (float(np.nanmin(data)), float(np.nanmax(data)) + 1e-3) if finite else (0.0, 1.0)
+        return data, {"colormap": "viridis", "contrast_limits": limits}
+    a, rates = result.attention[af], result.rates[af]
+    if kind == "blend":  # 8-bit RGB: a quarter of the texture, and nothing for napari to rescale
+        return (blend(a) * 255 + 0.5).astype(np.uint8), {"contrast_limits": (0, 255)}
+    if kind == "weight":
+        cmap = Colormap([[0, 0, 0, 1], [*rate_hue(k), 1]], name=f"autofocus-rate-{k}")
+        return a[k], {"colormap": cmap, "contrast_limits": (0.0, 1.0)}
+    if kind == "arg-max rate":
+        return derived_map(a, rates, kind), {"colormap": DirectLabelColormap(color_dict=argmax_colors(rates))}
+    data = derived_map(a, rates, kind)
+    if kind == "entropy":
+        return data, {"colormap": "magma", "contrast_limits": (0.0, 1.0)}
+    return data, {"colormap": "viridis", "contrast_limits": (float(min(rates)), float(max(rates)))}
+
+
+_POOL = None
+
+
+def background_pool() -> ThreadPoolExecutor:
+    """One worker thread for the explorer's NumPy work (maps, means): NumPy releases the GIL in
+    its loops, so the GUI thread keeps painting while a map is computed."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="autofocus-explorer")
+    return _POOL
+
+
+class ExplorerLayers(QObject):
+    """The layers of one explorer dock (tagged ``owner: explorer`` in their metadata)."""
+
+    def __init__(self, viewer, current_result, parent=None) -> None:
+        super().__init__(parent)
+        self.viewer = viewer
+        self._current_result = current_result  # the dock's result now: work for an older one is dropped
+        self.changing = False  # our own layer changes fire layer events: the dock ignores them
+        self._pending: list[list] = []  # work left: [result, "add" | "refill", name, spec, future]
+        self._selected = None  # the layer the user had selected before layers were added
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(10)  # a gap for painting and input between two layers
+        self._timer.timeout.connect(self._build_next)
+        self.built = None  # called once the queue is empty
+
+    @property
+    def building(self) -> bool:
+        """Whether layers are still being added or refilled."""
+        return bool(self._pending)
+
+    def layers(self) -> dict:
+        return {
+            layer.name: layer
+            for layer in self.viewer.layers
+            if (layer.metadata.get(TAG) or {}).get("owner") == OWNER
+        }
+
+    def remove(self, layers) -> None:
+        """Remove our layers (still there) in one batch (napari collects garbage once, not per layer)."""
+        layers = [layer for layer in layers if layer in self.viewer.layers]
+        if not layers:
+            return
+        self.changing = True
+        try:
+            with self.viewer.layers.batched_update():
+                for layer in layers:
+                    self.viewer.layers.remove(layer)
+        finally:
+            self.changing = False
+
+    def clear(self) -> None:
+        self._pending = []
+        self.remove(self.layers().values())
+
+    def show(self, result, wanted: dict) -> None:
+        """Make ``wanted`` (name -> (kind, autofocus layer, rate index)) the visible explorer layers."""
+        existing = self.layers()
+        shown, later, gone = [], [], []
+        self.changing = True
+        try:
+            for name, layer in existing.items():
+                tag = layer.metadata[TAG]
+                if name in wanted:
+                    if tag.get("parked"):
+                        layer.visible = True
+                        tag["parked"] = False
+                    if tag.get("result") != id(result):
+                        shown.append(("refill", name, wanted[name]))
+                else:
+                    if not tag.get("parked"):
+                        layer.visible = False
+                        tag["parked"] = True
+                    if tag.get("result") != id(result):  # hidden, but never left holding stale maps
+                        if result is not None and (tag.get("af") is None or tag["af"] in result.attention):
+                            later.append(("refill", name, (tag["kind"], tag.get("af"), tag.get("k"))))
+                        else:
+                            gone.append(layer)
+        finally:
+            self.changing = False
+        self.remove(gone)
+        shown += [("add", name, spec) for name, spec in wanted.items() if name not in existing]
+        self._pending = [[result, action, name, spec, None] for action, name, spec in shown + later]
+        if self._pending:
+            # napari selects each new layer; the user's selection comes back once the layers are in
+            if self._selected is None:
+                self._selected = self.viewer.layers.selection.active
+            self._timer.start()
+
+    def build_now(self) -> None:
+        """Finish the queued work at once (scripts and screenshots)."""
+        while self._pending:
+            self._build_next(wait=True)
+
+    def _build_next(self, wait: bool = False) -> None:
+        if not self._pending:
+            return
+        task = self._pending[0]
+        result, action, name, spec, content = task
+        kind, af, k = spec
+        if content is None:  # computed now, while the GUI thread waits for the next turn
+            task[4] = content = background_pool().submit(layer_content, result, *spec)
+        if not (wait or content.done()):  # still being computed: look again in a moment
+            self._timer.start()
+            return
+        self._pending.pop(0)
+        if result is self._current_result():  # a newer choice has replaced the queue otherwise
+            self.changing = True
+            try:
+                if action == "add" and name not in self.viewer.layers:
+                    self._add_layer(result, name, kind, af, k, content.result())
+                elif action == "refill" and name in self.viewer.layers:
+                    self._refill_layer(self.viewer.layers[name], result, kind, af, k, content.result())
+            finally:
+                self.changing = False
+        if self._pending:
+            self._timer.start()
+            return
+        selected, self._selected = self._selected, None
+        if selected is not None and selected in self.viewer.layers:
+            self.viewer.layers.selection.active = selected
+        if self.built is not None:
+            self.built()
+
+    @staticmethod
+    def _metadata(result, kind: str, af: str | None, k: int | None) -> dict:
+        tag = {"owner": OWNER, "kind": kind, "af": af, "k": k, "parked": False}
+        return {TAG: {**tag, "result": id(result), "model": result.request.model_path}}
+
+    def _add_layer(self, result, name: str, kind: str, af: str | None, k: int | None, content) -> None:
+        data, style = content
+        kwargs = {"name": name, "metadata": self._metadata(result, kind, af, k), **placement(result), **style}
+        if kind == "arg-max rate":
+            self.viewer.add_labels(data, opacity=0.5, **kwargs)
+        elif kind == "blend":
+            self.viewer.add_image(data, rgb=True, opacity=0.65, blending="translucent", **kwargs)
+        elif kind == "weight":
+            self.viewer.add_image(data, blending="additive", **kwargs)
+        else:
+            self.viewer.add_image(data, opacity=0.7, **kwargs)
+
+    def _refill_layer(self, layer, result, kind: str, af: str | None, k: int | None, content) -> None:
+        """A newer result in an existing layer: data, colours and grid change; visibility, opacity and
+        the layer's place in the list stay as the user left them."""
+        data, style = content
+        layer.data = data
+        for key, value in {**placement(result), **style}.items():
+            setattr(layer, key, value)
+        parked = layer.metadata[TAG].get("parked", False)
+        layer.metadata = {**layer.metadata, **self._metadata(result, kind, af, k)}
+        layer.metadata[TAG]["parked"] = parked
