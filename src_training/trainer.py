@@ -12,8 +12,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import shlex
-import subprocess
 import time
 from pathlib import Path
 
@@ -33,22 +31,13 @@ from .config import TrainConfig
 from .data import check_geometry, open_dataset
 from .logging_utils import Progress, RunLogger
 from .losses import SegmentationLoss
+from .optim import build_optimizer, lr_factor
 from .preprocess import default_cache_dir, prepare_cases
+from .run_folder import check_run_folder, command_line, git_commit, prepare_run_folder
 from .sampling import PatchStream
 
 CHECKPOINT_FORMAT = "napari-autofocus-training-checkpoint"
-RUN_FILES = (
-    "config.json", "split.json", "log.csv", "log.jsonl", "progress.png", "checkpoint_latest.pt",
-    "checkpoint_best.pt", "checkpoint_final.pt", "model.safetensors",
-)  # fmt: skip
-# What a start writes before the first epoch: a folder holding only these is restarted, not refused.
-STARTUP_FILES = ("config.json", "split.json")
 SPLIT_SEED = 12345  # fixed, like nnU-Net's, so folds do not move when the training seed changes
-
-
-def is_stale_temporary(path: Path) -> bool:
-    """A hidden temporary file of ours (``.<run file>.<random>``) that a killed write left behind."""
-    return path.is_file() and any(path.name.startswith(f".{name}.") for name in RUN_FILES)
 
 
 def split_cases(
@@ -76,65 +65,6 @@ def split_cases(
     return train, sorted(val)
 
 
-def lr_factor(config: TrainConfig, iteration: int, total: int) -> float:
-    """Multiplier of the base LR at ``iteration`` (0-based) of ``total`` (per-iteration schedule)."""
-    if config.schedule == "poly":
-        return (1.0 - min(iteration, total) / total) ** config.poly_power
-    if config.schedule == "step":
-        return 1.0 if iteration < config.step_at * total else config.step_factor
-    return 1.0
-
-
-def build_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
-    if config.optimizer == "rmsprop":
-        return torch.optim.RMSprop(
-            params, lr=config.lr, alpha=config.rmsprop_alpha, eps=config.eps,
-            momentum=config.momentum, weight_decay=config.weight_decay,
-        )  # fmt: skip
-    if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, eps=config.eps, weight_decay=config.weight_decay)
-    return torch.optim.SGD(
-        params,
-        lr=config.lr,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-        nesterov=config.momentum > 0,
-    )
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-# List settings whose flag takes one comma-separated value (``--channels 30,30,...``); other lists
-# (``--spacing 1 1 1``) take one argument per value.
-COMMA_LIST_FLAGS = {"channels", "flip_axes"}
-
-
-def command_line(flags: dict) -> str:
-    """A command that reproduces the run: the flags given, spelt the way the CLI parses them."""
-    parts = ["python", "-m", "src_training", "train"]
-    for key, value in sorted(flags.items()):
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            parts.append(flag)
-        elif value is False or value is None:  # not "in (False, None)": 0 == False
-            continue
-        elif isinstance(value, (list, tuple)) and key in COMMA_LIST_FLAGS:
-            parts += [flag, ",".join(map(str, value))]
-        elif isinstance(value, (list, tuple)):
-            parts += [flag, *map(str, value)]
-        else:
-            parts += [flag, str(value)]
-    return shlex.join(parts)
-
-
 def parameter_checksum(model: torch.nn.Module) -> str:
     h = hashlib.sha256()
     for name, p in sorted(unwrap(model).named_parameters()):
@@ -155,40 +85,6 @@ class Trainer:
     def log(self, message: str) -> None:
         if self.main:
             print(message, flush=True)
-
-    def _check_run_folder(self) -> None:
-        """Refuse a folder holding another run; accept one a failed start left (settings only)."""
-        out, cfg = self.out, self.config
-        existing = [p.name for p in out.iterdir() if not is_stale_temporary(p)] if out.is_dir() else []
-        if cfg.resume:
-            if not (out / "checkpoint_latest.pt").is_file():
-                started = "config.json" in existing
-                raise AutofocusError(
-                    f"--resume: {out} has no checkpoint_latest.pt to continue from"
-                    + (
-                        " (the run stopped before its first epoch ended); run the same command without "
-                        "--resume to start it again"
-                        if started
-                        else ""
-                    )
-                )
-        elif set(existing) - set(STARTUP_FILES) and not cfg.force:
-            raise AutofocusError(
-                f"run folder {out} is not empty ({', '.join(sorted(existing)[:5])}...); use --resume to "
-                "continue it, --force to start over in it, or choose a new --out"
-            )
-
-    def _prepare_folder(self) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
-        for path in self.out.iterdir():  # left by a run killed while it wrote a file
-            if is_stale_temporary(path):
-                path.unlink(missing_ok=True)
-        if self.config.force and not self.config.resume:
-            for name in RUN_FILES:
-                (self.out / name).unlink(missing_ok=True)
-        write_text(
-            self.out / "config.json", json.dumps(self.config.to_dict(), indent=2, sort_keys=True) + "\n"
-        )
 
     def _check_settings(self):
         """Open the dataset and build the network, collecting every setting problem into one error.
@@ -245,7 +141,7 @@ class Trainer:
 
     def setup(self) -> None:
         cfg, info = self.config, self.info
-        self._check_run_folder()
+        check_run_folder(self.out, self.config)
         self.device = distributed.select_device(cfg.device, info)
         distributed.init(info, self.device, cfg.ddp_timeout)
         self.dataset, (train_names, val_names), net, self.out_size = self._check_settings()
@@ -258,7 +154,7 @@ class Trainer:
         distributed.barrier(info)  # every rank checked the folder and settings before rank 0 writes
         prepared = prepare_cases(self.dataset, wanted, cache, cfg.normalization, cfg.spacing)
         if self.main:
-            self._prepare_folder()
+            prepare_run_folder(self.out, self.config)
             split = {"train": train_names, "val": val_names}
             write_text(self.out / "split.json", json.dumps(split, indent=1) + "\n")
         self.train_cases = prepared[: len(train_names)]

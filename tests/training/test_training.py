@@ -14,8 +14,9 @@ from napari_autofocus.errors import AutofocusError
 from napari_autofocus.nets import build_network, load_model
 from src_training.cli import build_parser, main
 from src_training.config import check_resume_changes, resolve
+from src_training.optim import lr_factor
 from src_training.phantom import PhantomConfig, write_dataset
-from src_training.trainer import Trainer, lr_factor, split_cases
+from src_training.trainer import Trainer, split_cases
 
 TINY = PhantomConfig(
     shape=(48, 48, 48),
