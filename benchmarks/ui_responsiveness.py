@@ -6,7 +6,7 @@ GUI thread; a stall is the longest gap between two beats minus the 50 ms period,
 user could not interact. Measured, one after the other in one run:
 
 - results arrive: Segment runs (the explorer docked) until its layers are in the viewer;
-- switching explorer layers: AF1 -> AF3, all six layers, back to AF1;
+- switching explorer layers: AF1 -> AF3, then all six layers, then back to AF1;
 - cursor across 20 voxels: the cursor readout follows the mouse over one row of voxels;
 - Export: every kind of file, in the background;
 - Cancel: a run is cancelled after its first slab; seconds from the press until it has stopped.
@@ -123,12 +123,18 @@ def measure(viewer, work: Path) -> dict:
     seconds = time.monotonic() - started
     pump_until(lambda: explorer.result is not None and not explorer.building, 30)
 
-    def switch_layers():
-        for chosen in (["AF3"], ["AF1", "AF2", "AF3", "AF4", "AF5", "AF6"], ["AF1"]):
-            explorer.set_checked(explorer.layer_list, chosen)
-            pump_until(lambda: not explorer.building, 30, settle=0.1)  # layers come one per turn
+    def choose(layers):
+        def action():
+            explorer.set_checked(explorer.layer_list, layers)
 
-    timed("switching explorer layers", switch_layers, lambda: not explorer.building)
+        return action
+
+    def built():
+        return not explorer.building
+
+    timed("explorer: AF1 -> AF3", choose(["AF3"]), built)
+    timed("explorer: tick all six layers", choose(["AF1", "AF2", "AF3", "AF4", "AF5", "AF6"]), built)
+    timed("explorer: back to AF1", choose(["AF1"]), built)
 
     labels = explorer.source_layer
     z, y, x = voxel

@@ -4,7 +4,8 @@ hidden instead of deleted, refilled in place after a re-run.
 Adding or deleting a napari layer takes about 0.2 s on a 2-core machine (deleting one makes napari
 collect garbage), so the explorer does neither more than it must:
 
-- an unticked map's layer is hidden, not deleted; ticking it again shows it at once;
+- an unticked map's layer is hidden, not deleted; ticking it again shows it at once, and a newly
+  ticked map of the same kind takes over a hidden layer (renamed and refilled) before any is added;
 - after a re-run (or another result) the same layers get the new data: their place, opacity and
   visibility stay as the user left them; hidden ones are refilled too, so none holds stale maps;
 - each map is computed on a worker thread while the GUI thread is idle, and handed to napari one
@@ -67,8 +68,9 @@ class ExplorerLayers(QObject):
         self.viewer = viewer
         self._current_result = current_result  # the dock's result now: work for an older one is dropped
         self.changing = False  # our own layer changes fire layer events: the dock ignores them
-        self._pending: list[list] = []  # work left: [result, "add" | "refill", name, spec, future]
+        self._pending: list[list] = []  # work left: [result, "add" | "refill" | "reuse", name, spec, future]
         self._selected = None  # the layer the user had selected before layers were added
+        self._to_show: list = []  # added (hidden) on the last turn, shown on this one
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.setInterval(10)  # a gap for painting and input between two layers
@@ -77,8 +79,8 @@ class ExplorerLayers(QObject):
 
     @property
     def building(self) -> bool:
-        """Whether layers are still being added or refilled."""
-        return bool(self._pending)
+        """Whether layers are still being added, shown or refilled."""
+        return bool(self._pending or self._to_show)
 
     def layers(self) -> dict:
         return {
@@ -101,13 +103,14 @@ class ExplorerLayers(QObject):
             self.changing = False
 
     def clear(self) -> None:
-        self._pending = []
+        self._pending, self._to_show = [], []
         self.remove(self.layers().values())
 
     def show(self, result, wanted: dict) -> None:
         """Make ``wanted`` (name -> (kind, autofocus layer, rate index)) the visible explorer layers."""
         existing = self.layers()
         shown, later, gone = [], [], []
+        spare: dict[str, list] = {}  # hidden layers by kind, to be renamed and refilled before adding any
         self.changing = True
         try:
             for name, layer in existing.items():
@@ -122,15 +125,27 @@ class ExplorerLayers(QObject):
                     if not tag.get("parked"):
                         layer.visible = False
                         tag["parked"] = True
-                    if tag.get("result") != id(result):  # hidden, but never left holding stale maps
-                        if result is not None and (tag.get("af") is None or tag["af"] in result.attention):
-                            later.append(("refill", name, (tag["kind"], tag.get("af"), tag.get("k"))))
-                        else:
-                            gone.append(layer)
+                    spare.setdefault(tag["kind"], []).append(layer)
+            for name, spec in wanted.items():
+                if name in existing:
+                    continue
+                if spare.get(spec[0]):  # AF1 -> AF3: the AF1 layer becomes AF3's (no new napari layer)
+                    layer = spare[spec[0]].pop(0)
+                    layer.name = name
+                    layer.metadata[TAG]["parked"] = False  # shown once it holds AF3's maps
+                    shown.append(("reuse", name, spec))
+                else:
+                    shown.append(("add", name, spec))
+            for layer in (layer for layers in spare.values() for layer in layers):
+                tag = layer.metadata[TAG]
+                if tag.get("result") != id(result):  # hidden, but never left holding stale maps
+                    if result is not None and (tag.get("af") is None or tag["af"] in result.attention):
+                        later.append(("refill", layer.name, (tag["kind"], tag.get("af"), tag.get("k"))))
+                    else:
+                        gone.append(layer)
         finally:
             self.changing = False
         self.remove(gone)
-        shown += [("add", name, spec) for name, spec in wanted.items() if name not in existing]
         self._pending = [[result, action, name, spec, None] for action, name, spec in shown + later]
         if self._pending:
             # napari selects each new layer; the user's selection comes back once the layers are in
@@ -140,11 +155,28 @@ class ExplorerLayers(QObject):
 
     def build_now(self) -> None:
         """Finish the queued work at once (scripts and screenshots)."""
-        while self._pending:
+        while self._pending or self._to_show:
             self._build_next(wait=True)
 
+    def _show_added(self) -> None:
+        """Show the layers added on the previous turn (unless they were unticked meanwhile)."""
+        layers, self._to_show = self._to_show, []
+        self.changing = True
+        try:
+            for layer in layers:
+                if layer in self.viewer.layers and not layer.metadata[TAG].get("parked"):
+                    layer.visible = True
+        finally:
+            self.changing = False
+
     def _build_next(self, wait: bool = False) -> None:
+        if self._to_show:
+            self._show_added()
+            if not wait:  # drawing them is this turn's work
+                self._timer.start()
+                return
         if not self._pending:
+            self._finish()
             return
         task = self._pending[0]
         result, action, name, spec, content = task
@@ -160,13 +192,20 @@ class ExplorerLayers(QObject):
             try:
                 if action == "add" and name not in self.viewer.layers:
                     self._add_layer(result, name, kind, af, k, content.result())
-                elif action == "refill" and name in self.viewer.layers:
-                    self._refill_layer(self.viewer.layers[name], result, kind, af, k, content.result())
+                elif action in ("refill", "reuse") and name in self.viewer.layers:
+                    layer = self.viewer.layers[name]
+                    self._refill_layer(layer, result, kind, af, k, content.result())
+                    if action == "reuse":
+                        self._to_show.append(layer)
             finally:
                 self.changing = False
-        if self._pending:
+        if self._pending or self._to_show:
             self._timer.start()
             return
+        self._finish()
+
+    def _finish(self) -> None:
+        """The queue is done: the user's selection back, and tell the dock."""
         selected, self._selected = self._selected, None
         if selected is not None and selected in self.viewer.layers:
             self.viewer.layers.selection.active = selected
@@ -181,14 +220,16 @@ class ExplorerLayers(QObject):
     def _add_layer(self, result, name: str, kind: str, af: str | None, k: int | None, content) -> None:
         data, style = content
         kwargs = {"name": name, "metadata": self._metadata(result, kind, af, k), **placement(result), **style}
+        kwargs["visible"] = False  # shown on the next turn: creating it and drawing it are two pauses
         if kind == "arg-max rate":
-            self.viewer.add_labels(data, opacity=0.5, **kwargs)
+            layer = self.viewer.add_labels(data, opacity=0.5, **kwargs)
         elif kind == "blend":
-            self.viewer.add_image(data, rgb=True, opacity=0.65, blending="translucent", **kwargs)
+            layer = self.viewer.add_image(data, rgb=True, opacity=0.65, blending="translucent", **kwargs)
         elif kind == "weight":
-            self.viewer.add_image(data, blending="additive", **kwargs)
+            layer = self.viewer.add_image(data, blending="additive", **kwargs)
         else:
-            self.viewer.add_image(data, opacity=0.7, **kwargs)
+            layer = self.viewer.add_image(data, opacity=0.7, **kwargs)
+        self._to_show.append(layer)
 
     def _refill_layer(self, layer, result, kind: str, af: str | None, k: int | None, content) -> None:
         """A newer result in an existing layer: data, colours and grid change; visibility, opacity and

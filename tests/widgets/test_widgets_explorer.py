@@ -85,7 +85,34 @@ def test_explorer_shows_k_colour_layers_per_autofocus_layer_without_rerunning(
     assert not shown("AF1 ·") and shown("AF2 ·") and len(viewer.layers) == count
     explorer.set_checked(explorer.layer_list, ["AF1", "AF2"])
     assert "AF1 · blend" in shown("AF1 ·") and len(viewer.layers) == count  # back at once, nothing rebuilt
+    # a newly ticked layer takes over a hidden one of the same kind instead of adding a napari layer
+    for box in ("weights", "entropy", "expected rate"):
+        explorer.map_boxes[box].setChecked(False)
+    explorer.set_checked(explorer.layer_list, ["AF1"])
+    settle(qtbot, explorer)
+    before = viewer.layers["AF2 · blend"]
+    explorer.set_checked(explorer.layer_list, ["AF2"])  # its own hidden layer comes back as it was
+    assert viewer.layers["AF2 · blend"] is before and before.visible and not explorer.maps.building
+    explorer.set_checked(explorer.layer_list, [])
+    count = len(viewer.layers)
+    explorer.set_checked(explorer.layer_list, ["AF2"])
+    settle(qtbot, explorer)
+    assert viewer.layers["AF2 · blend"] is before and len(viewer.layers) == count
     assert len(calls) == 1  # every switch above used the cached attention
+
+
+def test_a_newly_ticked_layer_reuses_a_hidden_one(make_napari_viewer, qtbot, model_file, monkeypatch):
+    viewer, explorer, _ = _segmented(make_napari_viewer, qtbot, model_file, monkeypatch)
+    first = viewer.layers["AF1 · blend"]
+    count = len(viewer.layers)
+    explorer.set_checked(explorer.layer_list, ["AF2"])
+    assert not first.visible  # hidden until it holds AF2's maps
+    settle(qtbot, explorer)
+    assert viewer.layers["AF2 · blend"] is first and first.visible and len(viewer.layers) == count
+    assert "AF1 · blend" not in viewer.layers
+    expected = explorer.result.attention["AF2"].astype(np.float32)
+    hues = np.array([rate_hue(k) for k in range(4)], np.float32)
+    np.testing.assert_allclose(first.data[16, 18, 20] / 255, expected[:, 16, 18, 20] @ hues, atol=1 / 255)
 
 
 def test_voxel_readout_and_structure_chart(make_napari_viewer, qtbot, model_file, monkeypatch):
