@@ -75,9 +75,9 @@ def lesion_voxel(truth: np.ndarray) -> tuple[int, int, int] | None:
 def show_first_result(viewer, explorer_dock, explorer, voxel, truth) -> None:
     """After the demo's run: the explorer in front, the prediction drawn as outlines over the
     attention colours, the structure chart on the ground truth, the cursor chart on a lesion voxel."""
-    from napari_autofocus.app.session import RESULT_KEY
+    from napari_autofocus.app.results import RESULTS
 
-    labels = next((layer for layer in reversed(viewer.layers) if RESULT_KEY in layer.metadata), None)
+    labels = next((layer for layer in reversed(viewer.layers) if RESULTS.of(layer) is not None), None)
     if labels is None:
         return
     explorer.refresh()  # the explorer would look at the new layers once events settle; look now

@@ -36,6 +36,7 @@ print(",".join(bad))
         ("napari_autofocus.nets", ["torch", "napari", "qtpy"]),  # names load on first use
         ("napari_autofocus.nets.registry", ["torch", "napari", "qtpy"]),
         ("napari_autofocus.app.model_library", ["torch", "napari", "qtpy"]),
+        ("napari_autofocus.app.results", ["torch", "napari", "qtpy"]),
     ],
 )
 def test_module_does_not_import(module, forbidden):

@@ -8,6 +8,7 @@ from qtpy.QtCore import QSize, Qt
 from qtpy.QtWidgets import QComboBox, QFrame, QScrollArea, QVBoxLayout, QWidget
 
 from napari_autofocus.app.inputs import LayerInfo
+from napari_autofocus.app.results import RESULTS
 from napari_autofocus.app.session import RESULT_KEY
 
 NONE = "(none)"
@@ -36,7 +37,7 @@ def layer_info(layer) -> LayerInfo:
 
 def result_layers(viewer) -> list[Labels]:
     """Labels layers that carry a segmentation result (newest last)."""
-    return [layer for layer in viewer.layers if isinstance(layer, Labels) and RESULT_KEY in layer.metadata]
+    return [layer for layer in viewer.layers if isinstance(layer, Labels) and RESULTS.of(layer) is not None]
 
 
 def truth_layers(viewer) -> list[Labels]:

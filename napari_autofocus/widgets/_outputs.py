@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from napari_autofocus.app.results import RESULTS
 from napari_autofocus.app.session import RESULT_KEY, SegmentationResult
 
 TAG = "autofocus"
@@ -50,7 +51,8 @@ def class_features(result: SegmentationResult) -> pd.DataFrame:
 def add_labels(viewer, result: SegmentationResult, owner: str, name: str | None = None):
     """The result's labels layer, owning the result in its metadata (the explorer reads it there)."""
     metadata = base_metadata(result, owner, "labels")
-    metadata[RESULT_KEY] = result
+    metadata[RESULT_KEY] = RESULTS.add(result)  # the key; the result itself stays out of the layer
+    RESULTS.watch(viewer)
     layer = viewer.add_labels(
         result.labels,
         name=name or f"{result.name} labels",

@@ -10,7 +10,8 @@ from qtpy.QtWidgets import QComboBox, QFormLayout, QWidget
 
 from napari_autofocus._reader import prefer_this_reader
 from napari_autofocus.analysis.counterfactual import compare_to_reference, override_choices
-from napari_autofocus.app.session import RESULT_KEY, run_model
+from napari_autofocus.app.results import RESULTS
+from napari_autofocus.app.session import run_model
 from napari_autofocus.widgets import _common, _outputs, _table, _tips
 from napari_autofocus.widgets._run_controls import RunControls
 
@@ -64,7 +65,7 @@ class CounterfactualWidget(QWidget):
     @property
     def result(self):
         name = self.result_combo.currentText()
-        return self.viewer.layers[name].metadata.get(RESULT_KEY) if name in self.viewer.layers else None
+        return RESULTS.of(self.viewer.layers[name]) if name in self.viewer.layers else None
 
     def _refresh(self, *_) -> None:
         results = [

@@ -34,7 +34,7 @@ from napari_autofocus.analysis.explorer_maps import (
     voxel_readout,
     weight_layer_name,
 )
-from napari_autofocus.app.session import RESULT_KEY
+from napari_autofocus.app.results import RESULTS
 from napari_autofocus.widgets import _charts, _common, _stacked_bars
 from napari_autofocus.widgets._explorer_layers import ExplorerLayers, background_pool
 
@@ -170,7 +170,7 @@ class ExplorerWidget(QWidget):
     @property
     def result(self):
         layer = self.source_layer
-        return layer.metadata.get(RESULT_KEY) if layer is not None else None
+        return RESULTS.of(layer) if layer is not None else None
 
     def refresh(self, *_) -> None:
         """Follow the viewer's result layers (runs once after each burst of layer events)."""

@@ -20,7 +20,7 @@ from qtpy.QtWidgets import (
 
 from napari_autofocus._reader import prefer_this_reader
 from napari_autofocus.app.export import KINDS, existing_files, export_result
-from napari_autofocus.app.session import RESULT_KEY
+from napari_autofocus.app.results import RESULTS
 from napari_autofocus.errors import AutofocusError
 from napari_autofocus.widgets import _common, _tips
 from napari_autofocus.widgets._background import BackgroundRun
@@ -108,7 +108,7 @@ class ExportWidget(QWidget):
         if not folder:
             _common.error("Choose an output folder first.")
             return None
-        result = self.viewer.layers[name].metadata[RESULT_KEY]
+        result = RESULTS.of(self.viewer.layers[name])
         kinds = [kind for kind, box in self.kind_boxes.items() if box.isChecked()]
         clash = existing_files(folder, result, kinds)
         if clash and not self.confirm_overwrite(clash):

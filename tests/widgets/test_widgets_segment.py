@@ -3,7 +3,7 @@
 import numpy as np
 from widget_helpers import PLUGIN, add_scan, click, open_segment, run_and_wait
 
-from napari_autofocus.app.session import RESULT_KEY
+from napari_autofocus.app.results import RESULTS
 
 
 def test_segment_adds_aligned_labels_with_class_names_and_attention(make_napari_viewer, qtbot, model_file):
@@ -18,7 +18,8 @@ def test_segment_adds_aligned_labels_with_class_names_and_attention(make_napari_
     np.testing.assert_allclose(labels.scale, source.scale)
     np.testing.assert_allclose(labels.translate, source.translate)
     assert list(labels.features["class"]) == ["background", "small lesion", "large lesion"]
-    result = labels.metadata[RESULT_KEY]
+    result = RESULTS.of(labels)
+    assert isinstance(labels.metadata["autofocus_result"], str)  # a key: the result stays out of the layer
     assert sorted(result.attention) == ["AF1", "AF2"]
     assert all(a.shape == (4, *source.data.shape) for a in result.attention.values())
     assert labels.metadata["autofocus"]["model"] == model_file
@@ -109,7 +110,7 @@ def test_crop_option_computes_the_foreground_box_or_the_whole_volume(make_napari
     widget = open_segment(viewer, model_file)
     assert widget.crop.isChecked()
     run_and_wait(qtbot, widget)
-    result = viewer.layers["tiny_afn2 labels"].metadata[RESULT_KEY]
+    result = RESULTS.of(viewer.layers["tiny_afn2 labels"])
     assert result.crop_box == ((4, 32), (0, 36), (0, 30))
     assert np.isnan(result.attention["AF1"][:, :4].astype(np.float32)).all()
     assert "foreground box 4-32 x 0-36 x 0-30" in widget.status.text()
@@ -121,7 +122,7 @@ def test_crop_option_computes_the_foreground_box_or_the_whole_volume(make_napari
 
     widget.crop.setChecked(False)
     run_and_wait(qtbot, widget)
-    result = viewer.layers["tiny_afn2 labels"].metadata[RESULT_KEY]
+    result = RESULTS.of(viewer.layers["tiny_afn2 labels"])
     assert result.crop_box == ((0, 32), (0, 36), (0, 40))
     assert np.isfinite(result.attention["AF1"].astype(np.float32)).all()
     assert "foreground box" not in widget.status.text()

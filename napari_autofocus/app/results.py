@@ -1,0 +1,60 @@
+"""The segmentation results of this session, kept out of napari's layers.
+
+A result holds the loaded model and the input arrays (so the explorer and counterfactuals never
+re-run or re-load anything); in a layer's ``metadata`` it would be copied with the layer, saved
+with it, or printed. The labels layer carries only the result's key (a short string); widgets ask
+:data:`RESULTS` for the result, and :meth:`ResultStore.watch` drops a result once no layer of a
+viewer refers to it. ``changed`` callbacks say when results come or go (no Qt here).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+from napari_autofocus.app.session import RESULT_KEY, SegmentationResult
+
+
+class ResultStore:
+    def __init__(self) -> None:
+        self._results: dict[str, SegmentationResult] = {}
+        self._watched: set[int] = set()
+        self.changed: list[Callable[[], None]] = []
+
+    def __len__(self) -> int:
+        return len(self._results)
+
+    def add(self, result: SegmentationResult) -> str:
+        """Keep ``result``; returns the key to put in its labels layer's metadata."""
+        key = uuid.uuid4().hex
+        self._results[key] = result
+        self._emit()
+        return key
+
+    def of(self, layer) -> SegmentationResult | None:
+        """The result behind a labels layer (None for any other layer)."""
+        metadata = getattr(layer, "metadata", None)
+        key = metadata.get(RESULT_KEY) if isinstance(metadata, dict) else None
+        return self._results.get(key) if isinstance(key, str) else None
+
+    def watch(self, viewer) -> None:
+        """Drop a result when the last layer of ``viewer`` that refers to it is removed."""
+        if id(viewer) in self._watched:
+            return
+        self._watched.add(id(viewer))
+
+        def removed(event) -> None:
+            key = event.value.metadata.get(RESULT_KEY) if isinstance(event.value.metadata, dict) else None
+            still = any(layer.metadata.get(RESULT_KEY) == key for layer in viewer.layers)
+            if key in self._results and not still:
+                del self._results[key]
+                self._emit()
+
+        viewer.layers.events.removed.connect(removed)
+
+    def _emit(self) -> None:
+        for callback in list(self.changed):
+            callback()
+
+
+RESULTS = ResultStore()  # one per process, like napari's viewers
