@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from phantom_configs import PHANTOM_40
 from repo_paths import GOLDEN
 
 from napari_autofocus.errors import CheckpointError
@@ -17,16 +18,9 @@ from napari_autofocus.nets import build_network, load_model, save_model
 from napari_autofocus.nets.card import ModelCard
 from napari_autofocus.nets.checkpoints import content_sha256, file_sha256
 from src_training.cli import main
-from src_training.phantom import PhantomConfig, write_dataset
+from src_training.phantom import write_dataset
 
-TINY = PhantomConfig(
-    shape=(40, 40, 40),
-    small_radius=(2, 3),
-    large_radius=(5, 7),
-    n_small=(2, 2),
-    n_large=(1, 1),
-    large_lobes=(4, 5),
-)
+TINY = PHANTOM_40
 CH = "4,4,4,4,4,4,4,4"
 AFFINE = np.diag([1.0, 1.0, 1.0, 1.0])
 

@@ -9,21 +9,15 @@ import shutil
 
 import numpy as np
 import pytest
+from phantom_configs import PHANTOM_48
 
 from napari_autofocus.io.nifti import load_nifti
 from napari_autofocus.nets.card import read_card
 from src_training.cli import build_parser, main
 from src_training.config import resolve
-from src_training.phantom import PhantomConfig, write_dataset
+from src_training.phantom import write_dataset
 
-TINY = PhantomConfig(
-    shape=(48, 48, 48),
-    small_radius=(2, 4),
-    large_radius=(6, 9),
-    n_small=(2, 3),
-    n_large=(1, 1),
-    large_lobes=(4, 5),
-)
+TINY = PHANTOM_48
 CH = "4,4,4,4,4,4,4,4"
 
 

@@ -8,23 +8,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from phantom_configs import PHANTOM_40
 
 from napari_autofocus.errors import DatasetError
 from src_training.augment import augment_patch
 from src_training.data import check_geometry, open_dataset, read_case
 from src_training.losses import SegmentationLoss, soft_dice_loss
-from src_training.phantom import PhantomConfig, write_dataset
+from src_training.phantom import write_dataset
 from src_training.preprocess import prepare_cases
 from src_training.sampling import PatchStream, choose_centre, class_indices, extract
 
-SMALL = PhantomConfig(
-    shape=(40, 40, 40),
-    small_radius=(2, 3),
-    large_radius=(5, 7),
-    n_small=(2, 2),
-    n_large=(1, 1),
-    large_lobes=(4, 5),
-)
+SMALL = PHANTOM_40
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from phantom_configs import PHANTOM_48
 from repo_paths import REPO
 
 from napari_autofocus.analysis import metrics
@@ -15,17 +16,10 @@ from napari_autofocus.nets import build_network, load_model
 from src_training.cli import build_parser, main
 from src_training.config import check_resume_changes, resolve
 from src_training.optim import lr_factor
-from src_training.phantom import PhantomConfig, write_dataset
+from src_training.phantom import write_dataset
 from src_training.trainer import Trainer, split_cases
 
-TINY = PhantomConfig(
-    shape=(48, 48, 48),
-    small_radius=(2, 4),
-    large_radius=(6, 9),
-    n_small=(2, 3),
-    n_large=(1, 1),
-    large_lobes=(4, 5),
-)
+TINY = PHANTOM_48
 CH = "4,4,4,4,4,4,4,4"
 
 

@@ -10,17 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from phantom_configs import PHANTOM_40
 
-from src_training.phantom import PhantomConfig, write_dataset
+from src_training.phantom import write_dataset
 
-TINY = PhantomConfig(
-    shape=(40, 40, 40),
-    small_radius=(2, 3),
-    large_radius=(5, 7),
-    n_small=(2, 2),
-    n_large=(1, 1),
-    large_lobes=(4, 5),  # few lobes: a large lesion fits a 40^3 volume at the first tries
-)
+TINY = PHANTOM_40
 
 
 @pytest.mark.slow
