@@ -5,6 +5,9 @@ owns the run folder: config.json, split.json, log.csv/log.jsonl/progress.png, ch
 (every epoch), checkpoint_best.pt (best validation mean Dice), checkpoint_final.pt and the model
 file model.safetensors with its card. Every rank samples its own patches; validation cases are
 shared out across ranks and their Dice scores summed, so validation costs 1/world_size of the time.
+
+One class on purpose (setup, epochs, validation, checkpoints and export share the run's state); what
+does not need that state lives beside it: ``run_folder``, ``optim``, ``checkpointing``, ``sampling``.
 """
 
 from __future__ import annotations
