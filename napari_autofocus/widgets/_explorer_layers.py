@@ -116,11 +116,16 @@ class ExplorerLayers(QObject):
             for name, layer in existing.items():
                 tag = layer.metadata[TAG]
                 if name in wanted:
-                    if tag.get("parked"):
+                    stale = tag.get("result") != id(result) or tag.get("awaiting")
+                    if stale and (tag.get("parked") or tag.get("awaiting")):
+                        # hidden and not (yet) holding these maps: shown once refilled
+                        tag["parked"], tag["awaiting"] = False, True
+                        shown.append(("reuse", name, wanted[name]))
+                    elif stale:
+                        shown.append(("refill", name, wanted[name]))
+                    elif tag.get("parked"):
                         layer.visible = True
                         tag["parked"] = False
-                    if tag.get("result") != id(result):
-                        shown.append(("refill", name, wanted[name]))
                 else:
                     if not tag.get("parked"):
                         layer.visible = False
@@ -132,13 +137,13 @@ class ExplorerLayers(QObject):
                 if spare.get(spec[0]):  # AF1 -> AF3: the AF1 layer becomes AF3's (no new napari layer)
                     layer = spare[spec[0]].pop(0)
                     layer.name = name
-                    layer.metadata[TAG]["parked"] = False  # shown once it holds AF3's maps
+                    layer.metadata[TAG].update(parked=False, awaiting=True)  # shown once it holds AF3's maps
                     shown.append(("reuse", name, spec))
                 else:
                     shown.append(("add", name, spec))
             for layer in (layer for layers in spare.values() for layer in layers):
                 tag = layer.metadata[TAG]
-                if tag.get("result") != id(result):  # hidden, but never left holding stale maps
+                if tag.get("result") != id(result) or tag.get("awaiting"):  # hidden, never with stale maps
                     if result is not None and (tag.get("af") is None or tag["af"] in result.attention):
                         later.append(("refill", layer.name, (tag["kind"], tag.get("af"), tag.get("k"))))
                     else:

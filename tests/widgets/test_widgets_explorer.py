@@ -113,6 +113,16 @@ def test_a_newly_ticked_layer_reuses_a_hidden_one(make_napari_viewer, qtbot, mod
     expected = explorer.result.attention["AF2"].astype(np.float32)
     hues = np.array([rate_hue(k) for k in range(4)], np.float32)
     np.testing.assert_allclose(first.data[16, 18, 20] / 255, expected[:, 16, 18, 20] @ hues, atol=1 / 255)
+    # quick clicks: AF2 twice before anything was built; the reused layer still gets AF2's maps
+    # and is shown
+    explorer.set_checked(explorer.layer_list, ["AF1"])
+    settle(qtbot, explorer)
+    explorer.set_checked(explorer.layer_list, ["AF2"])
+    explorer.set_checked(explorer.layer_list, ["AF2"])
+    settle(qtbot, explorer)
+    layer = viewer.layers["AF2 · blend"]
+    assert layer.visible and layer.metadata["autofocus"]["af"] == "AF2"
+    np.testing.assert_allclose(layer.data[16, 18, 20] / 255, expected[:, 16, 18, 20] @ hues, atol=1 / 255)
 
 
 def test_voxel_readout_and_structure_chart(make_napari_viewer, qtbot, model_file, monkeypatch):
