@@ -10,6 +10,7 @@ viewer refers to it. ``changed`` callbacks say when results come or go (no Qt he
 from __future__ import annotations
 
 import uuid
+import weakref
 from collections.abc import Callable
 
 from napari_autofocus.app.session import RESULT_KEY, SegmentationResult
@@ -18,7 +19,7 @@ from napari_autofocus.app.session import RESULT_KEY, SegmentationResult
 class ResultStore:
     def __init__(self) -> None:
         self._results: dict[str, SegmentationResult] = {}
-        self._watched: set[int] = set()
+        self._watched: weakref.WeakSet = weakref.WeakSet()  # viewers (a closed one's id may come back)
         self.changed: list[Callable[[], None]] = []
 
     def __len__(self) -> int:
@@ -39,9 +40,9 @@ class ResultStore:
 
     def watch(self, viewer) -> None:
         """Drop a result when the last layer of ``viewer`` that refers to it is removed."""
-        if id(viewer) in self._watched:
+        if viewer in self._watched:
             return
-        self._watched.add(id(viewer))
+        self._watched.add(viewer)
 
         def removed(event) -> None:
             key = event.value.metadata.get(RESULT_KEY) if isinstance(event.value.metadata, dict) else None

@@ -103,3 +103,4 @@ def watch_layers(viewer, callback) -> None:
     viewer.layers.events.inserted.connect(callback)
     viewer.layers.events.removed.connect(callback)
     viewer.layers.events.reordered.connect(callback)
+    viewer.layers.events.renamed.connect(callback)

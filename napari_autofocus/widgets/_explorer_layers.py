@@ -21,6 +21,7 @@ from napari.utils.colormaps import Colormap, DirectLabelColormap
 from qtpy.QtCore import QObject, QTimer
 
 from napari_autofocus.analysis.explorer_maps import argmax_colors, blend, derived_map, rate_hue, zoom_mm_map
+from napari_autofocus.widgets import _common
 from napari_autofocus.widgets._outputs import TAG, placement
 
 OWNER = "explorer"
@@ -58,6 +59,19 @@ def background_pool() -> ThreadPoolExecutor:
     if _POOL is None:
         _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="autofocus-explorer")
     return _POOL
+
+
+def fillable(result, tag: dict) -> bool:
+    """Whether ``result`` has what a hidden layer (described by its tag) shows: its autofocus layer,
+    and for a weight layer the same rate at the same place (the layer is named by its rate)."""
+    if result is None or not result.attention:
+        return False
+    af, k = tag.get("af"), tag.get("k")
+    if af is None:  # the zoom map: any autofocus layer will do
+        return True
+    if af not in result.attention:
+        return False
+    return k is None or (k < len(result.rates[af]) and result.rates[af][k] == tag.get("rate"))
 
 
 class ExplorerLayers(QObject):
@@ -116,7 +130,10 @@ class ExplorerLayers(QObject):
             for name, layer in existing.items():
                 tag = layer.metadata[TAG]
                 if name in wanted:
-                    stale = tag.get("result") != id(result) or tag.get("awaiting")
+                    spec = (tag.get("kind"), tag.get("af"), tag.get("k"))
+                    stale = (
+                        tag.get("result") != id(result) or tag.get("awaiting") or spec != tuple(wanted[name])
+                    )
                     if stale and (tag.get("parked") or tag.get("awaiting")):
                         # hidden and not (yet) holding these maps: shown once refilled
                         tag["parked"], tag["awaiting"] = False, True
@@ -137,14 +154,15 @@ class ExplorerLayers(QObject):
                 if spare.get(spec[0]):  # AF1 -> AF3: the AF1 layer becomes AF3's (no new napari layer)
                     layer = spare[spec[0]].pop(0)
                     layer.name = name
-                    layer.metadata[TAG].update(parked=False, awaiting=True)  # shown once it holds AF3's maps
+                    # shown once it holds AF3's maps; until then its tag already says what it will hold
+                    layer.metadata[TAG].update(parked=False, awaiting=True, af=spec[1], k=spec[2])
                     shown.append(("reuse", name, spec))
                 else:
                     shown.append(("add", name, spec))
             for layer in (layer for layers in spare.values() for layer in layers):
                 tag = layer.metadata[TAG]
                 if tag.get("result") != id(result) or tag.get("awaiting"):  # hidden, never with stale maps
-                    if result is not None and (tag.get("af") is None or tag["af"] in result.attention):
+                    if fillable(result, tag):
                         later.append(("refill", layer.name, (tag["kind"], tag.get("af"), tag.get("k"))))
                     else:
                         gone.append(layer)
@@ -192,7 +210,9 @@ class ExplorerLayers(QObject):
             self._timer.start()
             return
         self._pending.pop(0)
-        if result is self._current_result():  # a newer choice has replaced the queue otherwise
+        if content.exception() is not None:  # say so, drop this layer's work, go on with the rest
+            _common.error(f"The explorer could not compute '{name}': {content.exception()}")
+        elif result is self._current_result():  # a newer choice has replaced the queue otherwise
             self.changing = True
             try:
                 if action == "add" and name not in self.viewer.layers:
@@ -219,7 +239,8 @@ class ExplorerLayers(QObject):
 
     @staticmethod
     def _metadata(result, kind: str, af: str | None, k: int | None) -> dict:
-        tag = {"owner": OWNER, "kind": kind, "af": af, "k": k, "parked": False}
+        rate = int(result.rates[af][k]) if k is not None else None
+        tag = {"owner": OWNER, "kind": kind, "af": af, "k": k, "rate": rate, "parked": False}
         return {TAG: {**tag, "result": id(result), "model": result.request.model_path}}
 
     def _add_layer(self, result, name: str, kind: str, af: str | None, k: int | None, content) -> None:

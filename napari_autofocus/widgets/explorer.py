@@ -75,6 +75,7 @@ class ExplorerWidget(QWidget):
         self._chart_timer.timeout.connect(self.update_structure_chart)
         self._means_key, self._means = None, {}  # per-structure means kept per autofocus layer
         self._class_index = None  # a future: where each class lies (shared by all layers' means)
+        self._labels = None  # the labels the means are taken in
         self._means_job = None  # a future: one autofocus layer's means
         self.result_combo = QComboBox()
         self.layer_list = QListWidget()
@@ -121,13 +122,14 @@ class ExplorerWidget(QWidget):
         self._refresh_timer.setSingleShot(True)
         self._refresh_timer.setInterval(0)
         self._refresh_timer.timeout.connect(self.refresh)
-        _common.watch_layers(napari_viewer, lambda *_: self._refresh_timer.start())
+        _common.watch_layers(napari_viewer, self._layers_changed)  # bound methods: napari holds them
+        # weakly, so a closed dock stops listening
         # the cursor fires for every voxel it crosses: redraw the chart once it pauses (80 ms)
         self._cursor_timer = QTimer(self)
         self._cursor_timer.setSingleShot(True)
         self._cursor_timer.setInterval(80)
         self._cursor_timer.timeout.connect(self._on_cursor)
-        napari_viewer.cursor.events.position.connect(lambda *_: self._cursor_timer.start())
+        napari_viewer.cursor.events.position.connect(self._cursor_moved)
         self.refresh()
         QTimer.singleShot(0, self._prepare_canvas_legend)
 
@@ -171,6 +173,12 @@ class ExplorerWidget(QWidget):
     def result(self):
         layer = self.source_layer
         return RESULTS.of(layer) if layer is not None else None
+
+    def _layers_changed(self, *_) -> None:
+        self._refresh_timer.start()
+
+    def _cursor_moved(self, *_) -> None:
+        self._cursor_timer.start()
 
     def refresh(self, *_) -> None:
         """Follow the viewer's result layers (runs once after each burst of layer events)."""
@@ -300,7 +308,7 @@ class ExplorerWidget(QWidget):
         overlay = self._text_overlay()
         if overlay.text == GLYPHS or overlay.opacity == 0.0:  # a result came before the warm-up ended
             overlay.opacity = 1.0
-        overlay.visible = bool(rates) and bool(self.maps.layers())
+        overlay.visible = bool(rates) and any(layer.visible for layer in self.maps.layers().values())
         overlay.text = legend_text(rates) if rates else ""
 
     # -- readout and charts ------------------------------------------------------------------------
@@ -340,7 +348,10 @@ class ExplorerWidget(QWidget):
             return
         source = self.classes_combo.currentText()
         truth = self.viewer.layers[source] if source in self.viewer.layers else None  # noqa: SIM401
-        labels = np.asarray(truth.data) if truth is not None else result.labels
+        key = (id(result), source, id(truth))
+        if self._means_key != key:  # the labels read once per result and source (memmap, dask: a copy)
+            self._labels = np.asarray(truth.data) if truth is not None else result.labels
+        labels = self._labels
         if labels.shape != result.labels.shape:
             self.structure_chart.message(f"'{source}' is not on the result's grid.")
             return
@@ -351,7 +362,6 @@ class ExplorerWidget(QWidget):
         if self.maps.building:  # the layers first; the chart when they are in
             self._chart_timer.start(80)
             return
-        key = (id(result), source, id(labels))
         classes = range(result.card.num_classes)
         if self._means_key != key:
             self._means_key, self._means, self._means_job = key, {}, None

@@ -25,8 +25,13 @@ class _Layers(list):
             callback(SimpleNamespace(value=layer))
 
 
+class _Viewer:
+    def __init__(self):
+        self.layers = _Layers()
+
+
 def test_a_result_lives_as_long_as_a_layer_refers_to_it():
-    store, viewer = ResultStore(), SimpleNamespace(layers=_Layers())
+    store, viewer = ResultStore(), _Viewer()
     changes = []
     store.changed.append(lambda: changes.append(len(store)))
     result = object()
@@ -43,3 +48,4 @@ def test_a_result_lives_as_long_as_a_layer_refers_to_it():
     viewer.layers.remove(copy)
     assert store.of(copy) is None and len(store) == 0 and changes == [1, 0]
     assert store.of(SimpleNamespace()) is None and store.of(SimpleNamespace(metadata={RESULT_KEY: 3})) is None
+    assert len(viewer.layers.events.removed.callbacks) == 1

@@ -217,3 +217,64 @@ def test_the_canvas_legend_is_prepared_with_every_character_it_can_show():
     from napari_autofocus.widgets.explorer import GLYPHS
 
     assert set(legend_text([2, 6, 10, 14, 18, 22, 26, 30])) <= set(GLYPHS)
+
+
+def test_a_layer_unticked_before_its_maps_arrive_keeps_what_its_name_says(
+    make_napari_viewer, qtbot, model_file, monkeypatch
+):
+    viewer, explorer, _ = _segmented(make_napari_viewer, qtbot, model_file, monkeypatch)
+    explorer.set_checked(explorer.layer_list, ["AF2"])  # the AF1 layer is taken over for AF2 ...
+    explorer.set_checked(explorer.layer_list, [])  # ... and unticked before AF2's maps arrived
+    settle(qtbot, explorer)
+    explorer.set_checked(explorer.layer_list, ["AF2"])  # back at once: it must hold AF2's maps
+    settle(qtbot, explorer)
+    layer = viewer.layers["AF2 · blend"]
+    hues = np.array([rate_hue(k) for k in range(4)], np.float32)
+    expected = explorer.result.attention["AF2"][:, 16, 18, 20].astype(np.float32) @ hues
+    assert layer.visible
+    np.testing.assert_allclose(layer.data[16, 18, 20] / 255, expected, atol=1 / 255)
+
+
+def test_a_map_that_fails_is_reported_and_the_others_are_still_built(
+    make_napari_viewer, qtbot, model_file, monkeypatch, notes
+):
+    import napari_autofocus.widgets._explorer_layers as maker
+
+    viewer, explorer, _ = _segmented(make_napari_viewer, qtbot, model_file, monkeypatch)
+    original = maker.layer_content
+
+    def failing(result, kind, af, k):
+        if kind == "entropy":
+            raise ValueError("no entropy today")
+        return original(result, kind, af, k)
+
+    monkeypatch.setattr(maker, "layer_content", failing)
+    explorer.map_boxes["entropy"].setChecked(True)
+    explorer.map_boxes["expected rate"].setChecked(True)
+    settle(qtbot, explorer)
+    assert "AF1 · expected rate" in viewer.layers and "AF1 · entropy" not in viewer.layers
+    assert any("could not compute 'AF1 · entropy': no entropy today" in m for m in notes["error"])
+
+
+def test_renaming_the_result_layer_keeps_the_explorer_on_it(
+    make_napari_viewer, qtbot, model_file, monkeypatch
+):
+    viewer, explorer, _ = _segmented(make_napari_viewer, qtbot, model_file, monkeypatch)
+    viewer.layers["tiny_afn2 labels"].name = "my labels"
+    qtbot.waitUntil(lambda: explorer.result_combo.currentText() == "my labels", timeout=5000)
+    settle(qtbot, explorer)
+    assert explorer.result is not None and viewer.layers["AF1 · blend"].visible
+
+
+def test_hidden_weight_layers_are_refilled_only_with_the_rate_they_are_named_after():
+    from types import SimpleNamespace
+
+    from napari_autofocus.widgets._explorer_layers import fillable
+
+    result = SimpleNamespace(attention={"AF1": None}, rates={"AF1": (2, 6, 10, 14)})
+    assert fillable(result, {"af": "AF1", "k": 1, "rate": 6})
+    assert not fillable(result, {"af": "AF1", "k": 1, "rate": 3})  # another model's rates
+    assert not fillable(result, {"af": "AF2", "k": None})
+    assert fillable(result, {"af": None, "k": None})  # the zoom map
+    assert not fillable(SimpleNamespace(attention={}, rates={}), {"af": None, "k": None})  # no AF layer
+    assert not fillable(None, {"af": "AF1", "k": None})
