@@ -181,6 +181,11 @@ class ExplorerLayers(QObject):
         while self._pending or self._to_show:
             self._build_next(wait=True)
 
+    def _ours(self, name: str) -> bool:
+        """Whether ``name`` is still one of our layers (never refill a user's layer of that name)."""
+        layer = self.viewer.layers[name] if name in self.viewer.layers else None  # noqa: SIM401
+        return layer is not None and (layer.metadata.get(TAG) or {}).get("owner") == OWNER
+
     def _show_added(self) -> None:
         """Show the layers added on the previous turn (unless they were unticked meanwhile)."""
         layers, self._to_show = self._to_show, []
@@ -217,7 +222,7 @@ class ExplorerLayers(QObject):
             try:
                 if action == "add" and name not in self.viewer.layers:
                     self._add_layer(result, name, kind, af, k, content.result())
-                elif action in ("refill", "reuse") and name in self.viewer.layers:
+                elif action in ("refill", "reuse") and self._ours(name):
                     layer = self.viewer.layers[name]
                     self._refill_layer(layer, result, kind, af, k, content.result())
                     if action == "reuse":

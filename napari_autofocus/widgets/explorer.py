@@ -7,8 +7,6 @@ the network.
 
 from __future__ import annotations
 
-from concurrent.futures import Future
-
 import numpy as np
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
@@ -55,9 +53,11 @@ PREDICTED = "predicted labels"
 GLYPHS = "colours: " + "bluegreenorangeredvioletcyanyellowpink" + "r=0123456789,"  # the legend's characters
 
 
-def _means_when_indexed(result, labels, classes, af: str, index) -> dict:
-    index = index.result() if isinstance(index, Future) else index
-    return structure_means(result, labels, classes, [af], index)
+def _layer_means(result, labels, classes, af: str, index):
+    """(class index, {af: means}) for one autofocus layer; the index is built on the first call and
+    handed back for the next (no job waits for another: the worker runs one at a time)."""
+    index = index if index is not None else class_index(result, labels, classes)
+    return index, structure_means(result, labels, classes, [af], index)
 
 
 class ExplorerWidget(QWidget):
@@ -74,7 +74,7 @@ class ExplorerWidget(QWidget):
         self._chart_timer.setInterval(80)
         self._chart_timer.timeout.connect(self.update_structure_chart)
         self._means_key, self._means = None, {}  # per-structure means kept per autofocus layer
-        self._class_index = None  # a future: where each class lies (shared by all layers' means)
+        self._class_index = None  # where each class lies (built with the first layer's means, then shared)
         self._labels = None  # the labels the means are taken in
         self._means_job = None  # a future: one autofocus layer's means
         self.result_combo = QComboBox()
@@ -364,18 +364,17 @@ class ExplorerWidget(QWidget):
             return
         classes = range(result.card.num_classes)
         if self._means_key != key:
-            self._means_key, self._means, self._means_job = key, {}, None
-            self._class_index = background_pool().submit(class_index, result, labels, classes)
+            self._means_key, self._means, self._means_job, self._class_index = key, {}, None, None
         job = self._means_job
         if job is not None and (wait or job.done()):
-            self._means.update(job.result())
+            self._class_index, means = job.result()
+            self._means.update(means)
             self._means_job = job = None
         missing = [af for af in layers if af not in self._means]
         if missing:
             if job is None:  # averaged on a worker thread, one autofocus layer at a time
-                index = self._class_index.result() if wait else self._class_index
                 self._means_job = background_pool().submit(
-                    _means_when_indexed, result, labels, classes, missing[0], index
+                    _layer_means, result, labels, classes, missing[0], self._class_index
                 )
             if wait:
                 self.update_structure_chart(wait=True)

@@ -27,7 +27,7 @@ def _segmented(make_napari_viewer, qtbot, model_file, monkeypatch):
 
 def settle(qtbot, explorer) -> None:
     """Wait for the layers the explorer adds one per turn of the event loop."""
-    qtbot.waitUntil(lambda: not explorer.building, timeout=10000)
+    qtbot.waitUntil(lambda: not explorer.building, timeout=30000)
 
 
 def test_explorer_shows_k_colour_layers_per_autofocus_layer_without_rerunning(
@@ -278,3 +278,13 @@ def test_hidden_weight_layers_are_refilled_only_with_the_rate_they_are_named_aft
     assert fillable(result, {"af": None, "k": None})  # the zoom map
     assert not fillable(SimpleNamespace(attention={}, rates={}), {"af": None, "k": None})  # no AF layer
     assert not fillable(None, {"af": "AF1", "k": None})
+
+
+def test_a_users_layer_with_an_explorer_name_is_never_overwritten(
+    make_napari_viewer, qtbot, model_file, monkeypatch
+):
+    viewer, explorer, _ = _segmented(make_napari_viewer, qtbot, model_file, monkeypatch)
+    mine = viewer.add_image(np.zeros((4, 4, 4), np.float32), name="AF2 · blend")  # e.g. a saved map reopened
+    explorer.set_checked(explorer.layer_list, ["AF2"])
+    settle(qtbot, explorer)
+    assert mine.data.shape == (4, 4, 4) and not mine.data.any() and "autofocus" not in mine.metadata
