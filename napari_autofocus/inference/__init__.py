@@ -22,7 +22,11 @@ __all__ = [
 ]
 
 
+_HOME = {"Cancelled": "strategies", "make_plan": "strategies", "DEFAULT_MEMORY_BUDGET_GIB": "strategies"}
+
+
 def __getattr__(name: str):
     if name in __all__:
-        return getattr(importlib.import_module("napari_autofocus.inference.engine"), name)
+        module = importlib.import_module(f"napari_autofocus.inference.{_HOME.get(name, 'engine')}")
+        return getattr(module, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

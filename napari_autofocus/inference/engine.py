@@ -34,20 +34,14 @@ from napari_autofocus.errors import AutofocusError
 from napari_autofocus.inference.normalization import roi_mask
 from napari_autofocus.inference.outputs import Outputs
 from napari_autofocus.inference.regions import given_box, region_box, roi_mask_of
-from napari_autofocus.inference.strategies import (  # noqa: F401 (part of the engine's API)
+from napari_autofocus.inference.strategies import (
     _MODE_ALIASES,
     DEFAULT_MEMORY_BUDGET_GIB,
-    MIN_TILE_OUTPUT,
-    REFERENCE_OUTPUT_TILE,
-    Cancelled,
     _reference_cover,
     _Run,
     _run_reference,
     _run_tiled,
     _run_whole,
-    bytes_per_input_voxel,
-    make_plan,
-    tile_cap_for_budget,
 )
 
 MIN_MEMORY_BUDGET_GIB = 0.1  # the smallest budget users may ask for (predict --memory-gib, the plugin)
