@@ -3,7 +3,8 @@
 The job is a plain function ``job(progress, status, cancel)``; ``progress(done, total)`` and
 ``status(text)`` may be called from the worker thread: they are relayed to the GUI thread by Qt
 signals, where a :class:`napari.utils.progress` bar is updated. Errors become notifications, so a
-failed or cancelled run leaves the viewer usable.
+failed or cancelled run leaves the viewer usable. A result is handed over on a turn of the event
+loop after any garbage collection its new layers could set off (see :mod:`._collections`).
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ import traceback
 
 from napari.qt.threading import create_worker
 from napari.utils import progress as napari_progress
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QObject, QTimer, Signal
 
 from napari_autofocus.app.session import is_out_of_memory
 from napari_autofocus.errors import AutofocusError, describe_os_error
-from napari_autofocus.widgets import _common
+from napari_autofocus.widgets import _collections, _common
 
 NOTE_SEP = " · "
+NOTHING = object()  # no outcome (yet): the job failed, was cancelled or is still running
 
 
 def describe_progress(done: int, total: int, elapsed_s: float) -> str:
@@ -44,14 +46,22 @@ class BackgroundRun(QObject):
     succeeded = Signal(object)
     ended = Signal()
 
-    def __init__(self, parent=None) -> None:
+    def __init__(self, parent=None, layers_per_result: int = 3) -> None:
+        """``layers_per_result``: how many napari layers a result usually brings (a run's labels,
+        then the explorer's first layer); 0 for jobs whose result adds none."""
         super().__init__(parent)
+        self.layers_per_result = layers_per_result
         self.worker = None
         self.cancel_event = threading.Event()
         self._bars: dict[str, napari_progress] = {}
         self._started: dict[str, float] = {}
         self.progressed.connect(self._show_progress)
         self.last_error: str | None = None
+        self._outcome = NOTHING
+        self._hand_over = QTimer(self)  # a child: never fires for a closed dock
+        self._hand_over.setSingleShot(True)
+        self._hand_over.setInterval(0)
+        self._hand_over.timeout.connect(self._wrap_up)
 
     @property
     def running(self) -> bool:
@@ -73,8 +83,9 @@ class BackgroundRun(QObject):
         def work():
             return job(report, self.status_changed.emit, cancel)
 
+        self._outcome = NOTHING
         self.worker = create_worker(work, _start_thread=False, _ignore_errors=True)
-        self.worker.returned.connect(self.succeeded.emit)
+        self.worker.returned.connect(self._returned)
         self.worker.errored.connect(self._failed)
         self.worker.finished.connect(self._finished)
         self.worker.start()
@@ -106,9 +117,9 @@ class BackgroundRun(QObject):
         from napari_autofocus.inference import Cancelled
 
         if isinstance(exc, Cancelled) or self.cancel_event.is_set():
-            message = f"{self._description}: cancelled; nothing was added."
-            _common.info(message)
-        elif is_out_of_memory(exc):
+            self._report_cancelled()
+            return
+        if is_out_of_memory(exc):
             message = (
                 f"{self._description}: out of memory. Try the CPU device, close other programs, or crop the "
                 "volume."
@@ -126,7 +137,29 @@ class BackgroundRun(QObject):
             _common.error(message)
         self.last_error = message
 
+    def _report_cancelled(self) -> None:
+        self.last_error = f"{self._description}: cancelled; nothing was added."
+        _common.info(self.last_error)
+
+    def _returned(self, outcome) -> None:
+        self._outcome = outcome  # handed over once the worker has finished
+
     def _finished(self) -> None:
+        """The worker is done: collect garbage first (this turn) if the result's layers could set
+        a collection off, then hand the result over on the next turn."""
+        adds = self.layers_per_result
+        if self._outcome is not NOTHING and adds and _collections.full_collection_possible(adds):
+            _collections.collect_now()
+            self._hand_over.start()
+            return
+        self._wrap_up()
+
+    def _wrap_up(self) -> None:
+        outcome, self._outcome = self._outcome, NOTHING
+        if outcome is not NOTHING and self.cancel_event.is_set():  # Cancel came before the hand-over
+            self._report_cancelled()
+        elif outcome is not NOTHING:
+            self.succeeded.emit(outcome)
         for bar in self._bars.values():
             bar.close()
         self._bars.clear()

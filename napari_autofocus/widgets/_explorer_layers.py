@@ -9,7 +9,9 @@ collect garbage), so the explorer does neither more than it must:
 - after a re-run (or another result) the same layers get the new data: their place, opacity and
   visibility stay as the user left them; hidden ones are refilled too, so none holds stale maps;
 - each map is computed on a worker thread while the GUI thread is idle, and handed to napari one
-  layer per turn of the event loop, so the viewer keeps answering in between.
+  layer per turn of the event loop, so the viewer keeps answering in between;
+- before a new layer, a full garbage collection that Python could start meanwhile is run in a turn
+  of its own (see :mod:`._collections`), so the two pauses never add up.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from napari.utils.colormaps import Colormap, DirectLabelColormap
 from qtpy.QtCore import QObject, QTimer
 
 from napari_autofocus.analysis.explorer_maps import argmax_colors, blend, derived_map, rate_hue, zoom_mm_map
-from napari_autofocus.widgets import _common
+from napari_autofocus.widgets import _collections, _common
 from napari_autofocus.widgets._outputs import TAG, placement
 
 OWNER = "explorer"
@@ -85,6 +87,7 @@ class ExplorerLayers(QObject):
         self._pending: list[list] = []  # work left: [result, "add" | "refill" | "reuse", name, spec, future]
         self._selected = None  # the layer the user had selected before layers were added
         self._to_show: list = []  # added (hidden) on the last turn, shown on this one
+        self._collected_for = None  # the queued add a garbage collection has already made room for
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.setInterval(10)  # a gap for painting and input between two layers
@@ -214,6 +217,9 @@ class ExplorerLayers(QObject):
         if not (wait or content.done()):  # still being computed: look again in a moment
             self._timer.start()
             return
+        if action == "add" and not wait and self._collection_first(task):
+            self._timer.start()  # this turn was the collection; the layer comes on the next
+            return
         self._pending.pop(0)
         if content.exception() is not None:  # say so, drop this layer's work, go on with the rest
             _common.error(f"The explorer could not compute '{name}': {content.exception()}")
@@ -233,6 +239,15 @@ class ExplorerLayers(QObject):
             self._timer.start()
             return
         self._finish()
+
+    def _collection_first(self, task) -> bool:
+        """Run a full garbage collection now if Python could start one while ``task`` adds its
+        layer (once per task); returns whether it ran."""
+        if self._collected_for is task or not _collections.full_collection_possible():
+            return False
+        self._collected_for = task
+        _collections.collect_now()
+        return True
 
     def _finish(self) -> None:
         """The queue is done: the user's selection back, and tell the dock."""

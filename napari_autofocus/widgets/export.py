@@ -74,7 +74,7 @@ class ExportWidget(QWidget):
         for kind, box in self.kind_boxes.items():
             box.setToolTip(_tips.TIPS["export_kinds"][kind])
         self.browse.clicked.connect(self._browse)
-        self.runner = BackgroundRun(self)
+        self.runner = BackgroundRun(self, layers_per_result=0)  # files, no layers
         self.runner.succeeded.connect(self._on_written)
         self.runner.ended.connect(self._on_ended)
         self.export_button.clicked.connect(self.start_export)

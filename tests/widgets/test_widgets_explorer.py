@@ -288,3 +288,50 @@ def test_a_users_layer_with_an_explorer_name_is_never_overwritten(
     explorer.set_checked(explorer.layer_list, ["AF2"])
     settle(qtbot, explorer)
     assert mine.data.shape == (4, 4, 4) and not mine.data.any() and "autofocus" not in mine.metadata
+
+
+def test_a_full_garbage_collection_never_falls_inside_the_turn_that_adds_a_layer(
+    make_napari_viewer, qtbot, model_file, monkeypatch
+):
+    import gc
+
+    from qtpy.QtCore import QTimer
+    from test_collections import push_towards_a_full_collection
+
+    from napari_autofocus.widgets import _collections
+    from napari_autofocus.widgets._explorer_layers import ExplorerLayers
+
+    viewer, explorer, _ = _segmented(make_napari_viewer, qtbot, model_file, monkeypatch)
+    events, young_at_add = [], []
+    add_layer, collect = ExplorerLayers._add_layer, _collections.collect_now
+
+    def recorded_add(self, *args, **kwargs):
+        young_at_add.append(gc.get_count()[2])
+        events.append("add")
+        add_layer(self, *args, **kwargs)
+        events.append("added")
+
+    def recorded_collect():
+        events.append("our collection")
+        collect()
+        QTimer.singleShot(0, lambda: events.append("event loop ran"))
+
+    def callback(phase, info):
+        if phase == "start" and info["generation"] == 2:
+            events.append("full collection")
+
+    monkeypatch.setattr(ExplorerLayers, "_add_layer", recorded_add)
+    monkeypatch.setattr(_collections, "collect_now", recorded_collect)
+    gc.callbacks.append(callback)
+    try:
+        push_towards_a_full_collection()  # Python may start one at once; the explorer otherwise
+        explorer.set_checked(explorer.layer_list, ["AF1", "AF2"])  # one new layer: AF2's blend
+        settle(qtbot, explorer)
+    finally:
+        gc.callbacks.remove(callback)
+    assert viewer.layers["AF2 · blend"].visible
+    add = events.index("add")
+    assert events[add + 1] == "added" and "full collection" in events[:add]  # before, never during
+    assert young_at_add[0] + 2 <= gc.get_threshold()[2]  # and no reason for Python to start one
+    if "our collection" in events:  # then the layer came on a later turn of the event loop
+        assert "event loop ran" in events[events.index("our collection") : add]
