@@ -239,17 +239,25 @@ def layout_setting(value) -> str:
 
 
 def check_resume_changes(saved: dict, flags: dict) -> None:
-    """Refuse flags that would make a resumed run compute something else than the saved one."""
+    """Refuse flags, or settings of a ``--config`` file, that would make a resumed run compute
+    something else than the saved one (a flag wins over the file, as in :func:`resolve`)."""
     if "channels_last" in saved:
         saved = {**saved, "channels_last": layout_setting(saved["channels_last"])}
-    changed = [
-        f"--{k.replace('_', '-')} ({saved.get(k)!r} -> {v!r})"
-        for k, v in flags.items()
-        if k not in RESUME_MUTABLE and k in saved and saved[k] != v
-    ]
+    requested = {}  # setting -> (value, how the user asked for it)
+    if flags.get("config"):
+        for k, v in _read_file(flags["config"]).items():
+            requested[k] = (v, f"{k} in {flags['config']}")
+    for k, v in flags.items():
+        requested[k] = (v, f"--{k.replace('_', '-')}")
+    changed = []
+    for k, (v, source) in requested.items():
+        if k == "channels_last":
+            v = layout_setting(v)
+        if k not in RESUME_MUTABLE and k in saved and saved[k] != v:
+            changed.append(f"{source} ({saved.get(k)!r} -> {v!r})")
     if changed:
         raise AutofocusError(
-            "--resume continues a run with its saved config.json; these flags would change it: "
+            "--resume continues a run with its saved config.json; these settings would change it: "
             + ", ".join(changed)
             + ". Start a new run folder instead."
         )

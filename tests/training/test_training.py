@@ -90,11 +90,16 @@ def test_run_folder_is_complete(data, tmp_path, capsys):
     assert "not empty" in capsys.readouterr().err
 
 
-def test_resume_is_bit_for_bit(data, tmp_path):
+def test_resume_is_bit_for_bit(data, tmp_path, capsys):
     common = ("--arch", "BASIC", "--epochs", "4", "--val-every", "2", "--seed", "7", "--loss", "ce+dice")
     assert train(data, tmp_path / "full", *common) == 0
     assert train(data, tmp_path / "cut", *common, "--stop-after-epochs", "2", "--workers", "1") == 0
     assert not (tmp_path / "cut" / "checkpoint_final.pt").exists()
+    # a --config file given with --resume may not change the recipe either (it is read, then refused)
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"lr": 0.5, "epochs": 4}))
+    assert train(data, tmp_path / "cut", *common, "--resume", "--config", str(other)) == 2
+    assert f"lr in {other} (0.001 -> 0.5)" in capsys.readouterr().err
     assert train(data, tmp_path / "cut", *common, "--resume", "--workers", "1") == 0
 
     def losses(run):
@@ -213,6 +218,12 @@ def test_channels_last_is_auto_and_on_for_cpu(data, tmp_path, capsys):
     with pytest.raises(AutofocusError, match="--channels-last must be auto, on or off"):
         resolve({"data": "d", "out": "o", "channels_last": "fast"})
     check_resume_changes({"channels_last": True}, {"channels_last": "on"})  # same setting, old spelling
+    file = tmp_path / "layout.json"
+    file.write_text(json.dumps({"channels_last": "off", "epochs": 9}))
+    # a flag wins over the --config file, as when the run is resolved; run options may change
+    check_resume_changes({"channels_last": "on", "epochs": 2}, {"config": str(file), "channels_last": "on"})
+    with pytest.raises(AutofocusError, match=r"channels_last in .*layout.json \('on' -> 'off'\)"):
+        check_resume_changes({"channels_last": True}, {"config": str(file)})
     with pytest.raises(AutofocusError, match="--channels-last"):
         check_resume_changes({"channels_last": False}, {"channels_last": "on"})
     # a bare --channels-last means on; the parser refuses other words
