@@ -32,11 +32,14 @@ class ResultStore:
         self._emit()
         return key
 
+    def get(self, key: str | None) -> SegmentationResult | None:
+        """The result kept under ``key`` (None once its last layer is gone)."""
+        return self._results.get(key) if isinstance(key, str) else None
+
     def of(self, layer) -> SegmentationResult | None:
         """The result behind a labels layer (None for any other layer)."""
         metadata = getattr(layer, "metadata", None)
-        key = metadata.get(RESULT_KEY) if isinstance(metadata, dict) else None
-        return self._results.get(key) if isinstance(key, str) else None
+        return self.get(metadata.get(RESULT_KEY) if isinstance(metadata, dict) else None)
 
     def watch(self, viewer) -> None:
         """Drop a result when the last layer of ``viewer`` that refers to it is removed."""

@@ -18,7 +18,8 @@ from napari_autofocus._reader import prefer_this_reader
 from napari_autofocus.app.inputs import input_problems, match_modalities, modality_names
 from napari_autofocus.app.model_library import is_reference_checkpoint, remember_model
 from napari_autofocus.app.placement import Placement
-from napari_autofocus.app.session import RunRequest, run_model
+from napari_autofocus.app.results import RESULTS
+from napari_autofocus.app.session import RESULT_KEY, RunRequest, run_model
 from napari_autofocus.widgets import _common, _outputs, _tips
 from napari_autofocus.widgets._run_controls import RunControls
 from napari_autofocus.widgets.model_picker import ModelPicker
@@ -35,7 +36,7 @@ class SegmentWidget(QWidget):
         super().__init__()
         prefer_this_reader()
         self.viewer = napari_viewer
-        self.result = None
+        self._result_key = None  # the last run's result, kept by RESULTS only while a layer shows it
         self.picker = ModelPicker()
         self.channel_combos: dict[str, QComboBox] = {}
         self.channel_form = QFormLayout()
@@ -194,10 +195,16 @@ class SegmentWidget(QWidget):
     def cancel(self) -> None:
         self.runner.cancel()
 
+    @property
+    def result(self):
+        """The last run's result while its labels layer is open (the widget never keeps a deleted
+        result's model and arrays alive)."""
+        return RESULTS.get(self._result_key)
+
     def _on_result(self, result) -> None:
-        self.result = result
         _outputs.remove_outputs(self.viewer, OWNER, result.request.model_path)
         layer = _outputs.add_labels(self.viewer, result, OWNER)
+        self._result_key = layer.metadata[RESULT_KEY]
         _outputs.add_probabilities(self.viewer, result, OWNER)
         self.viewer.layers.selection.active = layer
         self.status.setText(

@@ -31,6 +31,15 @@ def test_segment_adds_aligned_labels_with_class_names_and_attention(make_napari_
     run_and_wait(qtbot, widget)  # again: replaces, does not pile up
     assert sum(layer.name.startswith("tiny_afn2 labels") for layer in viewer.layers) == 1
 
+    # deleting the labels frees the result (model, inputs, attention): the widget does not keep it
+    import gc
+    import weakref
+
+    kept = weakref.ref(widget.result)
+    viewer.layers.remove("tiny_afn2 labels")
+    gc.collect()
+    assert widget.result is None and kept() is None
+
 
 def test_cancel_stops_a_run_and_adds_nothing(make_napari_viewer, qtbot, model_file, notes):
     viewer = add_scan(make_napari_viewer())
