@@ -120,7 +120,7 @@ class ExplorerLayers(QObject):
             self.changing = False
 
     def clear(self) -> None:
-        self._pending, self._to_show = [], []
+        self._pending, self._to_show, self._collected_for = [], [], None
         self.remove(self.layers().values())
 
     def show(self, result, wanted: dict) -> None:
@@ -221,6 +221,7 @@ class ExplorerLayers(QObject):
             self._timer.start()  # this turn was the collection; the layer comes on the next
             return
         self._pending.pop(0)
+        self._collected_for = None  # (it held the task, and with it the result)
         if content.exception() is not None:  # say so, drop this layer's work, go on with the rest
             _common.error(f"The explorer could not compute '{name}': {content.exception()}")
         elif result is self._current_result():  # a newer choice has replaced the queue otherwise
