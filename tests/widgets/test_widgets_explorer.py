@@ -335,3 +335,23 @@ def test_a_full_garbage_collection_never_falls_inside_the_turn_that_adds_a_layer
     assert young_at_add[0] + 2 <= gc.get_threshold()[2]  # and no reason for Python to start one
     if "our collection" in events:  # then the layer came on a later turn of the event loop
         assert "event loop ran" in events[events.index("our collection") : add]
+
+
+def test_deleting_the_result_layer_frees_the_result_with_the_explorer_open(
+    make_napari_viewer, qtbot, model_file, monkeypatch
+):
+    import gc
+    import weakref
+
+    viewer, explorer, _ = _segmented(make_napari_viewer, qtbot, model_file, monkeypatch)
+    explorer.map_boxes["entropy"].setChecked(True)  # layers built, charts drawn, a voxel read out
+    settle(qtbot, explorer)
+    explorer.show_voxel((16, 18, 20))
+    explorer.build_now()
+    kept = weakref.ref(explorer.result)
+    viewer.layers.remove("tiny_afn2 labels")
+    qtbot.waitUntil(lambda: explorer.result_combo.count() == 0, timeout=5000)
+    settle(qtbot, explorer)
+    gc.collect()
+    assert kept() is None  # the model, inputs and attention are gone with their layer
+    assert not explorer.maps.layers()  # and so are the explorer's layers
