@@ -19,3 +19,14 @@ PHANTOM_48 = PhantomConfig(
     n_large=(1, 1),
     large_lobes=(4, 5),
 )
+
+TINY_CHANNELS = "4,4,4,4,4,4,4,4"
+
+
+def tiny_train_argv(ds, out, cache, *extra, batch_size=2, iters_per_epoch=2, val_cases=1) -> list[str]:
+    """``train`` arguments for a network small enough for CPU tests (4 channels per layer, 33^3
+    patches, no loader processes); ``extra`` flags come last, so they may override these."""
+    return ["train", "--data", str(ds), "--out", str(out), "--cache", str(cache),
+            "--channels", TINY_CHANNELS, "--patch-size", "33", "--batch-size", str(batch_size),
+            "--iters-per-epoch", str(iters_per_epoch), "--device", "cpu", "--val-cases", str(val_cases),
+            "--workers", "0", *extra]  # fmt: skip

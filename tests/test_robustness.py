@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from phantom_configs import PHANTOM_40
+from phantom_configs import PHANTOM_40, tiny_train_argv
 from repo_paths import GOLDEN
 
 from napari_autofocus.errors import CheckpointError
@@ -21,14 +21,11 @@ from src_training.cli import main
 from src_training.phantom import write_dataset
 
 TINY = PHANTOM_40
-CH = "4,4,4,4,4,4,4,4"
 AFFINE = np.diag([1.0, 1.0, 1.0, 1.0])
 
 
 def _train_args(ds, out, cache, *extra):
-    return ["train", "--data", str(ds), "--out", str(out), "--cache", str(cache), "--channels", CH,
-            "--patch-size", "33", "--batch-size", "2", "--iters-per-epoch", "2", "--device", "cpu",
-            "--val-cases", "1", "--workers", "0", "--arch", "BASIC", "--val-every", "0", *extra]  # fmt: skip
+    return tiny_train_argv(ds, out, cache, "--arch", "BASIC", "--val-every", "0", *extra)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
-from phantom_configs import PHANTOM_48
+from phantom_configs import PHANTOM_48, tiny_train_argv
 
 from napari_autofocus.io.nifti import load_nifti
 from napari_autofocus.nets.card import read_card
@@ -18,13 +18,12 @@ from src_training.config import resolve
 from src_training.phantom import write_dataset
 
 TINY = PHANTOM_48
-CH = "4,4,4,4,4,4,4,4"
 
 
 def _train_args(ds, out, cache, *extra):
-    return ["train", "--data", str(ds), "--out", str(out), "--cache", str(cache), "--channels", CH,
-            "--patch-size", "33", "--batch-size", "4", "--iters-per-epoch", "6", "--device", "cpu",
-            "--val-cases", "2", "--workers", "0", "--arch", "AFN1", "--lr", "3e-3", *extra]  # fmt: skip
+    return tiny_train_argv(
+        ds, out, cache, "--arch", "AFN1", "--lr", "3e-3", *extra, batch_size=4, iters_per_epoch=6, val_cases=2
+    )
 
 
 @pytest.fixture(scope="module")

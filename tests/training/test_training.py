@@ -7,7 +7,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from phantom_configs import PHANTOM_48
+from phantom_configs import PHANTOM_48, tiny_train_argv
 from repo_paths import REPO
 
 from napari_autofocus.analysis import metrics
@@ -20,7 +20,6 @@ from src_training.phantom import write_dataset
 from src_training.trainer import Trainer, split_cases
 
 TINY = PHANTOM_48
-CH = "4,4,4,4,4,4,4,4"
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +30,7 @@ def data(tmp_path_factory):
 
 def train(data, out, *extra):
     ds, cache = data
-    argv = ["train", "--data", str(ds), "--out", str(out), "--cache", str(cache), "--channels", CH,
-            "--patch-size", "33", "--batch-size", "2", "--iters-per-epoch", "2", "--device", "cpu",
-            "--val-cases", "1", "--workers", "0", *extra]  # fmt: skip
-    return main(argv)
+    return main(tiny_train_argv(ds, out, cache, *extra))
 
 
 def test_tiny_network_geometry():
