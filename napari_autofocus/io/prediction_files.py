@@ -5,12 +5,16 @@ without renaming: the label map is ``<stem>.nii.gz``; beside it ``<stem>_probabi
 per autofocus layer ``<stem>_<AF>_attention.nii.gz`` (4D, one volume per rate) and the derived
 ``<stem>_<AF>_argmax_rate``, ``_expected_rate`` and ``_entropy`` maps, ``<stem>_zoom_mm.nii.gz``,
 and ``<stem>_prediction.json`` (how the prediction was made). Every volume is written with the
-source scan's geometry. A stem's files are written into a hidden staging folder first and moved
-into place with the JSON last: the JSON marks the stem complete. A killed write leaves its staging
-folder behind, which is how the next write of that stem (or ``evaluate --pred``) knows that files
-without a JSON are an interrupted run's and not somebody's own; those are removed then. Overwriting
-removes the old JSON first, so two runs never pass for one, and also removes the stem's files that
-the new run does not write.
+source scan's geometry.
+
+Nothing here deletes or replaces a file it cannot prove this tool wrote. A stem's files are
+written into a staging folder with an unguessable name (``.napari-autofocus-staging-<32 hex>``)
+holding a marker that names the stem and the files, then moved into place with the JSON last: the
+JSON marks the stem complete, and it carries ``"written_by": "napari-autofocus"`` and the list of
+its outputs. A killed write leaves its staging folder behind; the next write of that stem (or
+``evaluate --pred``) reads the marker, matches the stem exactly, and removes only the files the
+marker says were already moved out. Overwriting replaces only the files the old JSON lists and
+refuses when a file of the same name was not written by this tool.
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +64,11 @@ def _stem_pattern(stem: str) -> re.Pattern:
     )
 
 
+def is_output_name(stem: str, name: str) -> bool:
+    """True when ``name`` is one of the file names a prediction of ``stem`` can be saved as."""
+    return bool(_stem_pattern(stem).match(name))
+
+
 def existing_outputs(folder: str | Path, stem: str) -> list[Path]:
     """Files in ``folder`` that an earlier prediction saved under ``stem`` (any of the kinds)."""
     folder = Path(folder)
@@ -69,28 +78,101 @@ def existing_outputs(folder: str | Path, stem: str) -> list[Path]:
     return sorted(p for p in folder.iterdir() if pattern.match(p.name))
 
 
+WRITTEN_BY = "napari-autofocus"
+STAGING_PREFIX = ".napari-autofocus-staging-"
+STAGING_MARKER = "napari-autofocus-staging.json"
+_STAGING_NAME = re.compile(rf"^{re.escape(STAGING_PREFIX)}[0-9a-f]{{32}}$")
+_MAX_JSON_BYTES = 16 * 2**20  # far above any prediction JSON; a bigger file is not ours
+
+
+def _read_marked_json(path: Path) -> dict | None:
+    """A JSON object this tool wrote (it carries ``written_by``), or None for anything else."""
+    try:
+        if not path.is_file() or path.is_symlink() or path.stat().st_size > _MAX_JSON_BYTES:
+            return None
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(record, dict) or record.get("written_by") != WRITTEN_BY:
+        return None
+    return record
+
+
+def _listed(record: dict | None, stem: str) -> list[str]:
+    """The outputs a record names that are files of ``stem`` (never a path or another stem's file)."""
+    names = record.get("outputs") if record else None
+    if not isinstance(names, list):
+        return []
+    pattern = _stem_pattern(stem)
+    return [n for n in names if isinstance(n, str) and pattern.match(n)]
+
+
+def own_outputs(folder: str | Path, stem: str) -> list[str] | None:
+    """The files of ``stem`` this tool's complete write lists in ``folder``; None without one."""
+    record = _read_marked_json(Path(folder) / info_name(stem))
+    return _listed(record, stem) if record else None
+
+
+def staging_folders(folder: str | Path, stem: str) -> list[tuple[Path, dict]]:
+    """Staging folders of ``stem`` left in ``folder`` (exact name pattern, marker, stem matched exactly)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in sorted(folder.iterdir()):
+        if not _STAGING_NAME.match(path.name) or path.is_symlink() or not path.is_dir():
+            continue
+        marker = _read_marked_json(path / STAGING_MARKER)
+        if marker and marker.get("stem") == stem:
+            found.append((path, marker))
+    return found
+
+
 def interrupted(folder: str | Path, stem: str) -> bool:
     """True when a write of ``stem`` was killed: its staging folder is there and its JSON is not."""
+    return bool(staging_folders(folder, stem)) and own_outputs(folder, stem) is None
+
+
+def leftovers(folder: str | Path, stem: str) -> list[Path]:
+    """Files a killed write of ``stem`` had already moved into ``folder``: absent from its staging
+    folder, listed by its marker, and no complete JSON of this tool beside them."""
     folder = Path(folder)
-    staged = any(p.is_dir() for p in folder.glob(f".{glob_escape(stem)}-*"))
-    return staged and not (folder / info_name(stem)).is_file()
+    if own_outputs(folder, stem) is not None:
+        return []
+    found = set()
+    for staging, marker in staging_folders(folder, stem):
+        if marker.get("moving") is True:
+            found |= {n for n in _listed(marker, stem) if not (staging / n).exists()}
+    return sorted(folder / n for n in found if (folder / n).is_file())
 
 
 def remove_interrupted(folder: str | Path, stem: str) -> list[Path]:
-    """Remove what a killed write of ``stem`` left: its staging folders and, without a JSON, its files."""
-    folder = Path(folder)
-    removed = existing_outputs(folder, stem) if interrupted(folder, stem) else []
+    """Remove what a killed write of ``stem`` left: the files it had moved, then its staging folders."""
+    removed = leftovers(folder, stem)
     for path in removed:
         path.unlink(missing_ok=True)
-    for staging in folder.glob(f".{glob_escape(stem)}-*"):
-        if staging.is_dir():
-            shutil.rmtree(staging, ignore_errors=True)
-            removed.append(staging)
+    for staging, _ in staging_folders(folder, stem):
+        shutil.rmtree(staging, ignore_errors=True)
+        removed.append(staging)
     return removed
 
 
-def glob_escape(text: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", text)
+def foreign_outputs(folder: str | Path, stem: str, names: Iterable[str] | None = None) -> list[Path]:
+    """Files in ``folder`` named as outputs of ``stem`` (``names``, or any output name) that this
+    tool cannot prove it wrote: not listed by its JSON there, and not a killed write's leftovers."""
+    folder = Path(folder)
+    ours = set(own_outputs(folder, stem) or []) | {p.name for p in leftovers(folder, stem)}
+    candidates = (folder / n for n in names) if names is not None else existing_outputs(folder, stem)
+    return [p for p in candidates if (p.exists() or p.is_symlink()) and p.name not in ours]
+
+
+def refuse_foreign(folder: Path, stem: str, foreign: Sequence[Path]) -> None:
+    if foreign:
+        raise AutofocusError(
+            f"{foreign[0]} is not an output of napari-autofocus (no {info_name(stem)} written by it lists "
+            f"the file), so it is not replaced; {len(foreign)} such file(s) of {stem!r}: move them away or "
+            "choose another folder"
+        )
 
 
 def output_files(
@@ -194,20 +276,26 @@ def write_outputs(
             f"{len(old)} file(s) of {stem!r} already exist in {folder} (e.g. {old[0].name}); "
             "choose to overwrite them or another folder"
         )
+    names = [item.filename for item in files] + [info_name(stem)]
+    refuse_foreign(folder, stem, foreign_outputs(folder, stem, names))
+    replaced = own_outputs(folder, stem) or []
     folder.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{stem}-", dir=folder))
+    staging = folder / f"{STAGING_PREFIX}{secrets.token_hex(16)}"
+    staging.mkdir()
+    marker = {"written_by": WRITTEN_BY, "stem": stem, "outputs": names, "moving": False}
     try:
-        names = []
+        write_text(staging / STAGING_MARKER, json.dumps(marker))
         for item in files:
             save_nifti(staging / item.filename, item.make(), geometry, is_label=item.is_label)
-            names.append(item.filename)
-        record = {**info, "outputs": [*names, info_name(stem)]}
+        record = {**info, "written_by": WRITTEN_BY, "outputs": names}
         write_text(staging / info_name(stem), json.dumps(record, indent=2, default=str) + "\n")
-        (folder / info_name(stem)).unlink(missing_ok=True)  # the old set is incomplete from here on
-        for path in old:
-            if path.name not in record["outputs"]:
-                path.unlink(missing_ok=True)
-        for name in record["outputs"]:  # the JSON last: it marks the stem complete
+        write_text(staging / STAGING_MARKER, json.dumps({**marker, "moving": True}))
+        if replaced:
+            (folder / info_name(stem)).unlink(missing_ok=True)  # the old set is incomplete from here on
+        for name in replaced:
+            if name not in names:
+                (folder / name).unlink(missing_ok=True)
+        for name in names:  # the JSON last: it marks the stem complete
             os.replace(staging / name, folder / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -197,7 +197,13 @@ def check_labels(dataset, cases) -> None:
 
 def _predict_and_score(args):
     from napari_autofocus.inference.predictor import predict_scan
-    from napari_autofocus.io.nifti import save_nifti
+    from napari_autofocus.io.prediction_files import (
+        OutputFile,
+        foreign_outputs,
+        labels_name,
+        refuse_foreign,
+        write_outputs,
+    )
     from napari_autofocus.nets import load_model
     from src_training.data import check_geometry, open_dataset, read_case
     from src_training.evaluation import choose_regions, class_structures, score_case
@@ -220,6 +226,8 @@ def _predict_and_score(args):
     regions = choose_regions(args.regions, card.regions or dataset.regions)
     check_labels(dataset, cases)  # every label, before anything is predicted or written
     pred_dir = Path(args.out) / "predictions"
+    for case in cases:  # evaluate replaces its own earlier predictions, never a file it did not write
+        refuse_foreign(pred_dir, case.name, foreign_outputs(pred_dir, case.name, [labels_name(case.name)]))
     results, warned = [], set()
     for case in cases:
         raw = read_case(case, len(dataset.modalities))
@@ -234,7 +242,10 @@ def _predict_and_score(args):
                 print(f"warning: {warning}", flush=True)
                 warned.add(warning)
         labels = np.asarray(pred.labels)
-        save_nifti(pred_dir / f"{case.name}.nii.gz", labels, raw.geometry, is_label=True, overwrite=True)
+        info = {"case": case.name, "model": str(args.model), "inputs": [p.name for p in case.images],
+                "preprocessing": report.to_dict()}  # fmt: skip
+        files = [OutputFile(labels_name(case.name), lambda labels=labels: labels, is_label=True)]
+        write_outputs(pred_dir, case.name, files, raw.geometry, info, overwrite=True)
         results.append(score_case(case.name, labels, raw.label, raw.spacing, classes, regions, args.hd_empty))
         print(f"{case.name}: " + ", ".join(f"{k} {v['dice']:.3f}" for k, v in results[-1]["classes"].items()))
     settings = {

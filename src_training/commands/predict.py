@@ -116,20 +116,12 @@ def find_cases(inputs: list[str]) -> dict[str, list[Path]]:
 
 def run(args) -> int:
     from napari_autofocus.app.model_library import model_file
-    from napari_autofocus.io.prediction_files import existing_outputs, interrupted
     from napari_autofocus.nets import load_model
 
     cases = find_cases(args.input)
     out = Path(args.out)
-    # a case whose earlier write was killed is not a clash: its leftovers are removed when it is written
-    clashes = {case: existing_outputs(out, case) for case in cases if not interrupted(out, case)}
-    clashes = {case: files for case, files in clashes.items() if files}
-    if clashes and not args.force:
-        case, files = next(iter(clashes.items()))
-        raise AutofocusError(
-            f"{len(clashes)} case(s) already have outputs in {out} (e.g. {files[0].name} of {case}); "
-            "use --force to overwrite them or choose another --out"
-        )
+    check_out_folder(cases, out)
+    check_clashes(cases, out, args.force)
     hints = {"arch": args.arch} if args.arch else {}
     model, card = load_model(model_file(args.model), **hints)
     if args.attention and not model.autofocus_geometry():
@@ -147,6 +139,51 @@ def run(args) -> int:
             out.rmdir()
         raise
     return 0
+
+
+def check_out_folder(cases: dict[str, list[Path]], out: Path) -> None:
+    """Refuse an ``--out`` where an output would replace an input scan (the folder of the inputs)."""
+    from napari_autofocus.io.prediction_files import is_output_name
+
+    target = out.resolve()
+    for files in cases.values():
+        for path in files:
+            if path.resolve().parent != target:
+                continue
+            for case in cases:
+                if is_output_name(case, path.name):
+                    raise AutofocusError(
+                        f"--out {out} is the folder of the input {path.name}, and the outputs of case "
+                        f"{case} would replace it; choose another --out (outputs may share the input "
+                        "folder only when no output name equals an input name, as with nnU-Net's "
+                        "<case>_0000 inputs)"
+                    )
+
+
+def check_clashes(cases: dict[str, list[Path]], out: Path, force: bool) -> None:
+    """Before anything runs: refuse existing outputs without --force, and with it any file of those
+    names that this tool did not write (a killed write's leftovers are not a clash)."""
+    from napari_autofocus.io.prediction_files import (
+        existing_outputs,
+        foreign_outputs,
+        leftovers,
+        refuse_foreign,
+    )
+
+    clashes = {}
+    for case in cases:
+        left = set(leftovers(out, case))
+        files = [p for p in existing_outputs(out, case) if p not in left]
+        if files:
+            clashes[case] = files
+    if clashes and not force:
+        case, files = next(iter(clashes.items()))
+        raise AutofocusError(
+            f"{len(clashes)} case(s) already have outputs in {out} (e.g. {files[0].name} of {case}); "
+            "use --force to overwrite them or choose another --out"
+        )
+    for case in clashes:
+        refuse_foreign(out, case, foreign_outputs(out, case))
 
 
 def channel_names(case: str, files: list[Path]) -> list[str] | None:
