@@ -10,16 +10,16 @@ napari plugin uses, so a trained model sees volumes the way the plugin will feed
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from napari_autofocus.errors import DatasetError, NiftiError
-from napari_autofocus.io.nifti import NiftiGeometry, load_nifti
+from napari_autofocus.io.datasets import read_dataset_json
+from napari_autofocus.io.nifti import NiftiGeometry, load_nifti, open_image
 
+MAX_LABEL_VALUE = 999  # the network has one output per value up to the largest: a bound on its size
 AFFINE_TOLERANCE = (
     1e-3  # mm / direction-cosine units; headers written by different tools differ in float noise
 )
@@ -64,13 +64,7 @@ def _read_json(path: Path) -> dict:
         raise DatasetError(
             f"{path.parent}: no dataset.json; expected a Decathlon or nnU-Net v2 raw dataset folder"
         )
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"{path}: not readable JSON ({exc})") from None
-    if not isinstance(meta, dict):
-        raise DatasetError(f"{path}: expected a JSON object")
-    return meta
+    return read_dataset_json(path)
 
 
 def _labels(meta: dict, path: Path) -> tuple[dict[int, str], dict[str, list[int]]]:
@@ -84,11 +78,11 @@ def _labels(meta: dict, path: Path) -> tuple[dict[int, str], dict[str, list[int]
     regions: dict[str, list[int]] = {}
     for key, value in raw.items():
         if isinstance(value, list):  # nnU-Net region: name -> [values]
-            regions[str(key)] = [int(v) for v in value]
+            regions[str(key)] = [_label_value(v, path, key) for v in value]
         elif str(key).lstrip("-").isdigit():
-            classes[int(key)] = str(value)
-        elif isinstance(value, int) or str(value).lstrip("-").isdigit():
-            classes[int(value)] = str(key)
+            classes[_label_value(key, path, key)] = str(value)
+        elif (isinstance(value, int) and not isinstance(value, bool)) or str(value).lstrip("-").isdigit():
+            classes[_label_value(value, path, key)] = str(key)
         else:
             raise DatasetError(
                 f"{path}: label entry {key!r}: {value!r} is neither 'name: value' nor 'value: name'"
@@ -99,8 +93,24 @@ def _labels(meta: dict, path: Path) -> tuple[dict[int, str], dict[str, list[int]
         classes.setdefault(value, f"class {value}")
     extra = meta.get("regions")
     if isinstance(extra, dict):
-        regions.update({str(k): [int(v) for v in vals] for k, vals in extra.items()})
+        for key, values in extra.items():
+            if not isinstance(values, list):
+                raise DatasetError(f"{path}: region {key!r} must be a list of label values, got {values!r}")
+            regions[str(key)] = [_label_value(v, path, key) for v in values]
     return dict(sorted(classes.items())), regions
+
+
+def _label_value(value, path: Path, entry) -> int:
+    """One label value, checked before anything is sized by it (the network's outputs, metrics)."""
+    text = str(value).strip()
+    if isinstance(value, bool) or not text.lstrip("-").isdigit():
+        raise DatasetError(f"{path}: label entry {entry!r}: {value!r} is not an integer label value")
+    if len(text) > 12 or not 0 <= int(text) <= MAX_LABEL_VALUE:
+        raise DatasetError(
+            f"{path}: label entry {entry!r}: value {text[:20]} is outside 0..{MAX_LABEL_VALUE} (the network "
+            "has one output per value up to the largest); renumber the labels"
+        )
+    return int(text)
 
 
 def _resolve(root: Path, ref: str) -> Path:
@@ -159,12 +169,29 @@ def _msd_cases(root: Path, meta: dict, meta_path: Path) -> list[Case]:
     for i, entry in enumerate(training):
         if not isinstance(entry, dict) or "image" not in entry:
             raise DatasetError(f"{meta_path}: training entry {i} has no 'image'")
+        refs = [entry["image"], *([entry["label"]] if entry.get("label") else [])]
+        if not all(isinstance(ref, str) and ref for ref in refs):
+            raise DatasetError(f"{meta_path}: training entry {i}: 'image' and 'label' must be file paths")
         image = _resolve(root, entry["image"])
         if image.name.startswith(("._", ".")):  # macOS resource forks in the Decathlon tarballs
             continue
         label = _resolve(root, entry["label"]) if entry.get("label") else None
         cases.append(Case(_case_name(image), [image], label))
+    refuse_duplicate_names(cases, meta_path)
     return cases
+
+
+def refuse_duplicate_names(cases: list[Case], meta_path: Path) -> None:
+    """Case names key outputs, splits and metrics: two images of one name would overwrite each other."""
+    first: dict[str, Case] = {}
+    for case in cases:
+        if case.name in first:
+            raise DatasetError(
+                f"{meta_path}: two training entries are both named {case.name!r} "
+                f"({first[case.name].images[0]} and {case.images[0]}); case names must be unique: "
+                "rename one of the files"
+            )
+        first[case.name] = case
 
 
 def _nnunet_cases(root: Path, n_channels: int, ending: str, meta_path: Path) -> list[Case]:
@@ -184,7 +211,7 @@ def _nnunet_cases(root: Path, n_channels: int, ending: str, meta_path: Path) -> 
 
 
 def _header(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
-    img = nib.load(str(path))
+    img = open_image(path)
     return tuple(int(s) for s in img.shape), np.asarray(img.affine, dtype=float)
 
 
@@ -203,8 +230,8 @@ def check_geometry(dataset: Dataset, cases: list[Case] | None = None, need_label
                 continue
             try:
                 headers[path] = _header(path)
-            except Exception as exc:  # nibabel raises many types for damaged headers
-                problems.append(f"case {case.name}: {path.name} is not a readable NIfTI file ({exc})")
+            except NiftiError as exc:
+                problems.append(f"case {case.name}: {exc}")
         if case.images[0] in headers:
             shape, affine = headers[case.images[0]]
             if len(case.images) == 1 and n_channels > 1:

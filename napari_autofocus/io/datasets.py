@@ -9,6 +9,9 @@ import json
 import re
 from pathlib import Path
 
+from napari_autofocus.errors import DatasetError
+
+MAX_JSON_BYTES = 64 * 2**20  # the Decathlon's largest dataset.json is under 1 MB
 _CHANNEL_SUFFIX = re.compile(r"_(\d{4})$")
 
 
@@ -21,19 +24,36 @@ def find_dataset_json(path: Path) -> Path | None:
     return None
 
 
+def read_dataset_json(path: Path) -> dict:
+    """A ``dataset.json`` as a dict, or a :class:`DatasetError` that says what is wrong with it."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_JSON_BYTES:
+            raise DatasetError(f"{path}: {size} bytes; a dataset.json is at most {MAX_JSON_BYTES} bytes")
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{path}: not readable JSON ({exc})") from None
+    except RecursionError:
+        raise DatasetError(f"{path}: not readable JSON (nested too deeply)") from None
+    if not isinstance(meta, dict):
+        raise DatasetError(f"{path}: expected a JSON object, got a {type(meta).__name__}")
+    return meta
+
+
 def read_channel_names(dataset_json: Path) -> dict[int, str]:
     """Channel index -> name from nnU-Net's ``channel_names`` or the Decathlon's ``modality``."""
-    try:
-        meta = json.loads(dataset_json.read_text())
-    except (OSError, ValueError):
-        return {}
-    names = meta.get("channel_names") or meta.get("modality") or {}
+    meta = read_dataset_json(dataset_json)
+    key = "channel_names" if meta.get("channel_names") else "modality"
+    names = meta.get(key) or {}
+    if not isinstance(names, dict):
+        raise DatasetError(
+            f'{dataset_json}: {key!r} must map channel numbers to names (e.g. {{"0": "T1"}}), '
+            f"got a {type(names).__name__}"
+        )
     out = {}
-    for key, value in names.items():
-        try:
-            out[int(key)] = str(value)
-        except ValueError:
-            continue
+    for number, value in names.items():
+        if str(number).strip().isdigit() and len(str(number).strip()) < 6:
+            out[int(number)] = str(value)
     return out
 
 
