@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+from napari_autofocus.errors import AutofocusError
 from napari_autofocus.io.nifti import is_nifti_path, load_nifti, strip_nifti_suffix
 
 PLUGIN_NAME = "napari-autofocus"
@@ -22,8 +23,25 @@ def napari_get_reader(path):
     return read_nifti
 
 
+# napari's "read, and there is nothing to add": no second reader is tried, no traceback is shown
+NOTHING_READ = [(None,)]
+
+
 def read_nifti(path):
-    """Layer data tuples for one or several NIfTI files; raises NiftiError with a clear message."""
+    """Layer data tuples for one or several NIfTI files.
+
+    A file that cannot be read (header, affine, datatype, a malformed ``dataset.json`` beside it)
+    is one error notification that says why, and nothing is added: no traceback, no half-read set.
+    """
+    try:
+        return load_layers(path)
+    except AutofocusError as exc:
+        _notify_error(str(exc))
+        return NOTHING_READ
+
+
+def load_layers(path) -> list[tuple]:
+    """Layer data tuples for one or several NIfTI files; raises the project's error with a clear message."""
     paths = [path] if isinstance(path, str | os.PathLike) else list(path)
     layers = []
     for p in paths:
@@ -39,6 +57,17 @@ OBLIQUE_NOTE = (
     "its voxel axes are oblique to the scanner's; it is shown axis-aligned (the rotation is not drawn), "
     "and every file written from it keeps its original affine"
 )
+
+
+def _notify_error(message: str) -> None:
+    try:
+        from napari.utils.notifications import show_error
+    except ImportError:  # napari not installed: a caller from Python gets the message on stderr
+        import sys
+
+        print(f"error: {message}", file=sys.stderr)
+        return
+    show_error(message)
 
 
 def _warn(message: str) -> None:

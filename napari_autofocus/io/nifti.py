@@ -22,6 +22,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from nibabel.filebasedimages import ImageFileError
 from nibabel.orientations import (
     apply_orientation,
     axcodes2ornt,
@@ -29,6 +30,7 @@ from nibabel.orientations import (
     io_orientation,
     ornt_transform,
 )
+from nibabel.spatialimages import HeaderDataError
 
 from napari_autofocus.errors import NiftiError
 from napari_autofocus.io.atomic import atomic_path
@@ -141,8 +143,11 @@ def to_display_orientation(array: np.ndarray, geometry: NiftiGeometry) -> np.nda
     """Source-ordered (X, Y, Z[, C]) array -> napari-ordered (S, P, L) or (C, S, P, L)."""
     reoriented = apply_orientation(array, geometry.to_display)
     if reoriented.ndim == 3:
-        return np.ascontiguousarray(reoriented.transpose(2, 1, 0))
-    return np.ascontiguousarray(np.moveaxis(reoriented, 3, 0).transpose(0, 3, 2, 1))
+        out = np.ascontiguousarray(reoriented.transpose(2, 1, 0))
+    else:
+        out = np.ascontiguousarray(np.moveaxis(reoriented, 3, 0).transpose(0, 3, 2, 1))
+    # numpy calls a flipped view contiguous when an axis has one voxel: its strides stay negative
+    return out.copy() if any(s < 0 for s in out.strides) else out
 
 
 def to_source_orientation(array: np.ndarray, geometry: NiftiGeometry) -> np.ndarray:
@@ -184,6 +189,98 @@ def check_nifti_file(path: str | os.PathLike) -> None:
     sizeof_hdr_be = int.from_bytes(head[:4], "big")
     if {sizeof_hdr_le, sizeof_hdr_be}.isdisjoint({348, 540}):
         raise NiftiError(f"{path}: not a NIfTI file (header size field is not 348 or 540)")
+    order = "little" if sizeof_hdr_le in (348, 540) else "big"
+    at = 70 if int.from_bytes(head[:4], order) == 348 else 12  # NIfTI-1 / NIfTI-2 datatype field
+    check_datatype(path, int.from_bytes(head[at : at + 2], order, signed=True))
+
+
+def check_datatype(path: Path, code: int) -> None:
+    """Refuse voxel types that are not real numbers (nibabel would fail or drop a part of them)."""
+    if code not in SUPPORTED_DATATYPES:
+        name = OTHER_DATATYPES.get(code, "an unknown code")
+        raise NiftiError(
+            f"{path}: datatype {code} ({name}) is not supported; expected real-valued voxels: "
+            + ", ".join(SUPPORTED_DATATYPES.values())
+        )
+
+
+# NIfTI datatype codes of real-valued voxels; the rest (binary, complex, RGB, float128) are refused.
+SUPPORTED_DATATYPES = {2: "uint8", 4: "int16", 8: "int32", 16: "float32", 64: "float64", 256: "int8",
+                       512: "uint16", 768: "uint32", 1024: "int64", 1280: "uint64"}  # fmt: skip
+OTHER_DATATYPES = {1: "binary (1 bit)", 32: "complex64", 128: "RGB24", 1536: "float128", 1792: "complex128",
+                   2048: "complex256", 2304: "RGBA32"}  # fmt: skip
+MAX_VOXELS = 2**31  # 8 GiB as float32: far above any scan, and a bound before anything is allocated
+DEFLATE_MAX_RATIO = 1032  # deflate cannot compress better than this: a gzip file holds at most that much
+VOXEL_SIZE_RANGE_MM = (1e-6, 1e6)
+
+
+def open_image(path: str | os.PathLike):
+    """The nibabel image of a NIfTI file whose header is usable, before any voxel is read.
+
+    One place checks what a header can get wrong (datatype, dimensions against the file's size,
+    affine, scaling) and says it as a :class:`NiftiError`, for the reader, ``predict``, ``train``
+    and ``evaluate`` alike.
+    """
+    path = Path(path)
+    check_nifti_file(path)
+    try:
+        img = nib.load(str(path), keep_file_open=True)
+    except (OSError, EOFError, zlib.error, ImageFileError) as exc:
+        raise NiftiError(
+            f"{path}: cannot read the header ({exc}); the file is truncated or damaged"
+        ) from None
+    except (ValueError, TypeError, KeyError, OverflowError, np.linalg.LinAlgError, HeaderDataError) as exc:
+        raise NiftiError(f"{path}: the header is not usable ({exc})") from None
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        raise NiftiError(f"{path}: {type(img).__name__} is not a NIfTI image")
+    check_header(path, img)
+    return img
+
+
+def check_header(path: Path, img) -> None:
+    """Datatype, dimensions, affine and scaling of a loaded header, each with its own message."""
+    header = img.header
+    code = int(header["datatype"])
+    check_datatype(path, code)
+    shape = tuple(int(n) for n in img.shape)
+    if not 3 <= len(shape) <= 5 or min(shape) < 1:
+        raise NiftiError(f"{path}: expected a 3D volume or a 4D multi-channel volume, got shape {shape}")
+    voxels = 1
+    for n in shape:
+        voxels *= n
+    if voxels > MAX_VOXELS:
+        raise NiftiError(
+            f"{path}: the header says {'x'.join(map(str, shape))} = {voxels:.3g} voxels; at most "
+            f"{MAX_VOXELS:.3g} are read (8 GiB as float32)"
+        )
+    needed = int(header.get_data_offset()) + voxels * np.dtype(SUPPORTED_DATATYPES[code]).itemsize
+    size = path.stat().st_size
+    holds = size * DEFLATE_MAX_RATIO if path.name.lower().endswith(".gz") else size
+    if needed > holds:
+        raise NiftiError(
+            f"{path}: the header says {'x'.join(map(str, shape))} voxels ({needed / 2**20:.1f} MiB), but a "
+            f"{size}-byte file can hold at most {holds / 2**20:.1f} MiB; the file is truncated or its header "
+            "is wrong"
+        )
+    affine = np.asarray(img.affine, dtype=float)
+    if affine.shape != (4, 4) or not np.isfinite(affine).all():
+        raise NiftiError(f"{path}: the affine (sform/qform) holds NaN or infinite values")
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    low, high = VOXEL_SIZE_RANGE_MM
+    if not ((zooms >= low) & (zooms <= high)).all() or abs(np.linalg.det(affine[:3, :3])) < low**3:
+        raise NiftiError(
+            f"{path}: the affine (sform/qform) gives voxel sizes {', '.join(f'{z:.3g}' for z in zooms)} mm "
+            f"(or collapses an axis); expected voxel sizes between {low:g} and {high:g} mm"
+        )
+    slope, inter = (float(np.asarray(header[key]).item()) for key in ("scl_slope", "scl_inter"))
+    if np.isfinite(slope) and slope != 0 and not np.isfinite(inter):
+        raise NiftiError(
+            f"{path}: the header's intensity offset scl_inter is {inter}; expected a finite number"
+        )
+    if np.isinf(slope):
+        raise NiftiError(
+            f"{path}: the header's intensity scale scl_slope is {slope}; expected a finite number"
+        )
 
 
 def load_nifti(path: str | os.PathLike) -> NiftiVolume:
@@ -193,17 +290,21 @@ def load_nifti(path: str | os.PathLike) -> NiftiVolume:
     3D/4D NIfTI volume; never returns partial data.
     """
     path = Path(path)
-    check_nifti_file(path)
+    img = open_image(path)
     try:
-        img = nib.load(str(path), keep_file_open=True)
-        if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
-            raise NiftiError(f"{path}: {type(img).__name__} is not a NIfTI image")
         if _read_by_slabs(img):  # a big image: straight into display order, one slab at a time
             return _load_big_image(path, img)
         raw = np.asanyarray(img.dataobj)
     except NiftiError:
         raise
-    except (OSError, EOFError, zlib.error, ValueError, nib.filebasedimages.ImageFileError) as exc:
+    except (
+        OSError,
+        EOFError,
+        zlib.error,
+        ValueError,
+        HeaderDataError,
+        nib.filebasedimages.ImageFileError,
+    ) as exc:
         raise NiftiError(
             f"{path}: cannot read the voxel data ({exc}); the file is truncated or damaged"
         ) from None
@@ -255,7 +356,7 @@ def _load_big_image(path: Path, img) -> NiftiVolume:
             for planes in slabs(shape[2]):
                 index = (slice(None), slice(None), planes) + ((c,) if len(shape) == 4 else ())
                 target[:, :, planes] = np.asanyarray(proxy[index])
-    except (OSError, EOFError, zlib.error, ValueError) as exc:
+    except (OSError, EOFError, zlib.error, ValueError, HeaderDataError) as exc:
         raise NiftiError(
             f"{path}: cannot read the voxel data ({exc}); the file is truncated or damaged"
         ) from None

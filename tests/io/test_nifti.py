@@ -7,7 +7,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from napari_autofocus._reader import napari_get_reader, read_nifti
+from napari_autofocus._reader import load_layers, napari_get_reader, read_nifti
 from napari_autofocus._writer import write_image, write_labels
 from napari_autofocus.errors import NiftiError
 from napari_autofocus.io.nifti import load_nifti
@@ -85,7 +85,7 @@ def test_non_nifti_files_are_declined(tmp_path):
     assert napari_get_reader([str(tmp_path / "a.nii"), str(tmp_path / "b.tif")]) is None
 
 
-def test_corrupt_and_truncated_files_give_clear_errors(tmp_path):
+def test_corrupt_and_truncated_files_give_clear_errors(tmp_path, monkeypatch):
     good = _write(tmp_path / "good.nii.gz", np.ones((20, 20, 20), np.float32))
     raw = Path(good).read_bytes()
     truncated = tmp_path / "truncated.nii.gz"
@@ -102,8 +102,12 @@ def test_corrupt_and_truncated_files_give_clear_errors(tmp_path):
         reader = napari_get_reader(str(path))
         assert reader is not None
         with pytest.raises(NiftiError, match=words) as info:
-            reader(str(path))
+            load_layers(str(path))
         assert path.name in str(info.value)
+        shown = []
+        monkeypatch.setattr("napari.utils.notifications.show_error", shown.append)
+        assert reader(str(path)) == [(None,)]  # napari's "nothing to add": no traceback, no other reader
+        assert shown == [str(info.value)]
 
 
 def test_5d_or_2d_volumes_are_refused(tmp_path):
