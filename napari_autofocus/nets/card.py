@@ -22,6 +22,10 @@ FORMAT_NAME = "napari-autofocus-model"
 FORMAT_VERSION = "1"
 # A header larger than this is not one of ours (ours are a few kB); refuse rather than read GBs.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+# Sane ranges for the card's sizes: checked before anything is built from them (cards can be forged).
+MAX_IN_CHANNELS = 1024
+MAX_CLASSES = 1000  # label values 0..999, as datasets allow
+MAX_GEOMETRY_VOXELS = 100_000
 
 
 @dataclass
@@ -88,6 +92,8 @@ class ModelCard:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise CheckpointError(f"model card is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise CheckpointError("model card is not valid JSON (nested too deeply)") from None
         if not isinstance(data, dict):
             raise CheckpointError("model card JSON is not an object")
         return cls.from_dict(data)
@@ -114,12 +120,12 @@ def _spacing(value) -> bool:
 # field -> (check, what it must be); fields not listed here are free-form or checked elsewhere.
 _SCHEMA = {
     "arch": (lambda v: isinstance(v, str) and bool(v), "a non-empty string"),
-    "in_channels": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    "num_classes": (lambda v: _is_int(v) and v >= 2, "an integer >= 2"),
+    "in_channels": (lambda v: _is_int(v) and 1 <= v <= MAX_IN_CHANNELS, f"an integer 1..{MAX_IN_CHANNELS}"),
+    "num_classes": (lambda v: _is_int(v) and 2 <= v <= MAX_CLASSES, f"an integer 2..{MAX_CLASSES}"),
     "options": (lambda v: isinstance(v, dict), "an object"),
     "dilations": (
-        lambda v: isinstance(v, list) and all(_is_int(d) and d >= 1 for d in v),
-        "a list of integers >= 1",
+        lambda v: isinstance(v, list) and len(v) <= 64 and all(_is_int(d) and 1 <= d <= 64 for d in v),
+        "a list of integers 1..64",
     ),
     "autofocus_layers": (
         lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v),
@@ -139,8 +145,14 @@ _SCHEMA = {
     "normalization": (lambda v: isinstance(v, dict), "an object"),
     "spacing": (_spacing, "null or three positive voxel sizes (mm)"),
     "target_spacing": (_spacing, "null or three positive voxel sizes (mm)"),
-    "receptive_field": (lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
-    "margin": (lambda v: v is None or (_is_int(v) and v >= 0), "null or an integer >= 0"),
+    "receptive_field": (
+        lambda v: v is None or (_is_int(v) and 1 <= v <= MAX_GEOMETRY_VOXELS),
+        f"null or an integer 1..{MAX_GEOMETRY_VOXELS}",
+    ),
+    "margin": (
+        lambda v: v is None or (_is_int(v) and 0 <= v <= MAX_GEOMETRY_VOXELS),
+        f"null or an integer 0..{MAX_GEOMETRY_VOXELS}",
+    ),
     "provenance": (lambda v: isinstance(v, dict), "an object"),
     "metrics": (lambda v: isinstance(v, dict), "an object"),
     "description": (lambda v: isinstance(v, str), "a string"),
@@ -179,7 +191,7 @@ def read_header(path: str | Path) -> tuple[dict, int]:
         )
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise CheckpointError(f"{path}: not a safetensors model file (header is not JSON)") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: not a safetensors model file (header is not a JSON object)")

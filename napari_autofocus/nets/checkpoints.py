@@ -162,6 +162,12 @@ def _looks_like_safetensors(path: Path) -> bool:
 
 def _strict_load(model: torch.nn.Module, state: dict, path: Path) -> None:
     """Load all-or-nothing: compare keys and shapes first, naming what differs."""
+    _check_matches(model, state, path)
+    model.load_state_dict(state, strict=True)
+
+
+def _check_matches(model: torch.nn.Module, state: dict, path: Path) -> None:
+    """Refuse a state dict whose keys or shapes differ from ``model``'s, naming what differs."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -180,7 +186,6 @@ def _strict_load(model: torch.nn.Module, state: dict, path: Path) -> None:
             )
     if problems:
         raise CheckpointError(f"{path}: does not match a {model.arch} network: " + "; ".join(problems[:10]))
-    model.load_state_dict(state, strict=True)
 
 
 def _load_ours(path: Path, hints: dict) -> tuple[torch.nn.Module, ModelCard]:
@@ -217,12 +222,16 @@ def _load_ours(path: Path, hints: dict) -> tuple[torch.nn.Module, ModelCard]:
             "the model is unusable"
         )
     card = _apply_hints(card, hints, path)
-    try:
-        model = build_network(card.arch, card.in_channels, card.num_classes, **card.options)
-    except (AutofocusError, TypeError, ValueError, KeyError) as exc:
+    try:  # shapes first, on the meta device: a forged card allocates nothing before it is refused
+        with torch.device("meta"):
+            shell = build_network(card.arch, card.in_channels, card.num_classes, **card.options)
+    except (AutofocusError, TypeError, ValueError, KeyError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: model card describes a network we cannot build: {exc}") from None
+    _check_matches(shell, tensors, path)
+    model = build_network(card.arch, card.in_channels, card.num_classes, **card.options)
     _strict_load(model, tensors, path)
-    return model, card
+    # the geometry is the network's, never the card's word for it
+    return model, card.replace(receptive_field=model.receptive_field, margin=model.margin)
 
 
 def _read_reference(path: Path) -> dict:

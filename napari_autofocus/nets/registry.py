@@ -49,6 +49,17 @@ OPTIONS = {
     "DM": {"channels": DEFAULT_CHANNELS, "fc_channels": (150, 150)},
 }
 _KNOWN = {name for opts in OPTIONS.values() for name in opts}
+# Sane ranges for every sized option, checked before a network is built (a model file may be forged).
+MAX_WIDTH = 1024
+MAX_DILATION = 64
+MAX_RATES = 8
+_BOUNDS = (
+    ("channels", 1, MAX_WIDTH),
+    ("dilations", 1, MAX_DILATION),
+    ("head_channels", 1, MAX_WIDTH),
+    ("fc_channels", 1, MAX_WIDTH),
+    ("attention_hidden", 1, MAX_WIDTH),
+)
 
 
 def family(arch: str) -> str:
@@ -76,6 +87,16 @@ def resolve_options(arch: str, options: dict) -> dict:
         resolved[name] = list(value) if isinstance(value, tuple | list) else value
     if len(resolved["channels"]) != 8:
         raise NetworkConfigError(f"channels needs 8 values, got {resolved['channels']}")
+    for name, low, high in _BOUNDS:
+        value = resolved.get(name)
+        values = value if isinstance(value, list) else [value]
+        if name not in resolved or (value is None and name == "attention_hidden"):
+            continue
+        if name == "dilations" and not 1 <= len(values) <= MAX_RATES:
+            raise NetworkConfigError(f"dilations needs 1 to {MAX_RATES} rates, got {len(values)}")
+        bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high]
+        if bad:
+            raise NetworkConfigError(f"{name} must be integers from {low} to {high}, got {str(bad[0])[:20]}")
     if resolved.get("padding", "valid") not in ("valid", "same"):
         raise NetworkConfigError(f"padding must be 'valid' or 'same', got {resolved['padding']!r}")
     return resolved
