@@ -13,6 +13,15 @@ import numpy as np
 import torch
 
 
+def own_strides(array: np.ndarray) -> np.ndarray:
+    """A writable float32 C-ordered array torch can wrap. ``np.ascontiguousarray`` keeps the negative
+    strides of a flipped view when an axis has one voxel (numpy calls it contiguous): copied then."""
+    out = np.ascontiguousarray(array, dtype=np.float32)
+    if any(s < 0 for s in out.strides) or not out.flags.writeable:
+        out = out.copy()
+    return out
+
+
 class MemoryStore:
     """A full activation (1, C, D, H, W) held as one tensor on the compute device."""
 
@@ -89,10 +98,10 @@ class CropStore:
             dy, dx = ya - (y0 - m), xa - (x0 - m)
             for z in range(za, zb, self.PLANES):  # a few planes at a time: no temporary of the read
                 z_end = min(z + self.PLANES, zb)
-                chunk = np.ascontiguousarray(self.image[:, z:z_end, ya:yb, xa:xb], dtype=np.float32)
+                chunk = own_strides(self.image[:, z:z_end, ya:yb, xa:xb])
                 dz = z - (z0 - m) - lo
                 target = out[0, :, dz : dz + z_end - z, dy : dy + yb - ya, dx : dx + xb - xa]
-                target.copy_(torch.from_numpy(np.require(chunk, requirements="W")))
+                target.copy_(torch.from_numpy(chunk))
         return out
 
     def whole(self) -> torch.Tensor:

@@ -34,8 +34,10 @@ from napari_autofocus.inference.scan_checks import (  # noqa: F401 (the checks a
     SPACING_TOLERANCE,
     Contract,
     check_channels,
+    check_input_dtype,
     check_intensities,
     check_phantom,
+    check_resampling,
     check_scan,
     check_spacing,
     mm,
@@ -107,11 +109,13 @@ def preprocess(
     of a big scan)."""
     spec = {**DEFAULT_NORMALIZATION, **(normalization or {})}
     given = raw
+    check_input_dtype(raw)
     raw = np.asarray(raw, dtype=np.float32)
     in_place = in_place or raw is not given  # a converted copy is ours anyway
     if raw.ndim != 4:
         raise AutofocusError(f"expected a (channels, D, H, W) image, got shape {raw.shape}")
     source_spacing = tuple(float(s) for s in spacing)
+    check_resampling(raw.shape[1:], raw.shape[0], source_spacing, target_spacing)  # before it allocates
     roi = roi_mask(raw, spec.get("roi", "nonzero"))
     foreground_box = box_of(roi if spec.get("roi", "nonzero") == "nonzero" else roi_mask(raw, "nonzero"))
     source_shape = tuple(raw.shape[1:])
@@ -264,10 +268,15 @@ def predict_scan(
             f"the model expects {card.in_channels} input channel(s) ({names}) but got {raw.shape[0]}"
         )
     contract = Contract.from_card(card)
+    check_input_dtype(raw, source)
+    growth = check_resampling(
+        raw.shape[1:], raw.shape[0], spacing, contract.target_spacing, engine.get("memory_budget_gib")
+    )
     given = raw
     raw, replaced = replace_nonfinite(np.asarray(raw, dtype=np.float32), nonfinite, source)
     own_input = own_input or raw is not given
     warnings = check_scan(raw, spacing, contract, channel_names, scan_description, arrays, strict_names)
+    warnings += growth
     if replaced:
         warnings.insert(
             0, f"{replaced} NaN or infinite voxel(s) were set to the background value (0), as asked"

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from napari_autofocus.errors import AutofocusError
 from napari_autofocus.inference.normalization import DEFAULT_NORMALIZATION
 from napari_autofocus.io.nifti import PHANTOM_MARK
 from napari_autofocus.nets.card import ModelCard
@@ -176,3 +177,65 @@ def check_scan(
         *check_intensities(raw, contract),
         *check_phantom(contract, scan_description),
     ]
+
+
+MAX_NETWORK_VOXELS = 2**31  # per channel: the bound every size read from a file is held to
+GROWTH_WARNING = 8  # resampling that makes the volume this many times larger is said before it runs
+
+
+def check_input_dtype(raw: np.ndarray, source: str = "the scan") -> None:
+    """Refuse voxels that are not real numbers: converting would drop a complex part or RGB planes."""
+    kind = np.asarray(raw).dtype
+    if kind.kind not in "iuf" or kind.fields is not None:
+        raise AutofocusError(
+            f"{source}: voxels of type {kind} (e.g. complex, RGB or bool) are not supported; expected "
+            "real-valued intensities: uint8..uint64, int8..int64, float16, float32 or float64"
+        )
+
+
+def resampled_shape(shape: Sequence[int], spacing: Sequence[float], target: Sequence[float]) -> tuple:
+    """The (D, H, W) a scan gets on the ``target`` grid (as ``scipy.ndimage.zoom`` rounds it)."""
+    return tuple(int(round(n * s / t)) for n, s, t in zip(shape, spacing, target, strict=True))
+
+
+def check_resampling(
+    shape: Sequence[int],
+    channels: int,
+    spacing: Sequence[float],
+    target: Sequence[float] | None,
+    budget_gib: float | None = None,
+) -> list[str]:
+    """Bound resampling to the model's grid before it allocates anything; warn when it grows a lot.
+
+    Voxel sizes in metres (0.001) or absurd ones (1e30) would give an empty or an enormous grid."""
+    bad = [s for s in spacing if not (np.isfinite(s) and 0 < s < 1e6)]
+    if bad:
+        raise AutofocusError(
+            f"the scan's voxel size {mm(spacing)} is not usable: expected finite sizes > 0 mm"
+        )
+    if target is None or np.allclose(spacing, target, rtol=1e-3):
+        return []
+    new = resampled_shape(shape, spacing, target)
+    what = (
+        f"resampling the {'x'.join(map(str, shape))} scan from {mm(spacing)} to the model's {mm(target)} grid"
+    )
+    if min(new) < 1:
+        raise AutofocusError(
+            f"{what} leaves {'x'.join(map(str, new))} voxels; the scan's voxel sizes look wrong "
+            "(metres instead of mm?)"
+        )
+    voxels = int(np.prod([float(n) for n in new]))
+    gib = voxels * channels * 4 / 2**30
+    limit = min(MAX_NETWORK_VOXELS * channels * 4 / 2**30, budget_gib if budget_gib else np.inf)
+    if voxels > MAX_NETWORK_VOXELS or gib > limit:
+        raise AutofocusError(
+            f"{what} would make it {'x'.join(map(str, new))} ({gib:.3g} GiB as float32), more than the "
+            f"{limit:.3g} GiB allowed; check the scan's voxel sizes, or raise the memory budget"
+        )
+    growth = voxels / max(1, int(np.prod(shape)))
+    if growth > GROWTH_WARNING:
+        return [
+            f"{what} makes the volume {growth:.0f}x larger ({'x'.join(map(str, new))}): the network runs "
+            "over that many more voxels, and takes correspondingly longer"
+        ]
+    return []

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from napari_autofocus.errors import AutofocusError
+from napari_autofocus.inference.activation_stores import own_strides
 from napari_autofocus.inference.outputs import Outputs
 from napari_autofocus.inference.regions import crop_with_margin
 from napari_autofocus.inference.tiling import TilePlan, plan_tiles
@@ -115,7 +116,11 @@ class _Run:
             self.progress(self.done, self.total)
 
     def tensor(self, array: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(array)[None].to(self.device).contiguous(memory_format=self.memory_format)
+        return (
+            torch.from_numpy(own_strides(array))[None]
+            .to(self.device)
+            .contiguous(memory_format=self.memory_format)
+        )
 
 
 def _run_whole(run: _Run, image, box, pad_value, one_pass, spill_dir, tile_size) -> tuple[str, dict]:
