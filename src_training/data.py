@@ -161,6 +161,19 @@ def open_dataset(root: str | Path) -> Dataset:
     return Dataset(root, layout, str(meta.get("name", root.name)), modalities, class_names, regions, cases)
 
 
+def case_fingerprint(cases: list[Case]) -> str:
+    """A digest of cases' names and file sizes: which dataset a model was trained on, by content
+    rather than by its name alone (another dataset may share the name and some case names)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for case in sorted(cases, key=lambda c: c.name):
+        files = [*case.images, *([case.label] if case.label else [])]
+        sizes = [f.stat().st_size if f.is_file() else -1 for f in files]
+        digest.update(f"{case.name}\0{sizes}\n".encode())
+    return digest.hexdigest()[:32]
+
+
 def _msd_cases(root: Path, meta: dict, meta_path: Path) -> list[Case]:
     training = meta.get("training")
     if not isinstance(training, list):

@@ -31,7 +31,7 @@ from napari_autofocus.nets.checkpoints import nonfinite_tensors
 from . import distributed
 from .checkpointing import load_checkpoint, rng_state, save_checkpoint, set_rng_state, unwrap
 from .config import TrainConfig
-from .data import check_geometry, open_dataset
+from .data import case_fingerprint, check_geometry, open_dataset
 from .logging_utils import Progress, RunLogger
 from .losses import SegmentationLoss
 from .optim import build_optimizer, lr_factor
@@ -444,6 +444,7 @@ class Trainer:
                 "dataset_path": str(cfg.data),  # as given: no machine paths in shared files
                 "train_cases": len(self.train_names),
                 "val_cases": self.val_names,
+                "train_fingerprint": case_fingerprint([ds.case(n) for n in self.train_names]),
                 "seed": cfg.seed,
                 "epochs": self.epoch,
                 "iterations": self.iteration,

@@ -121,6 +121,12 @@ def _wanted_cases(dataset, names: str | None, split: dict | None):
     used = [c.name for c in cases if c.name in trained]
     if used:
         shown = ", ".join(used[:10]) + (" ..." if len(used) > 10 else "")
+        if not split.get("verified", True):
+            return cases, (
+                f"{len(used)} of the {len(cases)} scored case(s) share their names with this model's "
+                f"training cases ({shown}); the model file records no fingerprint of its training data, "
+                "so this is judged by name only"
+            )
         return cases, f"{len(used)} of the {len(cases)} scored case(s) were used to train this model: {shown}"
     return cases, None
 
@@ -150,18 +156,37 @@ def run_split(path: Path, card, dataset) -> dict | None:
     if card.provenance.get("dataset") != dataset.name:
         return None
     split_file = path.parent / "split.json"
+    split = None
     if split_file.is_file():
         try:
-            split = json.loads(split_file.read_text())
-            return {"train": list(split["train"]), "val": list(split["val"])}
-        except (OSError, ValueError, KeyError, TypeError):
+            raw = json.loads(split_file.read_text())
+            split = {"train": list(raw["train"]), "val": list(raw["val"])}
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
             raise AutofocusError(
                 f"{split_file}: not a readable run split (expected train and val lists)"
             ) from None
     val = card.provenance.get("val_cases")
-    if isinstance(val, list):
-        return {"train": [c.name for c in dataset.cases if c.name not in set(val)], "val": val}
-    return None
+    if split is None and isinstance(val, list):
+        split = {"train": [c.name for c in dataset.cases if c.name not in set(val)], "val": val}
+    if split is None:
+        return None
+    return _same_training_data(split, card, dataset)
+
+
+def _same_training_data(split: dict, card, dataset) -> dict | None:
+    """The split when ``dataset`` holds the cases the model was trained on, checked by their
+    fingerprint (names and file sizes); a dataset that only shares the name is not it. Cards from
+    before fingerprints are matched by names, and the split says so (``verified`` False)."""
+    from src_training.data import case_fingerprint
+
+    fingerprint = card.provenance.get("train_fingerprint")
+    names = {c.name for c in dataset.cases}
+    if fingerprint is None:
+        return {**split, "verified": False}
+    if not set(split["train"]) <= names:
+        return None
+    trained = [dataset.case(n) for n in split["train"]]
+    return {**split, "verified": True} if case_fingerprint(trained) == fingerprint else None
 
 
 def check_labels(dataset, cases) -> None:
