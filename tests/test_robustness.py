@@ -168,7 +168,7 @@ def test_card_fields_of_the_wrong_type_get_a_clear_error(model_file):
         load_model(model_file)
     message = str(info.value)
     assert "model card is not valid" in message
-    assert "field 'num_classes' must be an integer >= 2, got '3'" in message
+    assert "field 'num_classes' must be an integer 2..1000, got '3'" in message
     assert "field 'spacing' must be null or three positive voxel sizes (mm)" in message
 
 

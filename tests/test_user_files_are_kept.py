@@ -203,6 +203,9 @@ def test_duplicate_case_names_across_folders_are_refused_with_both_paths(tmp_pat
     out = tmp_path / "eval"
     assert main(["evaluate", "--model", str(model_file), "--data", str(ds), "--out", str(out)]) == 2
     assert "two training entries are both named" in capsys.readouterr().err
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(ds), "--out", str(run), "--epochs", "1", "--device", "cpu"]) == 2
+    assert "two training entries are both named" in capsys.readouterr().err  # never 2 of 3 cases silently
     assert not out.exists() and hashes(ds) == before
 
 

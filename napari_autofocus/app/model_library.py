@@ -87,7 +87,7 @@ def recent_models() -> list[ModelEntry]:
     path = config_dir() / RECENT_FILE
     try:
         items = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # a damaged list is an empty one: it is only a convenience
         return []
     entries = []
     for item in items if isinstance(items, list) else []:
