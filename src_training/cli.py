@@ -18,6 +18,7 @@ COMMANDS = [
     ("summary", "summary", "parameters, receptive field, margin and output size per architecture"),
     ("import-reference", "import_reference", "convert an authors' .pth.tar checkpoint into our model file"),
     ("phantom", "phantom", "write a synthetic dataset whose labels depend on structure size"),
+    ("brain-phantom", "brain_phantom", "write simulated brain tumours on the real MNI152 anatomy"),
     ("train", "train", "train a network on a Decathlon / nnU-Net v2 folder (run folder + model file)"),
     ("evaluate", "evaluate", "score predictions (or a model's predictions) per case, class and region"),
 ]
@@ -28,6 +29,7 @@ EPILOG = """examples:
   python -m src_training summary --arch AFN6 --patch 75 --json
   python -m src_training import-reference AFN6_390_checkpoint.pth.tar --out afn6.safetensors
   python -m src_training phantom --out data/phantom --cases 20 --seed 0
+  python -m src_training brain-phantom --out data/brain --cases 40 --seed 0
   python -m src_training train --data data/phantom --arch AFN1 --out runs/afn1 --epochs 50
   python -m src_training train --out runs/afn1 --resume
   torchrun --standalone --nproc_per_node=2 -m src_training train --data Task01_BrainTumour --out runs/ddp
