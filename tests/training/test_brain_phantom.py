@@ -105,3 +105,19 @@ def test_the_command_refuses_what_it_cannot_do_cleanly(tmp_path, monkeypatch, ca
 def test_finer_grids_are_refused_below_half_a_millimetre():
     with pytest.raises(ValueError, match="0.5 to 2 mm"):
         BrainPhantomConfig(spacing=0.25)
+
+
+def test_generator_reproduces_the_bundled_brain_sample_bit_for_bit():
+    """Models are trained on cases from this generator: changing it silently would make the sample
+    (and their training data) unreproducible."""
+    from repo_paths import REPO
+
+    sample = REPO / "sample_data" / "brain"
+    image, labels, affine, _ = make_brain_case(9000)
+    stored = nib.load(sample / "imagesTr" / "brain_09000.nii.gz")
+    np.testing.assert_array_equal(np.moveaxis(np.round(image * 1000), 0, -1), np.asarray(stored.dataobj))
+    np.testing.assert_array_equal(
+        labels, np.asarray(nib.load(sample / "labelsTr" / "brain_09000.nii.gz").dataobj)
+    )
+    assert np.allclose(stored.affine, affine)
+    assert (sample / NOTICE_FILE).read_text() == brain_anatomy.MNI152_NOTICE

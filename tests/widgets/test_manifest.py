@@ -47,6 +47,8 @@ def test_wheel_ships_manifest_sample_data_and_both_packages(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "napari_autofocus/napari.yaml" in names
     assert "napari_autofocus/sample_data/phantom/imagesTr/phantom_09000.nii.gz" in names
+    assert "napari_autofocus/sample_data/brain/imagesTr/brain_09000.nii.gz" in names
+    assert "napari_autofocus/sample_data/brain/NOTICE-MNI152.txt" in names  # the template's notice ships
     assert "src_training/cli.py" in names
     manifest = zipfile.ZipFile(wheel).read("napari_autofocus/napari.yaml").decode()
     assert manifest == (REPO / "napari.yaml").read_text()

@@ -34,6 +34,20 @@ def test_sample_loads_aligned_channels_and_ground_truth(make_napari_viewer):
     assert set(np.unique(truth.data)) == {0, 1, 2}
 
 
+def test_brain_sample_is_real_anatomy_with_four_channels_and_brats_labels(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "brain")
+    names = [layer.name for layer in viewer.layers]
+    assert names == [
+        "brain_09000 [T1 (MNI152 template)]", "brain_09000 [T1c (simulated)]", "brain_09000 [T2 (simulated)]",
+        "brain_09000 [FLAIR (simulated)]", "brain_09000 ground truth",
+    ]  # fmt: skip
+    assert {layer.data.shape for layer in viewer.layers} == {(94, 116, 98)}  # (S, P, L) at 2 mm
+    assert {tuple(layer.scale) for layer in viewer.layers} == {(2.0, 2.0, 2.0)}
+    truth = viewer.layers["brain_09000 ground truth"]
+    assert set(np.unique(truth.data)) == {0, 1, 2, 3}
+
+
 def test_scan_info_widget_follows_the_selection(make_napari_viewer):
     viewer = make_napari_viewer()
     viewer.open_sample(PLUGIN, "phantom")
