@@ -153,12 +153,18 @@ def check_intensities(raw: np.ndarray, contract: Contract) -> list[str]:
 
 
 def check_phantom(contract: Contract, scan_description: str | None) -> list[str]:
-    if contract.phantom and PHANTOM_MARK not in (scan_description or ""):
+    if not contract.phantom or PHANTOM_MARK in (scan_description or ""):
+        return []
+    if "brain" in contract.trained_on.lower():
         return [
-            f"this model was trained on synthetic phantoms ({contract.trained_on or 'phantom data'}): a "
-            "teaching model, whose output on a real scan means little"
+            "this model was trained on simulated tumours on the MNI152 template brain "
+            f"({contract.trained_on}): a teaching model; on a patient's scan it shows how it decides, "
+            "not where a tumour is"
         ]
-    return []
+    return [
+        f"this model was trained on synthetic phantoms ({contract.trained_on or 'phantom data'}): a "
+        "teaching model, whose output on a real scan means little"
+    ]
 
 
 def check_scan(

@@ -121,3 +121,15 @@ def test_generator_reproduces_the_bundled_brain_sample_bit_for_bit():
     )
     assert np.allclose(stored.affine, affine)
     assert (sample / NOTICE_FILE).read_text() == brain_anatomy.MNI152_NOTICE
+
+
+def test_a_brain_phantom_model_on_a_patient_scan_says_it_learnt_simulated_tumours(cases):
+    from napari_autofocus.inference.scan_checks import Contract, check_phantom
+    from napari_autofocus.nets.card import ModelCard
+
+    card = ModelCard("AFN6", 4, 4, provenance={"dataset": "AutofocusBrainPhantom"})
+    [warning] = check_phantom(Contract.from_card(card), "a patient's T1")
+    assert "simulated tumours on the MNI152 template brain" in warning
+    assert (
+        check_phantom(Contract.from_card(card), "napari-autofocus synthetic phantom: simulated tumour") == []
+    )
