@@ -1,4 +1,7 @@
-"""Rebuild the bundled phantom models: data, one training run per architecture, then the benchmark.
+"""Rebuild the bundled models: data, one training run per architecture, then the held-out benchmark.
+
+``--dataset phantom`` (default) trains on the size-decides phantoms (benchmarks/phantom_table.py
+scores them); ``--dataset brain`` on simulated tumours on the MNI152 brain (benchmarks/brain_table.py).
 
 All architectures get the same budget (iterations x batch x patch, same cases, split, sampling,
 optimiser and seed) and train side by side, one process each, sharing the machine. ``--fit-seconds``
@@ -9,6 +12,8 @@ run can be repeated with fixed numbers.
     python tools/train_bundled_models.py --work build/bundled --device cuda --fit-seconds 300
     python tools/train_bundled_models.py --work build/bundled --device cuda --epochs 20
     python tools/train_bundled_models.py --work build/bundled --device cuda --epochs 20 --resume
+    python tools/train_bundled_models.py --work build/brain --dataset brain --archs AFN6 BASIC \
+        --channels 12,12,16,16,16,16,20,20 --patch-size 57 --batch-size 4 --epochs 20 --device cpu
 
 Stopping the driver (Ctrl-C, SIGTERM, a time limit) stops every run at once; ``--resume`` continues
 them from their last finished epoch (each run's ``checkpoint_latest.pt``), so a budget can be spent
@@ -47,7 +52,9 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto")
     p.add_argument("--cases", type=int, default=40, help="training phantom cases, seeds 0.. (default 40)")
     p.add_argument("--val-cases", type=int, default=4)
-    p.add_argument("--style", choices=STYLES, default="clusters")
+    p.add_argument("--dataset", choices=["phantom", "brain"], default="phantom", help="what to train on")
+    p.add_argument("--style", choices=STYLES, default="clusters", help="phantom style (--dataset phantom)")
+    p.add_argument("--channels", help="8 trunk widths, e.g. 12,12,16,16,16,16,20,20 (default: the paper's)")
     p.add_argument("--patch-size", type=int, default=75)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--iters-per-epoch", type=int, default=25)
@@ -65,7 +72,7 @@ def parse_args(argv=None):
     p.add_argument(
         "--resume", action="store_true", help="continue the runs already in WORK/runs from their last epoch"
     )
-    p.add_argument("--export", help="copy every model to EXPORT/<arch>_phantom.safetensors once trained")
+    p.add_argument("--export", help="copy every model to EXPORT/<arch>_<dataset>.safetensors once trained")
     args = p.parse_args(argv)
     if args.resume and not args.epochs:
         p.error("--resume needs --epochs (the count the runs started with), not a new --fit-seconds estimate")
@@ -81,8 +88,9 @@ def python_env() -> dict[str, str]:
 
 
 def train_command(args, arch: str, out: str, epochs: int, iters: int, val_every: int) -> list[str]:
+    widths = ["--channels", args.channels] if args.channels else []
     return [
-        sys.executable, "-m", "src_training", "train", "--data", "data/phantom_train", "--arch", arch,
+        sys.executable, "-m", "src_training", "train", "--data", data_folder(args), "--arch", arch, *widths,
         "--out", out, "--preset", "paper-adam-dice", "--loss", "ce+dice",
         "--patch-size", str(PATCH.get(arch, args.patch_size)), "--batch-size", str(args.batch_size),
         "--epochs", str(epochs), "--iters-per-epoch", str(iters), "--sampling", "per-class",
@@ -90,6 +98,19 @@ def train_command(args, arch: str, out: str, epochs: int, iters: int, val_every:
         "--workers", str(args.workers), "--device", args.device, "--seed", str(args.seed),
         "--cache", f"cache/{arch}",
     ]  # fmt: skip
+
+
+def data_folder(args) -> str:
+    return f"data/{args.dataset}_train"
+
+
+def data_command(args) -> list[str]:
+    """The generator call that writes the training cases (seeds 0..) into ``data_folder``."""
+    if args.dataset == "brain":
+        return [sys.executable, "-m", "src_training", "brain-phantom", "--out", data_folder(args), "--cases",
+                str(args.cases), "--seed", "0", "--jobs", str(args.jobs)]  # fmt: skip
+    return [sys.executable, "-m", "src_training", "phantom", "--out", data_folder(args), "--cases",
+            str(args.cases), "--seed", "0", "--style", args.style, "--jobs", str(args.jobs)]  # fmt: skip
 
 
 def _stop_on_sigterm(signum, frame):
@@ -157,6 +178,13 @@ def seconds_per_iteration(args, work: Path) -> dict[str, float]:
 def check_existing_data(data_json: Path, args) -> None:
     """Reuse training data from an earlier run only when it is what this run asks for."""
     meta = json.loads(data_json.read_text())
+    if args.dataset == "brain":
+        if meta.get("numTraining") != args.cases:
+            raise SystemExit(
+                f"{data_json.parent} holds {meta.get('numTraining')} brain cases, but this run asks for "
+                f"{args.cases}; use another --work folder"
+            )
+        return
     style = meta.get("phantom", {}).get("config", {}).get("style", "blobs")
     if style != args.style or meta.get("numTraining") != args.cases:
         raise SystemExit(
@@ -170,15 +198,11 @@ def main(argv=None) -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     env = python_env()
-    data_json = work / "data" / "phantom_train" / "dataset.json"
+    data_json = work / data_folder(args) / "dataset.json"
     if data_json.is_file():
         check_existing_data(data_json, args)
     else:
-        subprocess.run(
-            [sys.executable, "-m", "src_training", "phantom", "--out", "data/phantom_train", "--cases",
-             str(args.cases), "--seed", "0", "--style", args.style, "--jobs", str(args.jobs)],
-            cwd=work, env=env, check=True,
-        )  # fmt: skip
+        subprocess.run(data_command(args), cwd=work, env=env, check=True)
     report = {"args": vars(args)}
     if args.epochs:
         epochs = args.epochs
@@ -214,7 +238,7 @@ def main(argv=None) -> int:
         for arch in args.archs:
             shutil.copy(
                 work / "runs" / arch / "model.safetensors",
-                Path(args.export) / f"{arch}_phantom.safetensors",
+                Path(args.export) / f"{arch}_{args.dataset}.safetensors",
             )
     command = benchmark_command(args)
     if args.heldout_cases == 0:
@@ -240,8 +264,14 @@ def continue_run(run: Path, resume: bool) -> bool:
 
 
 def benchmark_command(args) -> list[str]:
-    """The phantom_table call that scores every run of this work folder (run from inside it)."""
+    """The benchmark call that scores every run of this work folder (run from inside it)."""
     cases = args.heldout_cases or 10
+    if args.dataset == "brain":
+        return [
+            "python", str(REPO / "benchmarks" / "brain_table.py"), "--models",
+            *[f"runs/{a}/model.safetensors" for a in args.archs], "--cases", str(cases),
+            "--jobs", str(args.jobs), "--device", args.device, "--json", "benchmark.json",
+        ]  # fmt: skip
     return [
         "python", str(REPO / "benchmarks" / "phantom_table.py"), "--models",
         *[f"runs/{a}/model.safetensors" for a in args.archs], "--cases", str(cases),

@@ -159,3 +159,16 @@ def test_sigterm_to_the_driver_stops_its_runs(tmp_path):
         pass  # gone, and reaped by the driver
     else:
         raise AssertionError(f"the run (pid {child_pid}) outlived its driver")
+
+
+def test_the_brain_recipe_generates_brain_cases_trains_on_them_and_scores_by_region():
+    args = train_bundled.parse_args(
+        ["--work", "w", "--dataset", "brain", "--channels", "12,12,16,16,16,16,20,20", "--epochs", "20"]
+    )
+    data = train_bundled.data_command(args)
+    assert data[2:5] == ["src_training", "brain-phantom", "--out"] and "data/brain_train" in data
+    command = train_bundled.train_command(args, "AFN6", "runs/AFN6", 20, 25, 5)
+    assert command[command.index("--data") + 1] == "data/brain_train"
+    assert command[command.index("--channels") + 1] == "12,12,16,16,16,16,20,20"
+    benchmark = train_bundled.benchmark_command(args)
+    assert benchmark[1].endswith("brain_table.py") and "--style" not in benchmark
