@@ -128,6 +128,27 @@ def describe(path: str | os.PathLike, arch: str = "auto") -> ModelCard:
     return load_model(path, **hints)[1]
 
 
+def fitting_model(entries: list[ModelEntry], layers) -> ModelEntry | None:
+    """The first bundled model whose channels the open image layers fill exactly by their names
+    (``layers``: :class:`~napari_autofocus.app.inputs.LayerInfo`), or None when none does."""
+    from napari_autofocus.app.inputs import match_modalities, modality_names
+
+    for entry in entries:
+        if entry.source != "bundled" or is_reference_checkpoint(entry.path):
+            continue
+        try:
+            card = read_card(entry.path)
+        except AutofocusError:
+            continue
+        if card.in_channels != len(layers):
+            continue
+        named = {layer.channel_name for layer in layers if layer.channel_name}
+        mapping = match_modalities(modality_names(card.modalities, card.in_channels), layers)
+        if all(mapping.values()) and (not named or named <= set(card.modalities)):
+            return entry
+    return None
+
+
 def summary(card: ModelCard) -> str:
     """One line about a model for the widgets."""
     classes = ", ".join(card.class_names.get(str(i), str(i)) for i in range(card.num_classes))

@@ -10,6 +10,7 @@ from napari_autofocus.app.model_library import (
     ModelEntry,
     available_models,
     describe,
+    fitting_model,
     is_reference_checkpoint,
     summary,
 )
@@ -50,6 +51,8 @@ class ModelPicker(QWidget):
         layout.addLayout(row)
         layout.addLayout(arch_row)
         layout.addWidget(self.info)
+        self.chosen = False  # the user picked a model: it is never switched for them
+        self.combo.activated.connect(self._mark_chosen)
         self.combo.currentIndexChanged.connect(self._on_choice)
         self.arch.currentTextChanged.connect(self._on_choice)
         self.browse.clicked.connect(self._browse)
@@ -79,8 +82,34 @@ class ModelPicker(QWidget):
         self.combo.blockSignals(False)
         self._on_choice()
 
+    def _mark_chosen(self, index: int) -> None:
+        """The user picked ``index`` (Qt says so after the index changed, so a switch made in
+        between by :meth:`suit` is undone here)."""
+        self.chosen = True
+        if self.combo.currentIndex() != index:
+            self.combo.setCurrentIndex(index)
+
+    def suit(self, layers) -> bool:
+        """Until the user picks one, show the first bundled model that the open image layers fit
+        (a 4-channel brain scan gets a brain model, a 2-channel phantom a phantom model). True
+        when the choice changed (``changed`` was emitted)."""
+        if self.chosen or not layers:
+            return False
+        entry = self.entry
+        if entry is not None and entry.source == "bundled" and fitting_model([entry], layers) is entry:
+            return False
+        fitting = fitting_model(self.entries, layers)
+        if fitting is None or fitting is entry:
+            return False
+        self.combo.blockSignals(True)
+        self.combo.setCurrentIndex(self.entries.index(fitting))
+        self.combo.blockSignals(False)
+        self._on_choice()
+        return True
+
     def set_model_file(self, path: str, arch: str = "auto") -> None:
         """Choose a file as if picked with Browse."""
+        self.chosen = True
         path = str(path)
         if path not in [e.path for e in self.entries]:
             self.entries.append(ModelEntry(path, "file", arch))

@@ -108,6 +108,8 @@ class SegmentWidget(QWidget):
         """One menu per model channel, pre-filled by name; the user's choices survive layer changes."""
         previous = self.mapping()
         layers = [_common.layer_info(layer) for layer in _common.image_layers(self.viewer)]
+        if self.picker.suit(layers):
+            return  # the picker switched to a model these layers fit: its change rebuilt the menus
         names = [layer.name for layer in layers]
         auto = match_modalities(self.modalities(), layers)
         while self.channel_form.rowCount():

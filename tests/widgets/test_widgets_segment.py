@@ -213,3 +213,40 @@ def test_progress_note_estimates_the_rest_from_the_measured_pace():
     assert describe_progress(3, 12, 15.0) == "part 3 of 12, about 45 s left"
     assert describe_progress(1, 12, 60.0) == "part 1 of 12, about 11 min left"
     assert describe_progress(12, 12, 99.0) == "part 12 of 12"
+
+
+def test_segment_offers_the_bundled_model_the_open_scan_fits_until_the_user_picks_one(
+    make_napari_viewer, tmp_path, monkeypatch
+):
+    from widget_helpers import make_model_file
+
+    import napari_autofocus.app.model_library as library
+    from napari_autofocus.nets import build_network, save_model
+
+    bundled = tmp_path / "bundled"
+    bundled.mkdir()
+    brain_names = ["T1 (MNI152 template)", "T1c (simulated)", "T2 (simulated)", "FLAIR (simulated)"]
+    save_model(
+        build_network("BASIC", 4, 4, channels=(4,) * 8),
+        bundled / "A_brain.safetensors",
+        modalities=brain_names,
+    )
+    make_model_file(bundled / "B_phantom.safetensors")
+    monkeypatch.setattr(library, "BUNDLED_DIR", bundled)
+
+    viewer = add_scan(make_napari_viewer())  # two channels named T1-like and T2-like
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
+    assert widget.picker.path.endswith("B_phantom.safetensors") and not widget.problems()
+
+    brain = make_napari_viewer()
+    for name in brain_names:
+        brain.add_image(
+            np.zeros((8, 8, 8), np.float32), name=f"case [{name}]", metadata={"channel_name": name}
+        )
+    _, widget = brain.window.add_plugin_dock_widget(PLUGIN, "Segment")
+    assert widget.picker.path.endswith("A_brain.safetensors") and not widget.problems()
+
+    widget.picker.combo.setCurrentIndex(1)
+    widget.picker.combo.activated.emit(1)  # the user's own choice is kept whatever is opened next
+    brain.add_image(np.zeros((8, 8, 8), np.float32), name="extra")
+    assert widget.picker.path.endswith("B_phantom.safetensors")
