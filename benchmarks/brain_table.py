@@ -46,6 +46,7 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto")
     p.add_argument("--jobs", type=int, default=1, help="processes for generating cases")
     p.add_argument("--json", help="also write every number to this JSON file")
+    p.add_argument("--record", action="store_true", help="write each model's held-out summary into its card")
     return p.parse_args(argv)
 
 

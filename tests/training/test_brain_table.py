@@ -31,7 +31,7 @@ def test_the_table_scores_regions_and_reports_the_attention_mix(tmp_path, capsys
     out = tmp_path / "results.json"
     assert (
         brain_table.main(
-            ["--models", str(model), "--data", str(SAMPLE), "--device", "cpu", "--json", str(out)]
+            ["--models", str(model), "--data", str(SAMPLE), "--device", "cpu", "--json", str(out), "--record"]
         )
         == 0
     )
@@ -42,3 +42,7 @@ def test_the_table_scores_regions_and_reports_the_attention_mix(tmp_path, capsys
     mix = result["weights"]["AF1"]["oedema"]
     assert len(mix) == 4 and np.isclose(sum(mix), 1, atol=0.01)  # the 4 rates' weights sum to one
     assert 2 <= result["expected_rate"]["AF1"]["small (< 8 mm)"] <= 14
+    from napari_autofocus.nets.card import read_card
+
+    held_out = read_card(model).metrics["held_out"]  # --record: the numbers travel with the model
+    assert held_out["data"] == str(SAMPLE) and held_out["dice"] == result["summary"]
