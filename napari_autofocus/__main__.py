@@ -31,13 +31,19 @@ def build_parser() -> argparse.ArgumentParser:
 def open_demo(viewer):
     """Load the sample, dock the plugin's widgets and, when a bundled model exists, segment with it.
 
+    The sample is the brain (MNI152 anatomy, simulated tumours) when a bundled model fits it,
+    otherwise the phantom; Segment offers the bundled AFN-6 that fits.
+
     The first picture is meant to read at once: the slice with the most lesion, one dimmed grey
     channel, no ground truth drawn over the prediction, and once the run ends the explorer in front
     with its cursor chart filled for a voxel inside a lesion (:func:`show_first_result`).
     Returns the Segment widget; its run (if any) goes on in a background worker.
     """
-    viewer.open_sample(PLUGIN, "phantom")
+    viewer.open_sample(PLUGIN, "brain")
     docks = [viewer.window.add_plugin_dock_widget(PLUGIN, DEMO_WIDGETS[0])]
+    if docks[0][1].problems():  # no bundled model fits the brain: the phantom and its models
+        viewer.layers.clear()
+        viewer.open_sample(PLUGIN, "phantom")
     docks += [viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=True) for name in DEMO_WIDGETS[1:]]
     images = [layer for layer in viewer.layers if type(layer).__name__ == "Image"]
     if images:

@@ -44,6 +44,7 @@ def test_wheel_ships_manifest_sample_data_and_both_packages(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     [wheel] = tmp_path.glob("napari_autofocus-*.whl")
+    assert wheel.stat().st_size < 30 * 2**20  # samples and bundled models included
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "napari_autofocus/napari.yaml" in names
     assert "napari_autofocus/sample_data/phantom/imagesTr/phantom_09000.nii.gz" in names

@@ -69,11 +69,11 @@ def test_demo_window_renders_the_sample_with_the_plugin_docked(make_napari_viewe
     assert not segment.runner.running, "the demo's segmentation took more than 120 s"
     assert set(DEMO_WIDGETS) <= {key.split(" (")[0] for key in viewer.window.dock_widgets}
     assert bundled_models(), "sample_data/models/ should hold the demo's model"
-    names = [layer.name for layer in viewer.layers]  # the demo segmented the sample with it
-    assert "AFN6_phantom labels" in names, names
+    names = [layer.name for layer in viewer.layers]  # the demo segmented the brain sample with it
+    assert "AFN6_brain labels" in names, names
     assert "AF1 · blend" in names and viewer.layers["AF1 · blend"].visible, names  # the attention colours
-    labels = viewer.layers["AFN6_phantom labels"]
-    truth = viewer.layers["phantom_09000 ground truth"]
+    labels = viewer.layers["AFN6_brain labels"]
+    truth = viewer.layers["brain_09000 ground truth"]
     assert labels.data.shape == truth.data.shape and tuple(labels.scale) == tuple(truth.scale)
     from napari_autofocus.analysis.metrics import dice
 
@@ -82,7 +82,7 @@ def test_demo_window_renders_the_sample_with_the_plugin_docked(make_napari_viewe
     # voxel inside a lesion, the structure chart on the ground truth
     assert not truth.visible and labels.contour == 1 and viewer.layers[-1] is labels
     explorer = next(w for k, w in viewer.window.dock_widgets.items() if k.startswith("Attention explorer"))
-    assert "lesion" in explorer.readout.text()
+    assert "enhancing rim" in explorer.readout.text()  # the voxel in the tumour the demo points at
     assert len(explorer.voxel_chart.figure.axes[0].patches) == 6 * 4  # six layers x four rates
     assert explorer.classes_combo.currentText() == truth.name
     z = int(round(truth.world_to_data(viewer.dims.point)[0]))
@@ -98,25 +98,27 @@ def test_demo_window_renders_the_sample_with_the_plugin_docked(make_napari_viewe
     # the scan is drawn: the canvas is neither black nor uniform, and shows grey tissue
     rgb = canvas[..., :3].astype(float)
     assert rgb.std() > 10
-    assert (rgb.mean(axis=-1) > 60).mean() > 0.2
+    assert (rgb.mean(axis=-1) > 60).mean() > 0.1  # the brain fills less of the canvas than its box
 
 
 def test_bundled_models_are_offered_in_segment_and_compare(make_napari_viewer):
-    """The five phantom models (AFN6 and the paper's baselines) ship with the plugin and are listed."""
+    """The phantom models (AFN6 and the paper's baselines) and the brain models ship and are listed."""
     from napari_autofocus.app.model_library import bundled_models
     from napari_autofocus.nets.card import read_card
 
-    bundled = {read_card(e.path).arch: e.path for e in bundled_models()}
-    assert set(bundled) == {"AFN6", "BASIC", "ASPP_C", "ASPP_S", "DM"}
-    for path in bundled.values():
+    paths = [e.path for e in bundled_models()]
+    assert {read_card(p).arch for p in paths} == {"AFN6", "BASIC", "ASPP_C", "ASPP_S", "DM"}
+    assert {read_card(p).arch for p in paths if read_card(p).in_channels == 4} == {"AFN6", "BASIC"}  # brain
+    for path in paths:
         held_out = read_card(path).metrics["held_out"]  # every card carries its held-out numbers
-        assert 0.5 < held_out["dice"]["mean"]["mean"] <= 1.0 and "7000" in held_out["data"]
+        assert 0.5 < held_out["dice"]["mean"]["mean"] <= 1.0  # held-out seeds: 7000.. phantoms, 5000.. brains
+        assert "7000" in held_out["data"] or "5000" in held_out["data"]
     viewer = make_napari_viewer()
     _, segment = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
-    assert set(bundled.values()) <= {e.path for e in segment.picker.entries}
+    assert set(paths) <= {e.path for e in segment.picker.entries}
     _, compare = viewer.window.add_plugin_dock_widget(PLUGIN, "Compare models")
     listed = {compare.models.item(i).data(256) for i in range(compare.models.count())}  # UserRole
-    assert set(bundled.values()) <= listed
+    assert set(paths) <= listed
 
 
 def test_demo_command_writes_a_screenshot(tmp_path, monkeypatch, capsys):
