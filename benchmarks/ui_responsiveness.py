@@ -93,7 +93,7 @@ def measure(viewer, work: Path) -> dict:
     from napari_autofocus.__main__ import lesion_voxel
     from napari_autofocus.app.model_library import bundled_models
 
-    model = next(e.path for e in bundled_models() if "AFN6" in Path(e.path).name)
+    model = next(e.path for e in bundled_models() if Path(e.path).name == "AFN6_phantom.safetensors")
     viewer.open_sample(PLUGIN, "phantom")
     truth = next(layer for layer in viewer.layers if layer.metadata.get("role") == "ground truth")
     voxel = lesion_voxel(truth.data)

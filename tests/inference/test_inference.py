@@ -1,6 +1,7 @@
 """Whole-volume engine: exact tiling, alignment of attention maps, ROI skipping, cancel."""
 
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -406,7 +407,7 @@ def test_the_bundled_afn6_shows_no_tile_seams_on_the_sample():
     from napari_autofocus.io.nifti import load_multichannel
     from napari_autofocus.nets import load_model
 
-    path = next(e.path for e in bundled_models() if "AFN6" in e.path)
+    path = next(e.path for e in bundled_models() if Path(e.path).name == "AFN6_phantom.safetensors")
     model, card = load_model(path)
     raw, _ = load_multichannel([REPO / "sample_data" / "phantom" / "imagesTr" / "phantom_09000.nii.gz"])
     prepared = preprocess(raw, (1.0, 1.0, 1.0), card.normalization)
