@@ -22,7 +22,6 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
@@ -36,6 +35,7 @@ from src_training.brain_anatomy import (
     smooth_field,
     warp,
 )
+from src_training.case_writing import check_layout, save_case, write_cases
 
 DATASET_NAME = "AutofocusBrainPhantom"
 CHANNEL_NAMES = ("T1 (MNI152 template)", "T1c (simulated)", "T2 (simulated)", "FLAIR (simulated)")
@@ -209,20 +209,9 @@ def write_brain_dataset(
 ) -> Path:
     """Write ``cases`` cases (seeds ``seed``, ``seed+1``, ...) as an MSD or nnU-Net raw folder, with
     the template's copyright notice beside them."""
-    if layout not in ("msd", "nnunet"):
-        raise ValueError(f"layout must be 'msd' or 'nnunet', not {layout!r}")
+    check_layout(layout)
     out = Path(out)
-    (out / "imagesTr").mkdir(parents=True, exist_ok=True)
-    (out / "labelsTr").mkdir(parents=True, exist_ok=True)
-    names = [f"{prefix}_{seed + index:05d}" for index in range(cases)]
-    work = [(name, seed + index, config, layout, out) for index, name in enumerate(names)]
-    if jobs > 1 and cases > 1:
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(max_workers=min(jobs, cases)) as pool:
-            entries = list(pool.map(_write_case, *zip(*work, strict=True)))
-    else:
-        entries = [_write_case(*item) for item in work]
+    entries = write_cases(out, prefix, seed, cases, _write_case, config, layout, out, jobs=jobs)
     (out / NOTICE_FILE).write_text(MNI152_NOTICE)
     meta = {
         "name": DATASET_NAME,
@@ -244,7 +233,7 @@ def write_brain_dataset(
         "brain_phantom": {
             "seed": seed,
             "config": asdict(config),
-            "tumours": {name: tumours for name, (_, tumours) in zip(names, entries, strict=True)},
+            "tumours": {Path(entry["label"]).name.split(".")[0]: tumours for entry, tumours in entries},
         },
     }
     (out / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -254,26 +243,10 @@ def write_brain_dataset(
 def _write_case(case, case_seed, config, layout, out) -> tuple[dict, list]:
     image, labels, affine, tumours = make_brain_case(case_seed, config)
     stored = np.round(image * 1000).astype(np.int16)
-    if layout == "msd":
-        _save(np.moveaxis(stored, 0, -1), affine, out / "imagesTr" / f"{case}.nii.gz")
-        image_ref = f"./imagesTr/{case}.nii.gz"
-    else:
-        for c in range(stored.shape[0]):
-            _save(stored[c], affine, out / "imagesTr" / f"{case}_{c:04d}.nii.gz")
-        image_ref = f"./imagesTr/{case}"
-    _save(labels, affine, out / "labelsTr" / f"{case}.nii.gz")
+    entry = save_case(out, case, layout, stored, labels, affine, DESCRIPTION)
     described = [
         {"core_radius_mm": round(t.core_mm, 2), "oedema_radius_mm": round(t.oedema_mm, 2),
          "centre_mm": [round(float(v), 1) for v in t.centre_mm], "necrotic_fraction": round(t.necrotic, 3)}
         for t in tumours
     ]  # fmt: skip
-    return {"image": image_ref, "label": f"./labelsTr/{case}.nii.gz"}, described
-
-
-def _save(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    img = nib.Nifti1Image(array, affine)
-    img.header.set_xyzt_units("mm")
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    img.header["descrip"] = DESCRIPTION.encode()
-    nib.save(img, str(path))
+    return entry, described

@@ -34,11 +34,11 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
 from napari_autofocus.io.nifti import PHANTOM_MARK
+from src_training.case_writing import check_layout, save_case, write_cases
 from src_training.phantom_styles import STYLES, default_size, smallest_size
 
 CHANNEL_NAMES = ("T1-like", "T2-like")
@@ -382,21 +382,11 @@ def write_dataset(
     ``jobs`` > 1 generates cases in that many processes; each case depends only on its own seed,
     so the files are the same whatever ``jobs`` is.
     """
-    if layout not in ("msd", "nnunet"):
-        raise ValueError(f"layout must be 'msd' or 'nnunet', not {layout!r}")
+    check_layout(layout)
     out = Path(out)
-    (out / "imagesTr").mkdir(parents=True, exist_ok=True)
-    (out / "labelsTr").mkdir(parents=True, exist_ok=True)
-    affine = affine_for(config)
-    names = [f"{prefix}_{seed + index:05d}" for index in range(cases)]
-    work = [(name, seed + index, config, layout, out, affine) for index, name in enumerate(names)]
-    if jobs > 1 and cases > 1:
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(max_workers=min(jobs, cases)) as pool:
-            training = list(pool.map(_write_case, *zip(*work, strict=True)))
-    else:
-        training = [_write_case(*item) for item in work]
+    training = write_cases(
+        out, prefix, seed, cases, _write_case, config, layout, out, affine_for(config), jobs=jobs
+    )
     meta = {
         "name": "AutofocusPhantom",
         "description": "Synthetic phantoms: label decided by structure size (napari-autofocus).",
@@ -419,22 +409,4 @@ def write_dataset(
 
 def _write_case(case, case_seed, config, layout, out, affine) -> dict:
     image, labels = make_case(case_seed, config)
-    stored = np.round(image).astype(np.int16)
-    if layout == "msd":
-        _save(np.moveaxis(stored, 0, -1), affine, out / "imagesTr" / f"{case}.nii.gz")
-        image_ref = f"./imagesTr/{case}.nii.gz"
-    else:
-        for c in range(stored.shape[0]):
-            _save(stored[c], affine, out / "imagesTr" / f"{case}_{c:04d}.nii.gz")
-        image_ref = f"./imagesTr/{case}"
-    _save(labels, affine, out / "labelsTr" / f"{case}.nii.gz")
-    return {"image": image_ref, "label": f"./labelsTr/{case}.nii.gz"}
-
-
-def _save(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    img = nib.Nifti1Image(array, affine)
-    img.header.set_xyzt_units("mm")
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    img.header["descrip"] = PHANTOM_MARK.encode()  # lets the predictor tell phantoms from real scans
-    nib.save(img, str(path))
+    return save_case(out, case, layout, np.round(image).astype(np.int16), labels, affine, PHANTOM_MARK)

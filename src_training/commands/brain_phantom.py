@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from napari_autofocus.errors import DatasetError
+from src_training.commands.generated_dataset import add_arguments, checked_output
 
 
 def register(subparsers, name: str, help_text: str) -> None:
@@ -19,34 +20,20 @@ def register(subparsers, name: str, help_text: str) -> None:
         epilog="example: python -m src_training brain-phantom --out data/brain --cases 40 --seed 0",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--out", required=True, help="dataset folder to create (must not exist or be empty)")
-    parser.add_argument("--cases", type=int, default=10, help="number of cases (default 10)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the first case; case i uses seed+i")
+    add_arguments(parser)
     parser.add_argument(
         "--spacing", type=float, default=2.0, help="isotropic voxel size, 0.5 to 2 mm (default 2)"
     )
-    parser.add_argument(
-        "--layout", choices=["msd", "nnunet"], default="msd", help="folder layout (default msd)"
-    )
-    parser.add_argument("--jobs", type=int, default=1, help="generate cases in N processes (same files)")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from pathlib import Path
-
     from src_training.brain_anatomy import template_folder
     from src_training.brain_phantom import BrainPhantomConfig, write_brain_dataset
 
-    if args.cases < 1:
-        raise DatasetError(f"--cases must be at least 1, got {args.cases}")
-    if args.jobs < 1:
-        raise DatasetError(f"--jobs must be at least 1, got {args.jobs}")
     if not 0.5 <= args.spacing <= 2.0:
         raise DatasetError(f"--spacing must be 0.5 to 2 mm (the template is 1 mm), got {args.spacing}")
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        raise DatasetError(f"{out} exists and is not empty; choose a new folder so nothing is overwritten")
+    out = checked_output(args)
     template_folder()  # a missing nilearn is said before anything is created
     config = BrainPhantomConfig(spacing=args.spacing)
     write_brain_dataset(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from napari_autofocus.errors import DatasetError
+from src_training.commands.generated_dataset import add_arguments, checked_output
 from src_training.phantom_styles import STYLES
 
 
@@ -18,16 +19,11 @@ def register(subparsers, name: str, help_text: str) -> None:
         epilog="example: python -m src_training phantom --out data/phantom --cases 20 --seed 0",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--out", required=True, help="dataset folder to create (must not exist or be empty)")
-    parser.add_argument("--cases", type=int, default=10, help="number of cases (default 10)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the first case; case i uses seed+i")
+    add_arguments(parser)
     parser.add_argument(
         "--size", type=int, nargs="+", help="volume size: N or X Y Z (default 96; 112 for --style nodules)"
     )
     parser.add_argument("--spacing", type=float, nargs=3, default=[1.0, 1.0, 1.0], help="voxel size in mm")
-    parser.add_argument(
-        "--layout", choices=["msd", "nnunet"], default="msd", help="folder layout (default msd)"
-    )
     parser.add_argument(
         "--style",
         choices=STYLES,
@@ -37,18 +33,15 @@ def register(subparsers, name: str, help_text: str) -> None:
         "'nodules' (large lesions are masses with a small nodule on the wall; look-alike masses without "
         "one are background)",
     )
-    parser.add_argument("--jobs", type=int, default=1, help="generate cases in N processes (same files)")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from pathlib import Path
 
     from src_training.phantom import PhantomConfig, write_dataset
     from src_training.phantom_styles import default_size, smallest_size
 
-    if args.cases < 1:
-        raise DatasetError(f"--cases must be at least 1, got {args.cases}")
+    out = checked_output(args)
     size = args.size or [default_size(args.style)]
     if len(size) not in (1, 3) or min(size) < 32:
         raise DatasetError(f"--size takes one or three sizes of at least 32 voxels, got {size}")
@@ -58,11 +51,6 @@ def run(args) -> int:
             f"--style {args.style} needs at least {smallest_size(args.style)} voxels per side for its "
             f"large structures to fit, got {list(shape)}; use a larger --size or --style blobs"
         )
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        raise DatasetError(f"{out} exists and is not empty; choose a new folder so nothing is overwritten")
-    if args.jobs < 1:
-        raise DatasetError(f"--jobs must be at least 1, got {args.jobs}")
     config = PhantomConfig(shape=shape, spacing=tuple(args.spacing), style=args.style)
     write_dataset(out, cases=args.cases, seed=args.seed, config=config, layout=args.layout, jobs=args.jobs)
     last = args.seed + args.cases - 1
