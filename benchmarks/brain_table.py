@@ -29,6 +29,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.phantom_table import record_in_card  # noqa: E402
 from napari_autofocus.errors import AutofocusError  # noqa: E402
 
 HELD_OUT_SEED = 5000  # training uses seeds 0.., the bundled sample 9000
@@ -189,7 +190,7 @@ def run(args) -> int:
         last = args.seed + len(cases) - 1
         source = args.data or f"{len(cases)} generated brain cases, seeds {args.seed}..{last}"
         for path, result in zip(map(Path, args.models), results, strict=True):
-            record_held_out(path, result, source)
+            record_in_card(path, result, source)
         print(f"\nrecorded the held-out results in the cards of {len(results)} model file(s)")
     if args.json:
         Path(args.json).write_text(
@@ -197,15 +198,6 @@ def run(args) -> int:
         )
         print(f"\nwrote {args.json}")
     return 0
-
-
-def record_held_out(path: Path, result: dict, source: str) -> None:
-    """The held-out summary in the model file's card (atomic rewrite; the same weights)."""
-    from napari_autofocus.nets import load_model, save_model
-
-    model, card = load_model(path)
-    held_out = {"data": source, "dice": result["summary"], "expected_rate": result.get("expected_rate", {})}
-    save_model(model, path, card.replace(metrics={**card.metrics, "held_out": held_out}))
 
 
 def main(argv=None) -> int:

@@ -18,8 +18,9 @@ import numpy as np
 from napari_autofocus.errors import DatasetError, NiftiError
 from napari_autofocus.io.datasets import read_dataset_json
 from napari_autofocus.io.nifti import NiftiGeometry, load_nifti, open_image
+from napari_autofocus.nets.card import MAX_CLASSES
 
-MAX_LABEL_VALUE = 999  # the network has one output per value up to the largest: a bound on its size
+MAX_LABEL_VALUE = MAX_CLASSES - 1  # the network has one output per value up to the largest
 AFFINE_TOLERANCE = (
     1e-3  # mm / direction-cosine units; headers written by different tools differ in float noise
 )

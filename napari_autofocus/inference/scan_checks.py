@@ -12,7 +12,7 @@ import numpy as np
 
 from napari_autofocus.errors import AutofocusError
 from napari_autofocus.inference.normalization import DEFAULT_NORMALIZATION
-from napari_autofocus.io.nifti import PHANTOM_MARK
+from napari_autofocus.io.nifti import MAX_VOXELS, PHANTOM_MARK
 from napari_autofocus.nets.card import ModelCard
 
 SPACING_TOLERANCE = 0.1  # relative voxel-size difference that counts as "not the model's spacing"
@@ -185,7 +185,6 @@ def check_scan(
     ]
 
 
-MAX_NETWORK_VOXELS = 2**31  # per channel: the bound every size read from a file is held to
 GROWTH_WARNING = 8  # resampling that makes the volume this many times larger is said before it runs
 
 
@@ -232,8 +231,8 @@ def check_resampling(
         )
     voxels = int(np.prod([float(n) for n in new]))
     gib = voxels * channels * 4 / 2**30
-    limit = min(MAX_NETWORK_VOXELS * channels * 4 / 2**30, budget_gib if budget_gib else np.inf)
-    if voxels > MAX_NETWORK_VOXELS or gib > limit:
+    limit = min(MAX_VOXELS * channels * 4 / 2**30, budget_gib if budget_gib else np.inf)
+    if voxels > MAX_VOXELS or gib > limit:
         raise AutofocusError(
             f"{what} would make it {'x'.join(map(str, new))} ({gib:.3g} GiB as float32), more than the "
             f"{limit:.3g} GiB allowed; check the scan's voxel sizes, or raise the memory budget"

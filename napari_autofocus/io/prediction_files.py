@@ -166,7 +166,9 @@ def foreign_outputs(folder: str | Path, stem: str, names: Iterable[str] | None =
     return [p for p in candidates if (p.exists() or p.is_symlink()) and p.name not in ours]
 
 
-def refuse_foreign(folder: Path, stem: str, foreign: Sequence[Path]) -> None:
+def refuse_foreign(folder: str | Path, stem: str, names: Iterable[str] | None = None) -> None:
+    """Raise when :func:`foreign_outputs` finds a file this tool would replace without having written it."""
+    foreign = foreign_outputs(folder, stem, names)
     if foreign:
         raise AutofocusError(
             f"{foreign[0]} is not an output of napari-autofocus (no {info_name(stem)} written by it lists "
@@ -277,7 +279,7 @@ def write_outputs(
             "choose to overwrite them or another folder"
         )
     names = [item.filename for item in files] + [info_name(stem)]
-    refuse_foreign(folder, stem, foreign_outputs(folder, stem, names))
+    refuse_foreign(folder, stem, names)
     replaced = own_outputs(folder, stem) or []
     folder.mkdir(parents=True, exist_ok=True)
     staging = folder / f"{STAGING_PREFIX}{secrets.token_hex(16)}"

@@ -224,7 +224,6 @@ def _predict_and_score(args):
     from napari_autofocus.inference.predictor import predict_scan
     from napari_autofocus.io.prediction_files import (
         OutputFile,
-        foreign_outputs,
         labels_name,
         refuse_foreign,
         write_outputs,
@@ -252,7 +251,7 @@ def _predict_and_score(args):
     check_labels(dataset, cases)  # every label, before anything is predicted or written
     pred_dir = Path(args.out) / "predictions"
     for case in cases:  # evaluate replaces its own earlier predictions, never a file it did not write
-        refuse_foreign(pred_dir, case.name, foreign_outputs(pred_dir, case.name, [labels_name(case.name)]))
+        refuse_foreign(pred_dir, case.name, [labels_name(case.name)])
     results, warned = [], set()
     for case in cases:
         raw = read_case(case, len(dataset.modalities))

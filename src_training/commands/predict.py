@@ -163,12 +163,7 @@ def check_out_folder(cases: dict[str, list[Path]], out: Path) -> None:
 def check_clashes(cases: dict[str, list[Path]], out: Path, force: bool) -> None:
     """Before anything runs: refuse existing outputs without --force, and with it any file of those
     names that this tool did not write (a killed write's leftovers are not a clash)."""
-    from napari_autofocus.io.prediction_files import (
-        existing_outputs,
-        foreign_outputs,
-        leftovers,
-        refuse_foreign,
-    )
+    from napari_autofocus.io.prediction_files import existing_outputs, leftovers, refuse_foreign
 
     clashes = {}
     for case in cases:
@@ -183,7 +178,7 @@ def check_clashes(cases: dict[str, list[Path]], out: Path, force: bool) -> None:
             "use --force to overwrite them or choose another --out"
         )
     for case in clashes:
-        refuse_foreign(out, case, foreign_outputs(out, case))
+        refuse_foreign(out, case)
 
 
 def channel_names(case: str, files: list[Path]) -> list[str] | None:
