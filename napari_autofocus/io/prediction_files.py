@@ -107,6 +107,11 @@ def _listed(record: dict | None, stem: str) -> list[str]:
     return [n for n in names if isinstance(n, str) and pattern.match(n)]
 
 
+def own_record(folder: str | Path, stem: str) -> dict | None:
+    """The JSON of this tool's complete write of ``stem`` in ``folder``, or None without one."""
+    return _read_marked_json(Path(folder) / info_name(stem))
+
+
 def own_outputs(folder: str | Path, stem: str) -> list[str] | None:
     """The files of ``stem`` this tool's complete write lists in ``folder``; None without one."""
     record = _read_marked_json(Path(folder) / info_name(stem))

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from napari_autofocus.errors import AutofocusError
 from napari_autofocus.io.nifti import is_nifti_path, strip_nifti_suffix
+from src_training.cohort import add_cohort_options
 
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
@@ -77,6 +78,7 @@ def register(subparsers, name: str, help_text: str) -> None:
         help="NaN or infinite input voxels: refuse the case (default) or set them to the background value 0",
     )
     parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    add_cohort_options(parser)
     parser.set_defaults(func=run)
 
 
@@ -117,28 +119,158 @@ def find_cases(inputs: list[str]) -> dict[str, list[Path]]:
 def run(args) -> int:
     from napari_autofocus.app.model_library import model_file
     from napari_autofocus.nets import load_model
+    from src_training.cohort import (
+        CohortProgress,
+        launcher_ranks,
+        record_failures,
+        run_pipeline,
+        shard_from,
+        summary_line,
+    )
 
     cases = find_cases(args.input)
+    shard = shard_from(args.num_parts, args.part_id)  # before any output is looked at
+    mine = {case: cases[case] for case in shard.take(list(cases))}
     out = Path(args.out)
     check_out_folder(cases, out)
-    check_clashes(cases, out, args.force)
+    path = model_file(args.model)
+    request = prediction_request(args, path)
+    todo, complete = plan_cases(mine, out, args, request)
     hints = {"arch": args.arch} if args.arch else {}
-    model, card = load_model(model_file(args.model), **hints)
+    model, card = load_model(path, **hints)
     if args.attention and not model.autofocus_geometry():
         print(
             f"note: {card.arch} has no autofocus layer, so --attention writes no attention maps", flush=True
         )
+    if not shard.is_whole:
+        print(f"{shard.label()}: {len(mine)} of {len(cases)} case(s), {len(complete)} already complete")
+    elif complete:
+        print(f"{len(complete)} of {len(cases)} case(s) already complete (--continue): skipped", flush=True)
+    rank, _ = launcher_ranks()
+    args.device = rank_device(args.device)
+    progress = CohortProgress(list(cases), lambda case: complete_outputs(out, case), show=rank == 0)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    numbered = {case: i for i, case in enumerate(todo, 1)}
+
+    def compute(case, loaded):
+        print(f"[{numbered[case]}/{len(todo)}] {case}: {len(mine[case])} file(s)", flush=True)
+        return predict_case(model, card, case, mine[case], loaded, args, quiet=len(todo) > 1)
+
+    def write(case, computed):
+        write_case(card, case, mine[case], out, computed, args, request, model.receptive_field_min)
+
     try:
-        for index, (case, files) in enumerate(cases.items(), 1):
-            print(f"[{index}/{len(cases)}] {case}: {len(files)} file(s)", flush=True)
-            predict_case(model, card, case, files, out, args)
+        report = run_pipeline(
+            todo,
+            read=lambda case: read_case(card, case, mine[case]),
+            compute=compute,
+            write=write,
+            files_of=lambda case: [str(f) for f in mine[case]],
+            keep_going=args.keep_going,
+            on_written=progress.report if len(cases) > 1 else None,
+        )
     except BaseException:
         if created and not any(out.iterdir()):  # a refused run leaves no empty folder behind
             out.rmdir()
         raise
+    failures = record_failures(out, "predict", shard, report.failed)
+    if len(cases) > 1 or report.failed:
+        print(summary_line(report, len(complete), shard), flush=True)
+    for failure in report.failed:
+        print(f"  failed: {failure.case} ({', '.join(failure.files)}): {failure.reason}", flush=True)
+    if failures:
+        print(f"  the failures are listed in {failures}", flush=True)
+        return 3
     return 0
+
+
+def rank_device(device: str) -> str:
+    """Under a launcher with several processes, ``auto``/``cuda`` means this process's local GPU."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world < 2 or device not in ("auto", "cuda"):
+        return device
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu" if device == "auto" else device
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
+
+
+def prediction_request(args, model_path: Path) -> dict:
+    """What decides a case's outputs; ``--continue`` skips a case only when its JSON records the same."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(model_path, "rb") as handle:
+        for block in iter(lambda: handle.read(2**20), b""):
+            digest.update(block)
+    return {
+        "model_sha256": digest.hexdigest(),
+        "arch": args.arch,
+        "mode": args.mode,
+        "attention": bool(args.attention),
+        "probabilities": bool(args.probabilities),
+        "crop": bool(args.crop),
+        "nonfinite": args.nonfinite,
+    }
+
+
+def complete_outputs(out: Path, case: str) -> bool:
+    """True when this tool's JSON for ``case`` is in ``out`` and every file it lists is there."""
+    from napari_autofocus.io.prediction_files import own_outputs
+
+    names = own_outputs(out, case)
+    return names is not None and all((out / name).is_file() for name in names)
+
+
+def plan_cases(cases: dict[str, list[Path]], out: Path, args, request: dict) -> tuple[list[str], list[str]]:
+    """(cases to predict, cases skipped as complete), checked for every case before anything runs.
+
+    Without --force or --continue, existing outputs are refused; --continue skips complete cases
+    made with the same settings and refuses those made with others; a killed write's leftovers
+    are not a clash; files of these names that this tool did not write are always refused."""
+    from napari_autofocus.io.prediction_files import existing_outputs, leftovers, own_record, refuse_foreign
+
+    todo, complete, clashes, changed = [], [], {}, []
+    for case in cases:
+        left = set(leftovers(out, case))
+        files = [p for p in existing_outputs(out, case) if p not in left]
+        if args.resume and not args.force and complete_outputs(out, case):
+            recorded = (own_record(out, case) or {}).get("request")
+            if recorded == request:
+                complete.append(case)
+                continue
+            changed.append((case, recorded))
+        if files:
+            clashes[case] = files
+        todo.append(case)
+    if changed:
+        case, recorded = changed[0]
+        raise AutofocusError(
+            f"{len(changed)} case(s) in {out} were predicted with other settings (e.g. {case}: "
+            f"{differences(recorded, request)}); --continue only skips outputs made as this run would "
+            "make them: use --force to predict those cases again, or another --out"
+        )
+    if clashes and not (args.force or args.resume):
+        case, files = next(iter(clashes.items()))
+        raise AutofocusError(
+            f"{len(clashes)} case(s) already have outputs in {out} (e.g. {files[0].name} of {case}); "
+            "use --continue to skip complete cases, --force to overwrite them, or choose another --out"
+        )
+    for case in clashes:
+        refuse_foreign(out, case)
+    return todo, complete
+
+
+def differences(recorded: dict | None, request: dict) -> str:
+    if not isinstance(recorded, dict):
+        return "its JSON records no settings (an older version wrote it)"
+    keys = [k for k in request if recorded.get(k) != request[k]]
+    shown = {"model_sha256": "a different model file"}
+    return ", ".join(shown.get(k) or f"{k}={recorded.get(k)!r}, now {request[k]!r}" for k in keys)
 
 
 def check_out_folder(cases: dict[str, list[Path]], out: Path) -> None:
@@ -160,27 +292,6 @@ def check_out_folder(cases: dict[str, list[Path]], out: Path) -> None:
                     )
 
 
-def check_clashes(cases: dict[str, list[Path]], out: Path, force: bool) -> None:
-    """Before anything runs: refuse existing outputs without --force, and with it any file of those
-    names that this tool did not write (a killed write's leftovers are not a clash)."""
-    from napari_autofocus.io.prediction_files import existing_outputs, leftovers, refuse_foreign
-
-    clashes = {}
-    for case in cases:
-        left = set(leftovers(out, case))
-        files = [p for p in existing_outputs(out, case) if p not in left]
-        if files:
-            clashes[case] = files
-    if clashes and not force:
-        case, files = next(iter(clashes.items()))
-        raise AutofocusError(
-            f"{len(clashes)} case(s) already have outputs in {out} (e.g. {files[0].name} of {case}); "
-            "use --force to overwrite them or choose another --out"
-        )
-    for case in clashes:
-        refuse_foreign(out, case)
-
-
 def channel_names(case: str, files: list[Path]) -> list[str] | None:
     """What the files say about their channels: names for one file per modality, else nothing."""
     if len(files) < 2:
@@ -191,12 +302,9 @@ def channel_names(case: str, files: list[Path]) -> list[str] | None:
     return [n[len(case) :].lstrip("_-") or n if n.startswith(case) else n for n in names]
 
 
-def predict_case(model, card, case: str, files: list[Path], out: Path, args) -> list[Path]:
-    """Predict one case through the predictor and write its files (see the module docstring)."""
-    from napari_autofocus import __version__
-    from napari_autofocus.inference.predictor import predict_scan
+def read_case(card, case: str, files: list[Path]):
+    """(image, geometry) of one case, with its channel count checked against the model."""
     from napari_autofocus.io.nifti import load_multichannel
-    from napari_autofocus.io.prediction_files import output_files, write_outputs
 
     image, geometry = load_multichannel(files)
     if image.shape[0] != card.in_channels:
@@ -205,9 +313,18 @@ def predict_case(model, card, case: str, files: list[Path], out: Path, args) -> 
             f"{case}: the model expects {card.in_channels} input channel(s) ({names}) but got "
             f"{image.shape[0]}; give one 4D file or one file per modality in that order"
         )
+    return image, geometry
+
+
+def predict_case(model, card, case: str, files: list[Path], loaded, args, quiet: bool = False):
+    """Predict one read case through the predictor: (prediction, report, geometry)."""
+    from napari_autofocus.inference.predictor import predict_scan
+
+    image, geometry = loaded
 
     def progress(done: int, total: int) -> None:
-        print(f"  step {done}/{total}", end="\r" if done < total else "\n", flush=True)
+        if not quiet:
+            print(f"  step {done}/{total}", end="\r" if done < total else "\n", flush=True)
 
     prediction, report = predict_scan(
         model,
@@ -227,16 +344,25 @@ def predict_case(model, card, case: str, files: list[Path], out: Path, args) -> 
         memory_budget_gib=args.memory_gib,
         progress=progress,
     )
-    del image  # normalised in place and no longer needed: room for writing the outputs
+    del image, loaded  # normalised in place and no longer needed: room for writing the outputs
     for warning in report.warnings:
-        print(f"  warning: {warning}", flush=True)
+        print(f"  warning: {case + ': ' if quiet else ''}{warning}", flush=True)
+    return prediction, report, geometry
+
+
+def write_case(card, case, files, out, computed, args, request, receptive_field_min) -> list[Path]:
+    """Write one case's files (see the module docstring); its JSON records the run's ``request``."""
+    from napari_autofocus import __version__
+    from napari_autofocus.io.prediction_files import output_files, write_outputs
+
+    prediction, report, geometry = computed
     outputs = output_files(
         case,
         labels=prediction.labels,
         probabilities=prediction.probabilities,
         attention=prediction.attention,
         rates=prediction.rates,
-        receptive_field_min=model.receptive_field_min,
+        receptive_field_min=receptive_field_min,
         network_spacing=report.network_spacing,
     )
     info = {
@@ -244,6 +370,7 @@ def predict_case(model, card, case: str, files: list[Path], out: Path, args) -> 
         "inputs": [f.name for f in files],
         "model": str(args.model),
         "model_card": card.to_dict(),
+        "request": request,
         "preprocessing": report.to_dict(),
         "warnings": report.warnings,
         "mode": prediction.mode,
@@ -257,11 +384,12 @@ def predict_case(model, card, case: str, files: list[Path], out: Path, args) -> 
         "napari_autofocus_version": __version__,
         "torch_version": __import__("torch").__version__,
     }
-    written = write_outputs(out, case, outputs, geometry, info, overwrite=args.force)
+    written = write_outputs(out, case, outputs, geometry, info, overwrite=args.force or args.resume)
     steps = ", ".join(report.steps())
     print(
-        f"  {describe_run(prediction)} ({steps}) in {prediction.seconds:.1f} s on {prediction.device}, "
-        f"peak memory {prediction.peak_memory_gib:.2f} GiB -> {len(written)} files"
+        f"  {case}: {describe_run(prediction)} ({steps}) in {prediction.seconds:.1f} s on "
+        f"{prediction.device}, peak memory {prediction.peak_memory_gib:.2f} GiB -> {len(written)} files",
+        flush=True,
     )
     return written
 
