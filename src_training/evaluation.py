@@ -86,11 +86,11 @@ def _clean(value):
     return value
 
 
-def write_report(result: dict, out: str | Path) -> tuple[Path, Path]:
-    """metrics.json (everything) and metrics.csv (one row per case and structure, plus mean/std rows)."""
+def write_report(result: dict, out: str | Path, name: str = "metrics") -> tuple[Path, Path]:
+    """<name>.json (everything) and <name>.csv (one row per case and structure, plus mean/std rows)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    json_path, csv_path = out / "metrics.json", out / "metrics.csv"
+    json_path, csv_path = out / f"{name}.json", out / f"{name}.csv"
     json_path.write_text(json.dumps(_clean(result), indent=1) + "\n")
     with csv_path.open("w", newline="") as fh:
         writer = csv.writer(fh)

@@ -20,6 +20,7 @@ import numpy as np
 
 from napari_autofocus.app.model_library import model_file
 from napari_autofocus.errors import AutofocusError, DatasetError
+from src_training.cohort import add_cohort_options
 
 EXAMPLES = """examples:
   python -m src_training evaluate --model runs/afn6/model.safetensors --data Task01_BrainTumour \\
@@ -66,6 +67,7 @@ def register(subparsers, name: str, help_text: str) -> None:
         default="error",
         help="NaN or infinite image voxels (--model): refuse (default) or set them to the background value 0",
     )
+    add_cohort_options(p)
     p.set_defaults(func=run)
 
 
@@ -78,17 +80,29 @@ def run(args) -> int:
         if not args.data or not args.out:
             raise AutofocusError("--model needs --data (labelled dataset) and --out (where to write)")
         cases, settings = _predict_and_score(args)
+        if settings is None:  # another rank writes the cohort's metrics
+            return 0
         out = Path(args.out)
     elif args.pred and args.labels:
+        if args.num_parts != 1 or args.resume or args.keep_going:
+            raise AutofocusError("--num-parts, --continue and --keep-going apply to --model runs, not --pred")
         cases, settings = _score_folders(args)
         out = Path(args.out or args.pred)
     else:
         raise AutofocusError("give either --model FILE --data DATASET --out DIR, or --pred DIR --labels DIR")
     result = report(cases, settings)
-    json_path, csv_path = write_report(result, out)
+    part = settings.get("part")
+    name = f"metrics_part{part['part_id'] + 1:03d}of{part['num_parts']:03d}" if part else "metrics"
+    json_path, csv_path = write_report(result, out, name)
     print(format_table(result))
     print(f"\nwrote {json_path} and {csv_path}")
-    return 0
+    if part:
+        print(
+            "this is one part of the cohort: once every part is done, the same command with --continue "
+            "and without --num-parts scores all cases from their predictions",
+            flush=True,
+        )
+    return 3 if settings.get("failed") else 0
 
 
 def _wanted_cases(dataset, names: str | None, split: dict | None):
@@ -221,15 +235,11 @@ def check_labels(dataset, cases) -> None:
 
 
 def _predict_and_score(args):
-    from napari_autofocus.inference.predictor import predict_scan
-    from napari_autofocus.io.prediction_files import (
-        OutputFile,
-        labels_name,
-        refuse_foreign,
-        write_outputs,
-    )
+    from napari_autofocus.io.prediction_files import labels_name, refuse_foreign
     from napari_autofocus.nets import load_model
-    from src_training.data import check_geometry, open_dataset, read_case
+    from src_training.cohort import launcher_ranks, record_failures, run_pipeline, shard_from, summary_line
+    from src_training.commands.predict import file_digest, rank_device
+    from src_training.data import open_dataset, read_case
     from src_training.evaluation import choose_regions, class_structures, score_case
 
     path = model_file(args.model)
@@ -239,7 +249,10 @@ def _predict_and_score(args):
     cases, note = _wanted_cases(dataset, args.cases, split)
     if note:
         print(f"note: {note}", flush=True)
-    check_geometry(dataset, cases)
+    shard = shard_from(args.num_parts, args.part_id)  # before any output is looked at
+    order = {case.name: i for i, case in enumerate(cases)}
+    mine = [dataset.case(name) for name in sorted(shard.take(list(order)), key=order.get)]
+    mine, refused = checked_cases(dataset, mine, args.keep_going)
     if len(dataset.modalities) != card.in_channels:
         raise AutofocusError(
             f"{args.model} expects {card.in_channels} channel(s) ({card.modalities}); {args.data} has "
@@ -248,43 +261,147 @@ def _predict_and_score(args):
     class_names = {int(k): v for k, v in card.class_names.items()} or dataset.class_names
     classes = class_structures(class_names)
     regions = choose_regions(args.regions, card.regions or dataset.regions)
-    check_labels(dataset, cases)  # every label, before anything is predicted or written
     pred_dir = Path(args.out) / "predictions"
-    for case in cases:  # evaluate replaces its own earlier predictions, never a file it did not write
+    for case in mine:  # evaluate replaces its own earlier predictions, never a file it did not write
         refuse_foreign(pred_dir, case.name, [labels_name(case.name)])
-    results, warned = [], set()
-    for case in cases:
-        raw = read_case(case, len(dataset.modalities))
-        pred, report = predict_scan(
-            model, card, raw.image, raw.spacing, channel_names=dataset.modalities, strict_names=True,
-            scan_description=raw.geometry.description, device=args.device, nonfinite=args.nonfinite,
-            own_input=True,
-            source=f"case {case.name} ({', '.join(p.name for p in case.images)})",
-        )  # fmt: skip
+    request = {"model_sha256": file_digest(path), "nonfinite": args.nonfinite}
+    done = _complete_predictions(pred_dir, mine, request) if args.resume else {}
+    if done:
+        print(f"{len(done)} of {len(mine)} case(s) already predicted (--continue): scored from their files")
+    if not shard.is_whole:
+        print(f"{shard.label()}: {len(mine)} of {len(cases)} case(s)", flush=True)
+    rank, world = launcher_ranks()
+    args.device = rank_device(args.device)
+    results, warned = {}, set()
+    for name, labels in done.items():
+        raw = read_case(dataset.case(name), len(dataset.modalities))
+        results[name] = score_case(name, labels, raw.label, raw.spacing, classes, regions, args.hd_empty)
+
+    def compute(name, raw):
+        pred, report = predict_scan_of(model, card, dataset, raw, args)
         for warning in report.warnings:
             if warning not in warned:  # the same mismatch on every case is said once
                 print(f"warning: {warning}", flush=True)
                 warned.add(warning)
-        labels = np.asarray(pred.labels)
-        info = {"case": case.name, "model": str(args.model), "inputs": [p.name for p in case.images],
-                "preprocessing": report.to_dict()}  # fmt: skip
-        files = [OutputFile(labels_name(case.name), lambda labels=labels: labels, is_label=True)]
-        write_outputs(pred_dir, case.name, files, raw.geometry, info, overwrite=True)
-        results.append(score_case(case.name, labels, raw.label, raw.spacing, classes, regions, args.hd_empty))
-        print(f"{case.name}: " + ", ".join(f"{k} {v['dice']:.3f}" for k, v in results[-1]["classes"].items()))
+        return raw, np.asarray(pred.labels), report
+
+    def write(name, computed):
+        raw, labels, report = computed
+        write_prediction(pred_dir, raw, labels, args, request, report)
+        results[name] = score_case(name, labels, raw.label, raw.spacing, classes, regions, args.hd_empty)
+        text = ", ".join(f"{k} {v['dice']:.3f}" for k, v in results[name]["classes"].items())
+        print(f"{name}: {text}", flush=True)
+
+    todo = [case.name for case in mine if case.name not in done]
+    run = run_pipeline(
+        todo,
+        read=lambda name: read_case(dataset.case(name), len(dataset.modalities)),
+        compute=compute,
+        write=write,
+        files_of=lambda name: [str(p) for p in dataset.case(name).images],
+        keep_going=args.keep_going,
+    )
+    run.failed = refused + run.failed
+    record_failures(Path(args.out), "evaluate", shard, run.failed)
+    if len(cases) > 1 or run.failed:
+        print(summary_line(run, len(done), shard), flush=True)
+    for failure in run.failed:
+        print(f"  failed: {failure.case}: {failure.reason}", flush=True)
+    scored = [results[name] for name in sorted(results, key=order.get)]
+    failed = [f.case for f in run.failed]
+    if world > 1:
+        scored, failed, warned = gather_scores(scored, failed, warned, order)
+        if rank != 0:
+            return None, None
     settings = {
         "mode": "model",
         "model": str(args.model),
         "data": str(args.data),
-        "cases": [c.name for c in cases],
+        "cases": [c["case"] for c in scored],
         "case_choice": note,
+        "part": None if args.num_parts == 1 else {"part_id": args.part_id, "num_parts": args.num_parts},
+        "failed": failed,
         "warnings": sorted(warned),
         "regions": regions,
         "classes": classes,
         "hd_empty": args.hd_empty,
         "predictions": str(pred_dir),
     }
-    return results, settings
+    return scored, settings
+
+
+def checked_cases(dataset, cases, keep_going: bool):
+    """(cases that pass the geometry and label checks, failures), before anything is predicted.
+
+    Without ``keep_going`` every problem of every case is raised at once; with it, a case with a
+    problem becomes a failure of its own and the others go on."""
+    from src_training.cohort import CaseFailure
+    from src_training.data import check_geometry
+
+    if not keep_going:
+        check_geometry(dataset, cases)
+        check_labels(dataset, cases)  # every label, before anything is predicted or written
+        return cases, []
+    good, refused = [], []
+    for case in cases:
+        try:
+            check_geometry(dataset, [case])
+            check_labels(dataset, [case])
+        except DatasetError as exc:
+            reason = str(exc).split("\n", 1)[-1].strip()
+            refused.append(CaseFailure(case.name, [str(p) for p in case.images], reason))
+            continue
+        good.append(case)
+    return good, refused
+
+
+def predict_scan_of(model, card, dataset, raw, args):
+    from napari_autofocus.inference.predictor import predict_scan
+
+    return predict_scan(
+        model, card, raw.image, raw.spacing, channel_names=dataset.modalities, strict_names=True,
+        scan_description=raw.geometry.description, device=args.device, nonfinite=args.nonfinite,
+        own_input=True, source=f"case {raw.name}",
+    )  # fmt: skip
+
+
+def write_prediction(pred_dir: Path, raw, labels, args, request: dict, report) -> None:
+    from napari_autofocus.io.prediction_files import OutputFile, labels_name, write_outputs
+
+    info = {"case": raw.name, "model": str(args.model), "request": request,
+            "preprocessing": report.to_dict()}  # fmt: skip
+    files = [OutputFile(labels_name(raw.name), lambda: labels, is_label=True)]
+    write_outputs(pred_dir, raw.name, files, raw.geometry, info, overwrite=True)
+
+
+def _complete_predictions(pred_dir: Path, cases, request: dict) -> dict[str, np.ndarray]:
+    """Label maps of cases this tool predicted completely with the same model and options."""
+    from napari_autofocus.io.nifti import load_nifti
+    from napari_autofocus.io.prediction_files import labels_name, own_record
+    from src_training.commands.predict import complete_outputs
+
+    found = {}
+    for case in cases:
+        record = own_record(pred_dir, case.name)
+        if record and record.get("request") == request and complete_outputs(pred_dir, case.name):
+            found[case.name] = np.round(load_nifti(pred_dir / labels_name(case.name)).data).astype(np.int64)
+    return found
+
+
+def gather_scores(scored: list, failed: list, warned: set, order: dict):
+    """Every rank's scores, failures and warnings, on every rank (gloo; waits for the slowest)."""
+    import torch
+    import torch.distributed as dist
+
+    from src_training import distributed
+
+    info = distributed.env_info()
+    distributed.init(info, torch.device("cpu"), timeout_minutes=24 * 60)
+    gathered = [None] * info.world_size
+    dist.all_gather_object(gathered, (scored, failed, sorted(warned)))
+    distributed.cleanup(info)
+    scores = sorted((c for part in gathered for c in part[0]), key=lambda c: order[c["case"]])
+    return scores, sorted(f for part in gathered for f in part[1]), {w for part in gathered for w in part[2]}
 
 
 def _nifti_files(folder: Path) -> dict[str, Path]:

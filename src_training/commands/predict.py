@@ -201,14 +201,8 @@ def rank_device(device: str) -> str:
 
 def prediction_request(args, model_path: Path) -> dict:
     """What decides a case's outputs; ``--continue`` skips a case only when its JSON records the same."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(model_path, "rb") as handle:
-        for block in iter(lambda: handle.read(2**20), b""):
-            digest.update(block)
     return {
-        "model_sha256": digest.hexdigest(),
+        "model_sha256": file_digest(model_path),
         "arch": args.arch,
         "mode": args.mode,
         "attention": bool(args.attention),
@@ -216,6 +210,17 @@ def prediction_request(args, model_path: Path) -> dict:
         "crop": bool(args.crop),
         "nonfinite": args.nonfinite,
     }
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file, read a megabyte at a time."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def complete_outputs(out: Path, case: str) -> bool:

@@ -192,3 +192,69 @@ def test_the_pipeline_overlaps_stages_keeps_order_and_stops_on_a_failure():
     assert ("write", "c", "C!") not in log
     kept = run_pipeline(["a", "bad", "c"], read, compute, write, keep_going=True, files_of=lambda c: [c])
     assert kept.done == ["a", "c"] and [(f.case, f.reason) for f in kept.failed] == [("bad", "unreadable")]
+
+
+@pytest.fixture(scope="module")
+def labelled(cohort, tmp_path_factory):
+    """Five labelled phantom cases (32^3) for evaluate --model."""
+    data = tmp_path_factory.mktemp("labelled") / "phantoms"
+    assert main(["phantom", "--out", str(data), "--cases", "5", "--size", "32", "--seed", "40", "--style", "blobs"]) == 0
+    return cohort[0], data
+
+
+def evaluate_args(model, data, out, *extra):
+    return ["evaluate", "--model", str(model), "--data", str(data), "--out", str(out), "--cases", "all",
+            "--device", "cpu", *extra]  # fmt: skip
+
+
+def metrics_of(out: Path, name: str = "metrics") -> list:
+    return json.loads((out / f"{name}.json").read_text())["cases"]
+
+
+def test_evaluate_in_parts_then_continue_equals_one_run(labelled, tmp_path, capsys):
+    model, data = labelled
+    single = tmp_path / "single"
+    assert main(evaluate_args(model, data, single)) == 0
+    out = tmp_path / "parts"
+    for part in (0, 1):
+        assert main(evaluate_args(model, data, out, "--num-parts", "2", "--part-id", str(part))) == 0
+    first, second = metrics_of(out, "metrics_part001of002"), metrics_of(out, "metrics_part002of002")
+    assert [c["case"] for c in first] == ["phantom_00040", "phantom_00042", "phantom_00044"]
+    assert len(second) == 2
+    capsys.readouterr()
+    assert main(evaluate_args(model, data, out, "--continue")) == 0
+    assert "5 of 5 case(s) already predicted (--continue)" in capsys.readouterr().out
+    assert metrics_of(out) == metrics_of(single)
+
+
+def test_evaluate_under_torchrun_writes_the_metrics_of_one_run(labelled, tmp_path):
+    model, data = labelled
+    single = tmp_path / "single"
+    assert main(evaluate_args(model, data, single)) == 0
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "src_training", *evaluate_args(model, data, out)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert metrics_of(out) == metrics_of(single)
+    assert sorted(p.name for p in (out / "predictions").glob("*.nii.gz")) == sorted(
+        p.name for p in (single / "predictions").glob("*.nii.gz")
+    )
+
+
+def test_evaluate_keep_going_scores_the_readable_cases(labelled, tmp_path, capsys):
+    import shutil
+
+    model, data = labelled
+    copy = tmp_path / "phantoms"
+    shutil.copytree(data, copy)
+    broken = next((copy / "imagesTr").glob("phantom_00041*"))
+    broken.write_bytes(broken.read_bytes()[:200])
+    out = tmp_path / "ev"
+    assert main(evaluate_args(model, copy, out, "--keep-going")) == 3
+    assert "failed: phantom_00041" in capsys.readouterr().out
+    assert [c["case"] for c in metrics_of(out)] == ["phantom_00040", "phantom_00042", "phantom_00043",
+                                                    "phantom_00044"]  # fmt: skip
+    record = json.loads((out / "evaluate_failures.json").read_text())
+    assert record["failed"][0]["case"] == "phantom_00041"
