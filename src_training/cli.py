@@ -21,6 +21,7 @@ COMMANDS = [
     ("brain-phantom", "brain_phantom", "write simulated brain tumours on the real MNI152 anatomy"),
     ("train", "train", "train a network on a Decathlon / nnU-Net v2 folder (run folder + model file)"),
     ("evaluate", "evaluate", "score predictions (or a model's predictions) per case, class and region"),
+    ("explain", "explain", "attention statistics over a cohort: rates per structure, lesion size and layer"),
 ]
 
 EPILOG = """examples:
@@ -35,6 +36,7 @@ EPILOG = """examples:
   torchrun --standalone --nproc_per_node=2 -m src_training train --data Task01_BrainTumour --out runs/ddp
   python -m src_training evaluate --model runs/afn1/model.safetensors --data data/phantom --out eval/afn1
   python -m src_training evaluate --pred preds/ --labels Task01_BrainTumour/labelsTr --regions msd --out eval/
+  python -m src_training explain --pred preds/ --labels Task01_BrainTumour/labelsTr --out explain/
 """
 
 

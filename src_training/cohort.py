@@ -358,13 +358,13 @@ def format_duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def summary_line(report: CohortReport, skipped: int, shard: Shard) -> str:
+def summary_line(report: CohortReport, skipped: int, shard: Shard, verb: str = "predicted") -> str:
     """One line for the end of a shard's run: counts, the network's busy share, and failures."""
-    parts = [f"{len(report.done)} predicted", f"{skipped} already complete"]
+    parts = [f"{len(report.done)} {verb}", f"{skipped} already complete"]
     if report.failed:
         parts.append(f"{len(report.failed)} failed")
     busy = 1.0 - report.idle_fraction
     return (
         f"{shard.label()}: " + ", ".join(parts) + f" in {report.wall_seconds:.1f} s"
-        + (f"; the network was busy {busy:.0%} of the time" if report.done else "")
+        + (f"; the computing thread was busy {busy:.0%} of the time" if report.done else "")
     )  # fmt: skip

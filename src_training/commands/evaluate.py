@@ -304,7 +304,7 @@ def _predict_and_score(args):
     run.failed = refused + run.failed
     record_failures(Path(args.out), "evaluate", shard, run.failed)
     if len(cases) > 1 or run.failed:
-        print(summary_line(run, len(done), shard), flush=True)
+        print(summary_line(run, len(done), shard, verb="predicted and scored"), flush=True)
     for failure in run.failed:
         print(f"  failed: {failure.case}: {failure.reason}", flush=True)
     scored = [results[name] for name in sorted(results, key=order.get)]
