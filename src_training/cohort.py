@@ -95,6 +95,13 @@ def add_cohort_options(parser) -> None:
         help="a failing case is reported (in the summary and a failures file) and the others go on; "
         "the exit status is then 3",
     )
+    parser.add_argument(
+        "--sequential",
+        dest="overlap",
+        action="store_false",
+        help="read, compute and write one case after the other (default: reading the next case and "
+        "writing the last one overlap the network; memory then holds up to three cases)",
+    )
 
 
 @dataclass
@@ -326,11 +333,13 @@ class CohortProgress:
         self.cases = list(cases)
         self.complete = complete
         self.show = show
+        self.seen: set[str] = set()  # complete once seen: each case's JSON is read until it is there
         self.started = time.perf_counter()
         self.at_start = self.count()
 
     def count(self) -> int:
-        return sum(1 for case in self.cases if self.complete(case))
+        self.seen |= {case for case in self.cases if case not in self.seen and self.complete(case)}
+        return len(self.seen)
 
     def line(self) -> str:
         done = self.count()

@@ -300,6 +300,7 @@ def _predict_and_score(args):
         write=write,
         files_of=lambda name: [str(p) for p in dataset.case(name).images],
         keep_going=args.keep_going,
+        overlap=args.overlap,
     )
     run.failed = refused + run.failed
     record_failures(Path(args.out), "evaluate", shard, run.failed)

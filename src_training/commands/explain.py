@@ -121,6 +121,7 @@ def run(args) -> int:
 
     report = run_pipeline(
         todo, read=read, compute=compute, write=write, keep_going=args.keep_going,
+        overlap=args.overlap,
         files_of=lambda case: [str(p) for p in attention_files(pred, case)],
     )  # fmt: skip
     record_failures(out, "explain", shard, report.failed)

@@ -168,6 +168,7 @@ def run(args) -> int:
             write=write,
             files_of=lambda case: [str(f) for f in mine[case]],
             keep_going=args.keep_going,
+            overlap=args.overlap,
             on_written=progress.report if len(cases) > 1 else None,
         )
     except BaseException:

@@ -40,7 +40,17 @@ def cohort(tmp_path_factory):
 
 
 def predict_args(model, images, out, *extra):
-    return ["predict", "--model", str(model), "--input", str(images), "--out", str(out), "--attention", *extra]
+    return [
+        "predict",
+        "--model",
+        str(model),
+        "--input",
+        str(images),
+        "--out",
+        str(out),
+        "--attention",
+        *extra,
+    ]
 
 
 def contents(folder: Path) -> dict:
@@ -198,7 +208,24 @@ def test_the_pipeline_overlaps_stages_keeps_order_and_stops_on_a_failure():
 def labelled(cohort, tmp_path_factory):
     """Five labelled phantom cases (32^3) for evaluate --model."""
     data = tmp_path_factory.mktemp("labelled") / "phantoms"
-    assert main(["phantom", "--out", str(data), "--cases", "5", "--size", "32", "--seed", "40", "--style", "blobs"]) == 0
+    assert (
+        main(
+            [
+                "phantom",
+                "--out",
+                str(data),
+                "--cases",
+                "5",
+                "--size",
+                "32",
+                "--seed",
+                "40",
+                "--style",
+                "blobs",
+            ]
+        )
+        == 0
+    )
     return cohort[0], data
 
 
