@@ -23,8 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from napari_autofocus.errors import AutofocusError
-
-FAILURES_WRITTEN_BY = "napari-autofocus"
+from napari_autofocus.io.prediction_files import WRITTEN_BY
 
 
 @dataclass(frozen=True)
@@ -292,9 +291,10 @@ def record_failures(out: Path, command: str, shard: Shard, failed: Sequence[Case
 
     A file of that name that this tool did not write is left alone and reported."""
     from napari_autofocus.io.atomic import write_text
+    from napari_autofocus.io.prediction_files import read_marked_json
 
     path = failures_path(out, command, shard)
-    previous = _read_own(path)
+    previous = read_marked_json(path)
     if path.exists() and previous is None:
         raise AutofocusError(
             f"{path} was not written by napari-autofocus, so it is not replaced; move it away"
@@ -304,23 +304,13 @@ def record_failures(out: Path, command: str, shard: Shard, failed: Sequence[Case
             path.unlink()
         return None
     record = {
-        "written_by": FAILURES_WRITTEN_BY,
+        "written_by": WRITTEN_BY,
         "command": command,
         "shard": {"index": shard.index, "count": shard.count},
         "failed": [{"case": f.case, "files": f.files, "reason": f.reason} for f in failed],
     }
     write_text(path, json.dumps(record, indent=2) + "\n")
     return path
-
-
-def _read_own(path: Path) -> dict | None:
-    try:
-        if not path.is_file() or path.is_symlink() or path.stat().st_size > 64 * 2**20:
-            return None
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return None
-    return record if isinstance(record, dict) and record.get("written_by") == FAILURES_WRITTEN_BY else None
 
 
 class CohortProgress:

@@ -75,14 +75,14 @@ def report(cases: list[dict], settings: dict) -> dict:
     return {"conventions": CONVENTIONS, "settings": settings, "summary": summarise(cases), "cases": cases}
 
 
-def _clean(value):
-    """JSON has no NaN: write null for undefined metrics."""
+def json_ready(value):
+    """JSON has no NaN: write null for undefined numbers (metrics, an AUC with an empty side)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: json_ready(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_clean(v) for v in value]
+        return [json_ready(v) for v in value]
     return value
 
 
@@ -91,7 +91,7 @@ def write_report(result: dict, out: str | Path, name: str = "metrics") -> tuple[
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     json_path, csv_path = out / f"{name}.json", out / f"{name}.csv"
-    json_path.write_text(json.dumps(_clean(result), indent=1) + "\n")
+    json_path.write_text(json.dumps(json_ready(result), indent=1) + "\n")
     with csv_path.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["case", "group", "structure", *METRICS, "tp", "fp", "fn", "tn"])

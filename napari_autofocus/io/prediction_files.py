@@ -85,10 +85,11 @@ _STAGING_NAME = re.compile(rf"^{re.escape(STAGING_PREFIX)}[0-9a-f]{{32}}$")
 _MAX_JSON_BYTES = 16 * 2**20  # far above any prediction JSON; a bigger file is not ours
 
 
-def _read_marked_json(path: Path) -> dict | None:
+def read_marked_json(path: Path, max_bytes: int = _MAX_JSON_BYTES) -> dict | None:
     """A JSON object this tool wrote (it carries ``written_by``), or None for anything else."""
+    path = Path(path)
     try:
-        if not path.is_file() or path.is_symlink() or path.stat().st_size > _MAX_JSON_BYTES:
+        if not path.is_file() or path.is_symlink() or path.stat().st_size > max_bytes:
             return None
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError):
@@ -109,12 +110,12 @@ def _listed(record: dict | None, stem: str) -> list[str]:
 
 def own_record(folder: str | Path, stem: str) -> dict | None:
     """The JSON of this tool's complete write of ``stem`` in ``folder``, or None without one."""
-    return _read_marked_json(Path(folder) / info_name(stem))
+    return read_marked_json(Path(folder) / info_name(stem))
 
 
 def own_outputs(folder: str | Path, stem: str) -> list[str] | None:
     """The files of ``stem`` this tool's complete write lists in ``folder``; None without one."""
-    record = _read_marked_json(Path(folder) / info_name(stem))
+    record = read_marked_json(Path(folder) / info_name(stem))
     return _listed(record, stem) if record else None
 
 
@@ -127,7 +128,7 @@ def staging_folders(folder: str | Path, stem: str) -> list[tuple[Path, dict]]:
     for path in sorted(folder.iterdir()):
         if not _STAGING_NAME.match(path.name) or path.is_symlink() or not path.is_dir():
             continue
-        marker = _read_marked_json(path / STAGING_MARKER)
+        marker = read_marked_json(path / STAGING_MARKER)
         if marker and marker.get("stem") == stem:
             found.append((path, marker))
     return found

@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from napari_autofocus.errors import AutofocusError, DatasetError
+from napari_autofocus.io.prediction_files import WRITTEN_BY
 from src_training.cohort import add_cohort_options
+from src_training.evaluation import json_ready
 
-WRITTEN_BY = "napari-autofocus"
 SUMMARY_FILES = ("explain.json", "explain.csv", "explain_sizes.csv", "explain.png")
 MAX_RECORD_BYTES = 64 * 2**20
 
@@ -230,7 +231,7 @@ def explain_case(pred: Path, case: str, loaded, names, regions, edges) -> dict:
     structures.update({f"{name} (region)": values for name, values in regions.items()})
     bins, per_bin = stats.lesion_sizes(labels, geometry.spacing, edges) if edges is not None else (None, {})
     layers, sizes = {}, {}
-    card = (read_json(pred / f"{case}_prediction.json") or {}).get("model_card") or {}
+    card = (read_record(pred / f"{case}_prediction.json") or {}).get("model_card") or {}
     for path in attention_files(pred, case):
         layer = layer_name(case, path.name)
         volume = load_nifti(path)
@@ -286,19 +287,10 @@ def record_name(case: str) -> str:
     return f"{case}_explain.json"
 
 
-def read_json(path: Path) -> dict | None:
-    try:
-        if not path.is_file() or path.is_symlink() or path.stat().st_size > MAX_RECORD_BYTES:
-            return None
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def read_record(path: Path) -> dict | None:
-    record = read_json(path)
-    return record if record and record.get("written_by") == WRITTEN_BY else None
+    from napari_autofocus.io.prediction_files import read_marked_json
+
+    return read_marked_json(path, MAX_RECORD_BYTES)
 
 
 def refuse_foreign(path: Path) -> None:
@@ -312,18 +304,7 @@ def write_record(path: Path, record: dict) -> None:
     from napari_autofocus.io.atomic import write_text
 
     refuse_foreign(path)
-    write_text(path, json.dumps(_finite(record), indent=1) + "\n")
-
-
-def _finite(value):
-    """JSON has no NaN: undefined numbers (an AUC with an empty side) are written as null."""
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
+    write_text(path, json.dumps(json_ready(record), indent=1) + "\n")
 
 
 def wait_for_every_rank() -> None:
@@ -377,7 +358,7 @@ def write_summary(out: Path, cases: list[str], settings: dict) -> list[Path]:
         },
         **summary,
     }
-    write_text(summary_path, json.dumps(_finite(result), indent=1) + "\n")
+    write_text(summary_path, json.dumps(json_ready(result), indent=1) + "\n")
     if missing:
         print(f"note: {len(missing)} of {len(cases)} case(s) have no record yet (e.g. {missing[0]}); "
               "the summary covers the others")  # fmt: skip

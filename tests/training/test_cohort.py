@@ -1,7 +1,6 @@
 """Cohorts: sharding (torchrun and --num-parts), --continue after SIGKILL, --keep-going, the pipeline."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from launcher import torchrun
 
 from napari_autofocus.errors import AutofocusError
 from napari_autofocus.nets import build_network, save_model
@@ -101,11 +101,7 @@ def test_num_parts_give_the_files_of_one_process(cohort, reference, tmp_path, ca
 def test_two_processes_under_torchrun_give_the_files_of_one_process(cohort, reference, tmp_path):
     model, images = cohort
     out = tmp_path / "pred"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "src_training", *predict_args(model, images, out)]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
+    done = torchrun([*predict_args(model, images, out)])
     assert "shard 1 of 2" in done.stdout and "shard 2 of 2" in done.stdout
     assert contents(out) == reference
 
@@ -259,11 +255,7 @@ def test_evaluate_under_torchrun_writes_the_metrics_of_one_run(labelled, tmp_pat
     single = tmp_path / "single"
     assert main(evaluate_args(model, data, single)) == 0
     out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "src_training", *evaluate_args(model, data, out)]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
+    torchrun([*evaluate_args(model, data, out)])
     assert metrics_of(out) == metrics_of(single)
     assert sorted(p.name for p in (out / "predictions").glob("*.nii.gz")) == sorted(
         p.name for p in (single / "predictions").glob("*.nii.gz")

@@ -1,14 +1,12 @@
 """``explain``: cohort attention statistics equal a direct computation; shards give one run's summary."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+from launcher import torchrun
 
 from napari_autofocus.io.nifti import load_nifti
 from napari_autofocus.io.prediction_files import OutputFile, write_outputs
@@ -136,11 +134,7 @@ def test_explain_under_torchrun_writes_one_runs_summary(tmp_path):
         synthetic_case(pred, labels_dir, f"c{i}", seed=i)
     base = ["explain", "--pred", str(pred), "--labels", str(labels_dir)]
     assert main([*base, "--out", str(tmp_path / "one")]) == 0
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "src_training", *base, "--out", str(tmp_path / "ddp")]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
+    torchrun([*base, "--out", str(tmp_path / "ddp")])
     one, ddp = (json.loads((tmp_path / p / "explain.json").read_text()) for p in ("one", "ddp"))
     assert ddp == one
 
