@@ -235,6 +235,7 @@ def check_labels(dataset, cases) -> None:
 
 
 def _predict_and_score(args):
+    from napari_autofocus.io.nifti import load_nifti
     from napari_autofocus.io.prediction_files import labels_name, refuse_foreign
     from napari_autofocus.nets import load_model
     from src_training.cohort import launcher_ranks, record_failures, run_pipeline, shard_from, summary_line
@@ -265,7 +266,7 @@ def _predict_and_score(args):
     for case in mine:  # evaluate replaces its own earlier predictions, never a file it did not write
         refuse_foreign(pred_dir, case.name, [labels_name(case.name)])
     request = {"model_sha256": file_digest(path), "nonfinite": args.nonfinite}
-    done = _complete_predictions(pred_dir, mine, request) if args.resume else {}
+    done = _complete_predictions(pred_dir, mine, request) if args.resume else []
     if done:
         print(f"{len(done)} of {len(mine)} case(s) already predicted (--continue): scored from their files")
     if not shard.is_whole:
@@ -273,9 +274,11 @@ def _predict_and_score(args):
     rank, world = launcher_ranks()
     args.device = rank_device(args.device)
     results, warned = {}, set()
-    for name, labels in done.items():
+    for name in done:  # one case in memory at a time, however large the cohort
         raw = read_case(dataset.case(name), len(dataset.modalities))
+        labels = np.round(load_nifti(pred_dir / labels_name(name)).data).astype(np.int64)
         results[name] = score_case(name, labels, raw.label, raw.spacing, classes, regions, args.hd_empty)
+        del raw, labels
 
     def compute(name, raw):
         pred, report = predict_scan_of(model, card, dataset, raw, args)
@@ -375,17 +378,16 @@ def write_prediction(pred_dir: Path, raw, labels, args, request: dict, report) -
     write_outputs(pred_dir, raw.name, files, raw.geometry, info, overwrite=True)
 
 
-def _complete_predictions(pred_dir: Path, cases, request: dict) -> dict[str, np.ndarray]:
-    """Label maps of cases this tool predicted completely with the same model and options."""
-    from napari_autofocus.io.nifti import load_nifti
-    from napari_autofocus.io.prediction_files import labels_name, own_record
+def _complete_predictions(pred_dir: Path, cases, request: dict) -> list[str]:
+    """Cases this tool predicted completely with the same model and options."""
+    from napari_autofocus.io.prediction_files import own_record
     from src_training.commands.predict import complete_outputs
 
-    found = {}
+    found = []
     for case in cases:
         record = own_record(pred_dir, case.name)
         if record and record.get("request") == request and complete_outputs(pred_dir, case.name):
-            found[case.name] = np.round(load_nifti(pred_dir / labels_name(case.name)).data).astype(np.int64)
+            found.append(case.name)
     return found
 
 
