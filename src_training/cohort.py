@@ -73,6 +73,43 @@ def shard_from(num_parts: int = 1, part_id: int = 0, environ=os.environ) -> Shar
     return Shard(part_id * world + rank, num_parts * world)
 
 
+def rank_device(device: str) -> str:
+    """Under a launcher with several processes, ``auto``/``cuda`` means this process's local GPU."""
+    _, world = launcher_ranks()
+    if world < 2:
+        return device  # one process: the engine resolves the name itself
+    from src_training.distributed import env_info, select_device
+
+    return str(select_device(device, env_info()))
+
+
+def gather_from_ranks(value) -> list:
+    """Every launcher process's ``value``, on every process; it waits for the slowest (up to a day),
+    so it is also the barrier after which rank 0 writes a cohort's summary."""
+    import torch
+    import torch.distributed as dist
+
+    from src_training import distributed
+
+    info = distributed.env_info()
+    distributed.init(info, torch.device("cpu"), timeout_minutes=24 * 60)
+    gathered = [None] * info.world_size
+    dist.all_gather_object(gathered, value)
+    distributed.cleanup(info)
+    return gathered
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file, read a megabyte at a time: the identity of a model file or a record."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def add_cohort_options(parser) -> None:
     """The options every cohort command (predict, evaluate --model, explain) shares."""
     parser.add_argument(
@@ -125,10 +162,6 @@ class CohortReport:
         if self.wall_seconds <= 0 or not self.done:
             return 0.0
         return max(0.0, 1.0 - self.busy_seconds / self.wall_seconds)
-
-
-class _Stop(Exception):
-    """Raised inside the pipeline when another stage failed and the run stops."""
 
 
 def run_pipeline(

@@ -113,6 +113,14 @@ def own_record(folder: str | Path, stem: str) -> dict | None:
     return read_marked_json(Path(folder) / info_name(stem))
 
 
+def complete_record(folder: str | Path, stem: str) -> dict | None:
+    """This tool's JSON for ``stem`` when every file it lists is in ``folder`` (the stem is complete)."""
+    record = own_record(folder, stem)
+    if record is None or not all((Path(folder) / name).is_file() for name in _listed(record, stem)):
+        return None
+    return record
+
+
 def own_outputs(folder: str | Path, stem: str) -> list[str] | None:
     """The files of ``stem`` this tool's complete write lists in ``folder``; None without one."""
     record = read_marked_json(Path(folder) / info_name(stem))

@@ -238,8 +238,15 @@ def _predict_and_score(args):
     from napari_autofocus.io.nifti import load_nifti
     from napari_autofocus.io.prediction_files import labels_name, refuse_foreign
     from napari_autofocus.nets import load_model
-    from src_training.cohort import launcher_ranks, record_failures, run_pipeline, shard_from, summary_line
-    from src_training.commands.predict import file_digest, rank_device
+    from src_training.cohort import (
+        file_digest,
+        launcher_ranks,
+        rank_device,
+        record_failures,
+        run_pipeline,
+        shard_from,
+        summary_line,
+    )
     from src_training.data import open_dataset, read_case
     from src_training.evaluation import choose_regions, class_structures, score_case
 
@@ -274,11 +281,14 @@ def _predict_and_score(args):
     rank, world = launcher_ranks()
     args.device = rank_device(args.device)
     results, warned = {}, set()
-    for name in done:  # one case in memory at a time, however large the cohort
-        raw = read_case(dataset.case(name), len(dataset.modalities))
+    for name in done:  # one case in memory at a time, however large the cohort; no image is read
+        truth = load_nifti(dataset.case(name).label)  # checked above, on the images' grid
         labels = np.round(load_nifti(pred_dir / labels_name(name)).data).astype(np.int64)
-        results[name] = score_case(name, labels, raw.label, raw.spacing, classes, regions, args.hd_empty)
-        del raw, labels
+        expected = np.round(truth.data).astype(np.int16)
+        results[name] = score_case(
+            name, labels, expected, truth.geometry.spacing, classes, regions, args.hd_empty
+        )
+        del truth, labels, expected
 
     def compute(name, raw):
         pred, report = predict_scan_of(model, card, dataset, raw, args)
@@ -380,29 +390,21 @@ def write_prediction(pred_dir: Path, raw, labels, args, request: dict, report) -
 
 def _complete_predictions(pred_dir: Path, cases, request: dict) -> list[str]:
     """Cases this tool predicted completely with the same model and options."""
-    from napari_autofocus.io.prediction_files import own_record
-    from src_training.commands.predict import complete_outputs
+    from napari_autofocus.io.prediction_files import complete_record
 
     found = []
     for case in cases:
-        record = own_record(pred_dir, case.name)
-        if record and record.get("request") == request and complete_outputs(pred_dir, case.name):
+        record = complete_record(pred_dir, case.name)
+        if record and record.get("request") == request:
             found.append(case.name)
     return found
 
 
 def gather_scores(scored: list, failed: list, warned: set, order: dict):
-    """Every rank's scores, failures and warnings, on every rank (gloo; waits for the slowest)."""
-    import torch
-    import torch.distributed as dist
+    """Every rank's scores, failures and warnings, on every rank, in the cohort's case order."""
+    from src_training.cohort import gather_from_ranks
 
-    from src_training import distributed
-
-    info = distributed.env_info()
-    distributed.init(info, torch.device("cpu"), timeout_minutes=24 * 60)
-    gathered = [None] * info.world_size
-    dist.all_gather_object(gathered, (scored, failed, sorted(warned)))
-    distributed.cleanup(info)
+    gathered = gather_from_ranks((scored, failed, sorted(warned)))
     scores = sorted((c for part in gathered for c in part[0]), key=lambda c: order[c["case"]])
     return scores, sorted(f for part in gathered for f in part[1]), {w for part in gathered for w in part[2]}
 

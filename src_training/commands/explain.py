@@ -55,7 +55,7 @@ def register(subparsers, name: str, help_text: str) -> None:
     p.add_argument(
         "--size-bins",
         default="10,20,40",
-        help="lesion diameter bin edges in mm, increasing (default 10,20,40; 'none' for no size bins)",
+        help="lesion diameter bin edges in mm, increasing (default 10,20,40; 'none': one bin of all lesions)",
     )
     add_cohort_options(p)
     p.set_defaults(func=run)
@@ -80,7 +80,14 @@ def size_edges(text: str) -> tuple[float, ...]:
 
 
 def run(args) -> int:
-    from src_training.cohort import launcher_ranks, record_failures, run_pipeline, shard_from, summary_line
+    from src_training.cohort import (
+        gather_from_ranks,
+        launcher_ranks,
+        record_failures,
+        run_pipeline,
+        shard_from,
+        summary_line,
+    )
 
     pred = Path(args.pred)
     edges = size_edges(args.size_bins)
@@ -109,12 +116,14 @@ def run(args) -> int:
         print(f"{len(complete)} of {len(cases)} case(s) already explained (--continue): skipped", flush=True)
     records.mkdir(parents=True, exist_ok=True)
 
+    numbered = {case: i for i, case in enumerate(todo, 1)}
+
     def read(case):
-        return read_case(pred, case, labels_dir)
+        return read_case(case, label_path(pred, case, labels_dir))
 
     def compute(case, loaded):
-        print(f"[{todo.index(case) + 1}/{len(todo)}] {case}", flush=True)
-        return explain_case(pred, case, loaded, names, regions, edges)
+        print(f"[{numbered[case]}/{len(todo)}] {case}", flush=True)
+        return explain_case(pred, case, cases[case], loaded, names, regions, edges)
 
     def write(case, result):
         result["source"] = source_of(pred, case, labels_dir, settings)
@@ -123,7 +132,7 @@ def run(args) -> int:
     report = run_pipeline(
         todo, read=read, compute=compute, write=write, keep_going=args.keep_going,
         overlap=args.overlap,
-        files_of=lambda case: [str(p) for p in attention_files(pred, case)],
+        files_of=lambda case: [str(p) for p in attention_files(pred, case, cases[case])],
     )  # fmt: skip
     record_failures(out, "explain", shard, report.failed)
     if len(cases) > 1 or report.failed:
@@ -132,7 +141,7 @@ def run(args) -> int:
         print(f"  failed: {failure.case}: {failure.reason}", flush=True)
     rank, world = launcher_ranks()
     if world > 1:
-        wait_for_every_rank()
+        gather_from_ranks(None)  # every rank's records are written before rank 0 reads them
     if args.num_parts > 1:
         print(
             "this is one part of the cohort: once every part is done, the same command with --continue and "
@@ -171,10 +180,12 @@ def attention_cases(pred: Path) -> dict[str, dict]:
     return found
 
 
-def attention_files(pred: Path, case: str) -> list[Path]:
-    from napari_autofocus.io.prediction_files import own_outputs
+def attention_files(pred: Path, case: str, record: dict) -> list[Path]:
+    """The attention maps a case's prediction JSON lists (names of this stem only)."""
+    from napari_autofocus.io.prediction_files import is_output_name
 
-    return [pred / n for n in own_outputs(pred, case) or [] if n.endswith("_attention.nii.gz")]
+    names = record.get("outputs") or []
+    return [pred / n for n in names if n.endswith("_attention.nii.gz") and is_output_name(case, n)]
 
 
 def layer_name(case: str, filename: str) -> str:
@@ -194,14 +205,21 @@ def structure_names(args, record: dict) -> tuple[dict[int, str], dict[str, list[
     return names, regions
 
 
-def read_case(pred: Path, case: str, labels_dir: Path | None):
-    """(labels, spacing) of a case, on the grid of its predictions."""
-    from napari_autofocus.io.nifti import load_nifti
+def label_path(pred: Path, case: str, labels_dir: Path | None) -> Path:
+    """The case's label map: ``--labels``' <case>.nii.gz (or .nii), else the predicted one."""
     from napari_autofocus.io.prediction_files import labels_name
 
-    path = (labels_dir / labels_name(case)) if labels_dir else pred / labels_name(case)
-    if labels_dir and not path.is_file() and (labels_dir / f"{case}.nii").is_file():
-        path = labels_dir / f"{case}.nii"
+    if labels_dir is None:
+        return pred / labels_name(case)
+    path = labels_dir / labels_name(case)
+    plain = labels_dir / f"{case}.nii"
+    return plain if not path.is_file() and plain.is_file() else path
+
+
+def read_case(case: str, path: Path):
+    """(labels, geometry) of a case, on the grid of its predictions."""
+    from napari_autofocus.io.nifti import load_nifti
+
     if not path.is_file():
         raise DatasetError(f"{case}: no label map {path}")
     volume = load_nifti(path)
@@ -218,7 +236,7 @@ def read_case(pred: Path, case: str, labels_dir: Path | None):
     return labels, volume.geometry
 
 
-def explain_case(pred: Path, case: str, loaded, names, regions, edges) -> dict:
+def explain_case(pred: Path, case: str, record: dict, loaded, names, regions, edges) -> dict:
     """The per-case record: statistics per structure and layer, and per size bin."""
     from napari_autofocus.analysis import attention_statistics as stats
     from napari_autofocus.io.nifti import load_nifti
@@ -229,10 +247,10 @@ def explain_case(pred: Path, case: str, loaded, names, regions, edges) -> dict:
         names.get(v, f"class {v}"): [v] for v in sorted(set(names) | set(np.unique(labels).tolist()))
     }
     structures.update({f"{name} (region)": values for name, values in regions.items()})
-    bins, per_bin = stats.lesion_sizes(labels, geometry.spacing, edges) if edges is not None else (None, {})
+    bins, per_bin = stats.lesion_sizes(labels, geometry.spacing, edges)
     layers, sizes = {}, {}
-    card = (read_record(pred / f"{case}_prediction.json") or {}).get("model_card") or {}
-    for path in attention_files(pred, case):
+    card = record.get("model_card") or {}
+    for path in attention_files(pred, case, record):
         layer = layer_name(case, path.name)
         volume = load_nifti(path)
         attention = volume.data
@@ -257,7 +275,7 @@ def explain_case(pred: Path, case: str, loaded, names, regions, edges) -> dict:
         "case": case,
         "rates": rates,
         "spacing_mm": [float(s) for s in geometry.spacing],
-        "structures": {name: values for name, values in structures.items()},
+        "structures": structures,
         "layers": layers,
         "size_bins": sizes,
     }
@@ -272,9 +290,9 @@ def layer_rates(card: dict, count: int) -> list[int]:
 
 def source_of(pred: Path, case: str, labels_dir: Path | None, settings: dict) -> dict:
     """What a case's record was computed from; --continue reuses a record only when it matches."""
-    from src_training.commands.predict import file_digest
+    from src_training.cohort import file_digest
 
-    labels = (labels_dir / f"{case}.nii.gz") if labels_dir else pred / f"{case}.nii.gz"
+    labels = label_path(pred, case, labels_dir)
     return {
         "prediction_json_sha256": file_digest(pred / f"{case}_prediction.json"),
         "labels": str(labels),
@@ -305,17 +323,6 @@ def write_record(path: Path, record: dict) -> None:
 
     refuse_foreign(path)
     write_text(path, json.dumps(json_ready(record), indent=1) + "\n")
-
-
-def wait_for_every_rank() -> None:
-    import torch
-
-    from src_training import distributed
-
-    info = distributed.env_info()
-    distributed.init(info, torch.device("cpu"), timeout_minutes=24 * 60)
-    distributed.barrier(info)
-    distributed.cleanup(info)
 
 
 def write_summary(out: Path, cases: list[str], settings: dict) -> list[Path]:

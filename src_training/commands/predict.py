@@ -118,10 +118,12 @@ def find_cases(inputs: list[str]) -> dict[str, list[Path]]:
 
 def run(args) -> int:
     from napari_autofocus.app.model_library import model_file
+    from napari_autofocus.io.prediction_files import complete_record
     from napari_autofocus.nets import load_model
     from src_training.cohort import (
         CohortProgress,
         launcher_ranks,
+        rank_device,
         record_failures,
         run_pipeline,
         shard_from,
@@ -148,7 +150,9 @@ def run(args) -> int:
         print(f"{len(complete)} of {len(cases)} case(s) already complete (--continue): skipped", flush=True)
     rank, _ = launcher_ranks()
     args.device = rank_device(args.device)
-    progress = CohortProgress(list(cases), lambda case: complete_outputs(out, case), show=rank == 0)
+    progress = CohortProgress(
+        list(cases), lambda case: complete_record(out, case) is not None, show=rank == 0
+    )
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     numbered = {case: i for i, case in enumerate(todo, 1)}
@@ -186,22 +190,10 @@ def run(args) -> int:
     return 0
 
 
-def rank_device(device: str) -> str:
-    """Under a launcher with several processes, ``auto``/``cuda`` means this process's local GPU."""
-    import os
-
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if world < 2 or device not in ("auto", "cuda"):
-        return device
-    import torch
-
-    if not torch.cuda.is_available():
-        return "cpu" if device == "auto" else device
-    return f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
-
-
 def prediction_request(args, model_path: Path) -> dict:
     """What decides a case's outputs; ``--continue`` skips a case only when its JSON records the same."""
+    from src_training.cohort import file_digest
+
     return {
         "model_sha256": file_digest(model_path),
         "arch": args.arch,
@@ -213,39 +205,26 @@ def prediction_request(args, model_path: Path) -> dict:
     }
 
 
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file, read a megabyte at a time."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def complete_outputs(out: Path, case: str) -> bool:
-    """True when this tool's JSON for ``case`` is in ``out`` and every file it lists is there."""
-    from napari_autofocus.io.prediction_files import own_outputs
-
-    names = own_outputs(out, case)
-    return names is not None and all((out / name).is_file() for name in names)
-
-
 def plan_cases(cases: dict[str, list[Path]], out: Path, args, request: dict) -> tuple[list[str], list[str]]:
     """(cases to predict, cases skipped as complete), checked for every case before anything runs.
 
     Without --force or --continue, existing outputs are refused; --continue skips complete cases
     made with the same settings and refuses those made with others; a killed write's leftovers
     are not a clash; files of these names that this tool did not write are always refused."""
-    from napari_autofocus.io.prediction_files import existing_outputs, leftovers, own_record, refuse_foreign
+    from napari_autofocus.io.prediction_files import (
+        complete_record,
+        existing_outputs,
+        leftovers,
+        refuse_foreign,
+    )
 
     todo, complete, clashes, changed = [], [], {}, []
     for case in cases:
         left = set(leftovers(out, case))
         files = [p for p in existing_outputs(out, case) if p not in left]
-        if args.resume and not args.force and complete_outputs(out, case):
-            recorded = (own_record(out, case) or {}).get("request")
+        record = complete_record(out, case) if args.resume and not args.force else None
+        if record is not None:
+            recorded = record.get("request")
             if recorded == request:
                 complete.append(case)
                 continue
