@@ -22,6 +22,7 @@ COMMANDS = [
     ("train", "train", "train a network on a Decathlon / nnU-Net v2 folder (run folder + model file)"),
     ("evaluate", "evaluate", "score predictions (or a model's predictions) per case, class and region"),
     ("explain", "explain", "attention statistics over a cohort: rates per structure, lesion size and layer"),
+    ("export", "export_model", "export a model as a bioimage.io package or a MONAI bundle"),
 ]
 
 EPILOG = """examples:
@@ -37,6 +38,8 @@ EPILOG = """examples:
   python -m src_training evaluate --model runs/afn1/model.safetensors --data data/phantom --out eval/afn1
   python -m src_training evaluate --pred preds/ --labels Task01_BrainTumour/labelsTr --regions msd --out eval/
   python -m src_training explain --pred preds/ --labels Task01_BrainTumour/labelsTr --out explain/
+  python -m src_training export --format bioimageio afn6.safetensors --out packages/
+  python -m src_training export --format monai-bundle afn6.safetensors --out bundles/
 """
 
 

@@ -43,7 +43,7 @@ class ModelEntry:
 def model_name(path: str | os.PathLike) -> str:
     """A short display name: the file name without model suffixes."""
     name = Path(path).name
-    for suffix in (".safetensors", ".pth.tar", ".pth", ".pt", ".tar"):
+    for suffix in (".safetensors", ".bioimageio.zip", ".pth.tar", ".pth", ".pt", ".tar", ".zip"):
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return name
@@ -59,9 +59,14 @@ def model_file(path: str | os.PathLike) -> Path:
     return path
 
 
+def is_package(path: str | os.PathLike) -> bool:
+    """A bioimage.io package (a ``.zip``); its card is read without torch."""
+    return str(path).endswith(".zip")
+
+
 def is_reference_checkpoint(path: str | os.PathLike) -> bool:
     """A torch.save checkpoint (the authors' format), which needs an architecture to be known."""
-    return not str(path).endswith(".safetensors")
+    return not str(path).endswith(".safetensors") and not is_package(path)
 
 
 def bundled_models(folder: Path | None = None) -> list[ModelEntry]:
@@ -120,12 +125,21 @@ def describe(path: str | os.PathLike, arch: str = "auto") -> ModelCard:
     """The card of a model file; a reference checkpoint is loaded (torch) to build its card."""
     if not Path(path).is_file():
         raise AutofocusError(f"{path}: no such model file")
+    if is_package(path):
+        return package_card(Path(path))
     if not is_reference_checkpoint(path):
         return read_card(path)
     from napari_autofocus.nets import load_model
 
     hints = {} if arch == "auto" else {"arch": arch}
     return load_model(path, **hints)[1]
+
+
+def package_card(path: Path) -> ModelCard:
+    """The card of a bioimage.io package napari-autofocus exported (no torch)."""
+    from napari_autofocus.exchange.package_import import package_config
+
+    return ModelCard.from_dict(package_config(path)["card"])
 
 
 def fitting_model(entries: list[ModelEntry], layers) -> ModelEntry | None:

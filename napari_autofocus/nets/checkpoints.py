@@ -19,6 +19,7 @@ import hashlib
 import json
 import pickle
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -160,7 +161,7 @@ def _looks_like_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 2**32
 
 
-def _strict_load(model: torch.nn.Module, state: dict, path: Path) -> None:
+def strict_load(model: torch.nn.Module, state: dict, path: Path) -> None:
     """Load all-or-nothing: compare keys and shapes first, naming what differs."""
     _check_matches(model, state, path)
     model.load_state_dict(state, strict=True)
@@ -229,7 +230,7 @@ def _load_ours(path: Path, hints: dict) -> tuple[torch.nn.Module, ModelCard]:
         raise CheckpointError(f"{path}: model card describes a network we cannot build: {exc}") from None
     _check_matches(shell, tensors, path)
     model = build_network(card.arch, card.in_channels, card.num_classes, **card.options)
-    _strict_load(model, tensors, path)
+    strict_load(model, tensors, path)
     # the geometry is the network's, never the card's word for it
     return model, card.replace(receptive_field=model.receptive_field, margin=model.margin)
 
@@ -311,13 +312,14 @@ def _load_reference(path: Path, hints: dict) -> tuple[torch.nn.Module, ModelCard
     bad = nonfinite_tensors({k: v for k, v in converted.items() if isinstance(v, torch.Tensor)})
     if bad:
         raise CheckpointError(f"{path}: {len(bad)} tensors hold NaN or infinite values (e.g. {bad[0]})")
-    _strict_load(model, converted, path)
+    strict_load(model, converted, path)
     card = _apply_hints(reference_card(model, path, content["epoch"]), hints, path)
     return model, card
 
 
 def load_model(path: str | Path, **hints) -> tuple[torch.nn.Module, ModelCard]:
-    """Load a model file (ours or a reference ``.pth.tar``) in eval mode, with its card.
+    """Load a model file (ours, a bioimage.io package we exported, or a reference ``.pth.tar``) in
+    eval mode, with its card.
 
     ``hints`` are model card fields: ``arch``/``in_channels``/``num_classes`` must agree with the
     file, the others (modalities, class_names, ...) override the card.
@@ -325,5 +327,16 @@ def load_model(path: str | Path, **hints) -> tuple[torch.nn.Module, ModelCard]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such model file")
-    model, card = _load_ours(path, hints) if _looks_like_safetensors(path) else _load_reference(path, hints)
+    if _looks_like_safetensors(path):
+        model, card = _load_ours(path, hints)
+    elif zipfile.is_zipfile(path):  # a bioimage.io package (torch.save files are zips too: not ours)
+        from napari_autofocus.exchange.package_import import is_package, load_package
+
+        if not is_package(path):
+            model, card = _load_reference(path, hints)
+        else:
+            model, card = load_package(path)
+            card = _apply_hints(card, hints, path)
+    else:
+        model, card = _load_reference(path, hints)
     return model.eval(), card

@@ -15,7 +15,7 @@ TIPS: dict[str, dict[str, str]] = {
     },
     "compare": {
         "models": "Tick the models to compare. Each runs on the same image layers, one after another.",
-        "add_button": "Add a model file (.safetensors, or an authors' .pth.tar checkpoint) to the list.",
+        "add_button": "Add a model (.safetensors, our bioimage.io package, an authors' .pth.tar) to the list",
         "truth_combo": "A labels layer with the true classes: the table then gives each model's Dice.",
         "device": "auto: CUDA, then Apple MPS, then CPU",
         "run_button": "Run every ticked model and show them side by side in napari's grid.",
@@ -45,7 +45,7 @@ TIPS: dict[str, dict[str, str]] = {
         "derived": "Per autofocus layer the arg-max rate, expected rate and entropy, and the zoom map in mm.",
     },
     "picker": {
-        "browse": "Open a model file (.safetensors, or an authors' .pth.tar checkpoint).",
+        "browse": "Open a model file (.safetensors, our bioimage.io package, an authors' .pth.tar).",
     },
 }
 

@@ -17,7 +17,7 @@ from napari_autofocus.app.model_library import (
 from napari_autofocus.errors import AutofocusError
 from napari_autofocus.widgets._tips import TIPS
 
-FILE_FILTER = "Model files (*.safetensors *.pth.tar *.pth *.pt *.tar);;All files (*)"
+FILE_FILTER = "Model files (*.safetensors *.bioimageio.zip *.zip *.pth.tar *.pth *.pt *.tar);;All files (*)"
 
 
 class ModelPicker(QWidget):
