@@ -83,7 +83,10 @@ def export_bioimageio(
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="napari-autofocus-export-") as staging:
         root = Path(staging)
-        descr = _describe(root, name, card, net, packaged, case, outputs)
+        try:
+            descr = _describe(root, name, card, net, packaged, case, outputs)
+        except ValueError as exc:  # pydantic's ValidationError: the spec refuses a field
+            raise AutofocusError(f"bioimage.io's spec refuses the package of {name}: {exc}") from None
         _write_package(descr, target)
     return target
 
@@ -287,4 +290,6 @@ def _identifier(text: str) -> str:
 
 
 def _package_name(name: str) -> str:
-    return " ".join(name.replace("_", " ").split()) or "autofocus model"
+    """A display name the spec accepts (5 to 128 characters)."""
+    words = " ".join(name.replace("_", " ").split())
+    return (words if len(words) >= 5 else f"{words} autofocus model".strip())[:128]
