@@ -11,12 +11,12 @@ PAPER = {
     "text": "Qin Y., Kamnitsas K., Ancha S. et al. Autofocus Layer for Semantic Segmentation. MICCAI 2018.",
     "url": "https://arxiv.org/abs/1805.08403",
 }
-RATE_COLOURS = ("#1f77b4", "#2ca02c", "#ff7f0e", "#d62728", "#9467bd", "#8c564b")
 
 
 def cover_image(path: Path, case, outputs: list[np.ndarray], layers: list[str], card) -> None:
-    """A 2:1 cover: the test scan's middle slice under its labels, and the last autofocus layer's
-    dominant rate there (the labels again for networks without attention)."""
+    """A 2:1 cover: the test scan's middle slice under its labels, and the expected dilation rate
+    (sum of rate x weight) of the autofocus layer whose rates vary most there, with its colour bar
+    (the labels alone for networks without attention)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -27,24 +27,33 @@ def cover_image(path: Path, case, outputs: list[np.ndarray], layers: list[str], 
     middle = (z.start + z.stop) // 2
     anatomy = case.image[0, 0, middle, y, x]
     labels = outputs[0][0, 0, middle, y, x]
+    inside = np.any(case.image[0, :, middle, y, x] != 0, axis=0)
     figure, (left, right) = plt.subplots(1, 2, figsize=(8, 4), dpi=100)
     for ax in (left, right):
         ax.imshow(anatomy, cmap="gray")
         ax.set_axis_off()
-    classes = ListedColormap(
-        ["none", "#e41a1c", "#4daf4a", "#377eb8", "#ff7f00", "#984ea3"][: card.num_classes]
+    colours = ["none", "#e41a1c", "#4daf4a", "#377eb8", "#ff7f00", "#984ea3", "#a65628"]
+    classes = ListedColormap(colours[: max(card.num_classes, 2)])
+    left.imshow(
+        np.ma.masked_equal(labels, 0), cmap=classes, vmin=0, vmax=max(card.num_classes - 1, 1), alpha=0.6
     )
-    left.imshow(np.ma.masked_equal(labels, 0), cmap=classes, vmin=0, vmax=card.num_classes - 1, alpha=0.6)
-    left.set_title(f"{card.arch}: labels")
+    left.set_title(f"{card.arch}: labels", fontsize=10)
     if layers:
-        attention = outputs[-1][0, :, middle, y, x]
-        rates = card.dilations or list(range(attention.shape[0]))
-        dominant = np.argmax(attention, axis=0)
-        right.imshow(dominant, cmap=ListedColormap(RATE_COLOURS[: attention.shape[0]]), alpha=0.55)
-        right.set_title(f"{layers[-1]}: dominant rate ({', '.join(f'r={r}' for r in rates)})", fontsize=9)
+        rates = np.asarray(card.dilations or range(1, outputs[2].shape[1] + 1), dtype=np.float32)
+        expected = [np.tensordot(rates, o[0, :, middle, y, x], axes=1) for o in outputs[2:]]
+        spread = [float(np.nanstd(np.where(inside, e, np.nan))) if inside.any() else 0.0 for e in expected]
+        best = int(np.argmax(spread))
+        shown = right.imshow(
+            np.ma.masked_where(~inside, expected[best]), cmap="viridis", vmin=rates.min(), vmax=rates.max()
+        )
+        figure.colorbar(shown, ax=right, fraction=0.046, pad=0.02, label="expected rate")
+        right.set_title(
+            f"{layers[best]}: expected rate, low = zoomed in (rates {', '.join(f'{r:g}' for r in rates)})",
+            fontsize=9,
+        )
     else:
-        right.imshow(np.ma.masked_equal(labels, 0), cmap=classes, vmin=0, vmax=card.num_classes - 1)
-        right.set_title("labels only (no autofocus layer)")
+        right.imshow(np.ma.masked_equal(labels, 0), cmap=classes, vmin=0, vmax=max(card.num_classes - 1, 1))
+        right.set_title("labels (no autofocus layer)", fontsize=10)
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
