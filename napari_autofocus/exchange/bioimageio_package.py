@@ -28,9 +28,10 @@ from pathlib import Path
 import numpy as np
 
 from napari_autofocus.errors import AutofocusError, CheckpointError
+from napari_autofocus.exchange.exchange_input import ExchangeInput, exchange_input
 from napari_autofocus.exchange.package_import import EXPORT_MARKER, package_config
 from napari_autofocus.exchange.packaged_network import OUTSIDE
-from napari_autofocus.exchange.test_case import TestCase, test_case
+from napari_autofocus.inference.normalization import padding_value
 
 PACKAGE_SUFFIX = ".bioimageio.zip"
 BLOCK_STEP = 16
@@ -69,10 +70,11 @@ def export_bioimageio(
     name = name or Path(model_path).name.split(".")[0]
     target = package_path(out_dir, name)
     _check_target(target, force)
-    packaged = PackagedNetwork(card.arch, card.in_channels, card.num_classes, card.options, pad_value(card))
+    pad = padding_value(card.normalization)
+    packaged = PackagedNetwork(card.arch, card.in_channels, card.num_classes, card.options, pad)
     packaged.outputs.net.load_state_dict(net.state_dict())
     packaged.eval()
-    case = test_case(card, 2 * halo_of(net) + 1, BLOCK_STEP, scan, labels)
+    case = exchange_input(card, 2 * halo_of(net) + 1, BLOCK_STEP, scan, labels)
     with torch.inference_mode():
         outputs = [t.numpy() for t in packaged(torch.from_numpy(case.image))]
     if not outputs[0].any():
@@ -89,12 +91,6 @@ def export_bioimageio(
             raise AutofocusError(f"bioimage.io's spec refuses the package of {name}: {exc}") from None
         _write_package(descr, target)
     return target
-
-
-def pad_value(card) -> float:
-    from napari_autofocus.inference.normalization import padding_value
-
-    return padding_value(card.normalization)
 
 
 def _check_target(target: Path, force: bool) -> None:
@@ -121,7 +117,7 @@ def _write_package(descr, target: Path) -> None:
         save_bioimageio_package(descr, output_path=tmp)
 
 
-def _describe(root: Path, name: str, card, net, packaged, case: TestCase, outputs: list[np.ndarray]):
+def _describe(root: Path, name: str, card, net, packaged, case: ExchangeInput, outputs: list[np.ndarray]):
     """Write the package's files into ``root`` and build its validated description."""
     import torch
     from bioimageio.spec.model import v0_5
@@ -213,7 +209,7 @@ def _describe(root: Path, name: str, card, net, packaged, case: TestCase, output
                     "in_channels": card.in_channels,
                     "num_classes": card.num_classes,
                     "options": json.loads(json.dumps(card.options)),
-                    "pad_value": pad_value(card),
+                    "pad_value": padding_value(card.normalization),
                 },
             ),
             pytorch_version=v0_5.Version(version),

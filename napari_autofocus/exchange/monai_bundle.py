@@ -193,7 +193,7 @@ def bundle_metadata(name: str, card, net) -> dict:
 
 def inference_config(card) -> dict:
     """``configs/inference.json``: read every NIfTI in ``dataset_dir``, write ``<case>_seg.nii.gz``."""
-    from napari_autofocus.exchange.bioimageio_package import pad_value
+    from napari_autofocus.inference.normalization import padding_value
 
     orientation = {"_target_": "Orientationd", "keys": "image", "axcodes": "SPL"}
     orientation["labels"] = [["L", "R"], ["P", "A"], ["I", "S"]]
@@ -234,7 +234,7 @@ def inference_config(card) -> dict:
         "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "num_workers": 0},
         "inferer": {
             "_target_": "napari_autofocus.exchange.monai_components.ExactInferer",
-            "pad_value": pad_value(card),
+            "pad_value": padding_value(card.normalization),
         },
         "postprocessing": {
             "_target_": "Compose",

@@ -8,7 +8,6 @@ both weight formats and runs inputs of three sizes and two batch sizes.
 from __future__ import annotations
 
 import importlib.util
-import json
 import subprocess
 import sys
 import zipfile
@@ -20,8 +19,8 @@ import torch
 
 from napari_autofocus.errors import AutofocusError, CheckpointError
 from napari_autofocus.exchange.bioimageio_package import export_bioimageio, halo_of
+from napari_autofocus.exchange.exchange_input import read_scan, sample_for
 from napari_autofocus.exchange.packaged_network import OUTSIDE, PackagedNetwork
-from napari_autofocus.exchange.test_case import read_scan, sample_for
 from napari_autofocus.inference.predictor import preprocess
 from napari_autofocus.nets.checkpoints import load_model, save_model
 from napari_autofocus.nets.networks import build_network
@@ -228,26 +227,35 @@ def test_package_loads_back_with_the_same_labels(packages, tmp_path):
     )
 
 
-def test_damaged_or_foreign_packages_are_refused(packages, tmp_path):
-    source = packages["BASIC_brain"]
-    tampered = tmp_path / "tampered.bioimageio.zip"
-    with zipfile.ZipFile(source) as old, zipfile.ZipFile(tampered, "w") as new:
+def _rewritten(source: Path, target: Path, change) -> Path:
+    """A copy of the zip ``source`` whose members pass through ``change(name, data)`` (None drops one)."""
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w") as new:
         for item in old.infolist():
-            data = old.read(item)
-            if item.filename == "weights.pt":
-                data = data[:-64] + bytes(64)
-            new.writestr(item, data)
-    with pytest.raises(CheckpointError, match="SHA-256"):
-        load_model(tampered)
-    foreign = tmp_path / "foreign.zip"
-    with zipfile.ZipFile(source) as old, zipfile.ZipFile(foreign, "w") as new:
-        import yaml
+            data = change(item.filename, old.read(item))
+            if data is not None:
+                new.writestr(item, data)
+    return target
 
-        rdf = yaml.safe_load(old.read("rdf.yaml"))
+
+def test_damaged_or_foreign_packages_are_refused(packages, tmp_path):
+    import yaml
+
+    source = packages["BASIC_brain"]
+
+    def damage_weights(name, data):
+        return data[:-64] + bytes(64) if name == "weights.pt" else data
+
+    def forget_config(name, data):
+        if name != "rdf.yaml":
+            return None
+        rdf = yaml.safe_load(data)
         rdf["config"] = {}
-        new.writestr("rdf.yaml", yaml.safe_dump(rdf))
+        return yaml.safe_dump(rdf)
+
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        load_model(_rewritten(source, tmp_path / "tampered.bioimageio.zip", damage_weights))
     with pytest.raises(CheckpointError, match="did not export"):
-        load_model(foreign)
+        load_model(_rewritten(source, tmp_path / "foreign.zip", forget_config))
 
 
 def test_export_keeps_what_it_did_not_write(tmp_path):
@@ -265,38 +273,21 @@ def test_export_keeps_what_it_did_not_write(tmp_path):
 
 
 def test_export_cli(tmp_path, golden):
-    """The authors' checkpoints export too (test tensors from the brain sample: 4 channels)."""
+    """The authors' checkpoints export too (test tensors from the brain sample: 4 channels); a
+    second export does not replace the first."""
     from src_training.cli import main
 
-    assert (
-        main(
-            [
-                "export",
-                "--format",
-                "bioimageio",
-                str(golden / "AFN1_390_checkpoint.pth.tar"),
-                "--out",
-                str(tmp_path),
-            ]
-        )
-        == 0
-    )
-    package = tmp_path / "AFN1_390_checkpoint.bioimageio.zip"
-    config = json.loads(json.dumps(load_model(package)[1].to_dict()))
-    assert config["arch"] == "AFN1"
-    assert (
-        main(
-            [
-                "export",
-                "--format",
-                "bioimageio",
-                str(golden / "AFN1_390_checkpoint.pth.tar"),
-                "--out",
-                str(tmp_path),
-            ]
-        )
-        == 2
-    )
+    argv = [
+        "export",
+        "--format",
+        "bioimageio",
+        str(golden / "AFN1_390_checkpoint.pth.tar"),
+        "--out",
+        str(tmp_path),
+    ]
+    assert main(argv) == 0
+    assert load_model(tmp_path / "AFN1_390_checkpoint.bioimageio.zip")[1].arch == "AFN1"
+    assert main(argv) == 2
 
 
 def test_missing_tools_are_named(monkeypatch):

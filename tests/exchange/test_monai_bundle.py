@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from napari_autofocus.errors import AutofocusError
+from napari_autofocus.exchange.exchange_input import read_scan, sample_for
 from napari_autofocus.exchange.monai_bundle import FILES, export_monai_bundle
-from napari_autofocus.exchange.test_case import read_scan, sample_for
 from napari_autofocus.inference.predictor import predict_scan
 from napari_autofocus.io.nifti import load_nifti
 from napari_autofocus.nets.checkpoints import load_model

@@ -19,7 +19,7 @@ from napari_autofocus.errors import AutofocusError
 
 
 @dataclass
-class TestCase:
+class ExchangeInput:
     """The test input (1, C, D, H, W): a normalised cube of a scan inside a canvas of the outside marker."""
 
     image: np.ndarray
@@ -73,9 +73,9 @@ def valid_size(n: int, minimum: int, step: int) -> int:
     return minimum + step * max(0, -(-(n - minimum) // step))
 
 
-def test_case(
+def exchange_input(
     card, minimum: int, step: int, scan: Path | None = None, labels: Path | None = None, edge: int = TEST_EDGE
-) -> TestCase:
+) -> ExchangeInput:
     """The test input for a model with this card and axes of sizes ``minimum + k * step``."""
     from napari_autofocus.exchange.packaged_network import OUTSIDE
     from napari_autofocus.inference.predictor import preprocess
@@ -98,6 +98,6 @@ def test_case(
     canvas = tuple(valid_size(n, minimum, step) for n in shape)
     start = tuple((c - n) // 2 for c, n in zip(canvas, shape, strict=True))
     out = np.full((1, image.shape[0], *canvas), OUTSIDE, dtype=np.float32)
-    case = TestCase(out, Path(scan).name, start, shape, scan_start)
+    case = ExchangeInput(out, Path(scan).name, start, shape, scan_start)
     out[(0, slice(None), *case.scan_slices)] = image
     return case
