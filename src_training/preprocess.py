@@ -23,12 +23,14 @@ import numpy as np
 from napari_autofocus.errors import DatasetError
 from napari_autofocus.inference.normalization import DEFAULT_NORMALIZATION
 from napari_autofocus.inference.predictor import Preprocessed, preprocess
+from napari_autofocus.inference.regions import PlaneBoxes
 from napari_autofocus.io.atomic import atomic_path, write_text
 
 from .data import Case, Dataset, check_label_values, read_case
 from .sampling import class_indices
 
-CACHE_VERSION = 2  # 2: the predictor's preprocessing, foreground box and source-grid labels
+CACHE_VERSION = 3  # 2: the predictor's preprocessing, foreground box and source-grid labels;
+# 3: the foreground's box in each plane (what whole mode computes)
 
 
 @dataclass
@@ -44,6 +46,7 @@ class PreparedCase:
     source_shape: tuple = ()
     source_spacing: tuple = ()
     source_label: np.ndarray | None = None  # the label on the scan's own grid (what evaluate scores)
+    foreground_planes: PlaneBoxes | None = None  # the foreground's box in each plane (not resampled)
 
     def for_predictor(self) -> Preprocessed:
         """This case as :func:`napari_autofocus.inference.predictor.run_network` takes it."""
@@ -54,6 +57,7 @@ class PreparedCase:
             spacing=self.spacing,
             source_shape=tuple(self.source_shape),
             source_spacing=tuple(self.source_spacing),
+            foreground_planes=self.foreground_planes,
         )
 
 
@@ -83,11 +87,13 @@ def _load(folder: Path, name: str, meta: dict) -> PreparedCase:
         indices = {k: data[k] for k in data.files}
     label = array("label.npy")
     source_label = array("source_label.npy")
+    planes = meta.get("foreground_planes")
     return PreparedCase(
         name, array("image.npy"), label, indices, tuple(meta["spacing"]),
         foreground_box=tuple(tuple(axis) for axis in meta["foreground_box"]),
         source_shape=tuple(meta["source_shape"]), source_spacing=tuple(meta["source_spacing"]),
         source_label=label if source_label is None else source_label,
+        foreground_planes=PlaneBoxes.from_record(planes) if planes else None,
     )  # fmt: skip
 
 
@@ -150,6 +156,7 @@ def prepare_cases(
         meta = {
             "case": case.name, "spacing": list(spacing), "settings": settings, "shape": list(image.shape),
             "foreground_box": [list(axis) for axis in done.foreground_box],
+            "foreground_planes": done.foreground_planes.record() if done.foreground_planes else None,
             "source_shape": list(done.source_shape), "source_spacing": list(done.source_spacing),
         }  # fmt: skip
         write_text(meta_path, json.dumps(meta, indent=1))  # written last: marks the entry complete

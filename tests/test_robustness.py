@@ -351,6 +351,18 @@ def test_unusable_memory_budgets_are_refused(tmp_path, model_file, budget, capsy
         )
 
 
+def test_bf16_where_the_cpu_has_no_native_bf16_is_refused_by_name(tmp_path, model_file, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    scan = _scan(tmp_path / "case.nii.gz")
+    argv = ["predict", "--model", str(model_file), "--input", str(scan), "--out", str(tmp_path / "p"),
+            "--device", "cpu", "--precision", "bf16"]  # fmt: skip
+    assert main(argv) != 0
+    assert "this CPU has no native bf16 (AVX-512 BF16 or AMX)" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists() or not any((tmp_path / "p").iterdir())
+
+
 def test_scratch_outputs_equal_in_memory_outputs_and_stream_to_the_same_files(tmp_path, monkeypatch):
     import napari_autofocus.io.nifti as nifti
     import napari_autofocus.io.prediction_files as files

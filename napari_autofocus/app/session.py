@@ -22,6 +22,7 @@ from napari_autofocus import __version__
 from napari_autofocus.app.model_library import is_reference_checkpoint, model_name
 from napari_autofocus.app.placement import Placement
 from napari_autofocus.errors import AutofocusError
+from napari_autofocus.inference.regions import OUTSIDE_COMPUTED
 from napari_autofocus.io.nifti import NiftiGeometry
 from napari_autofocus.nets.card import ModelCard
 
@@ -121,7 +122,7 @@ class SegmentationResult:
             "preprocessing": dict(self.preprocessing),
             "warnings": self.warnings,
             "computed_box": [list(axis) for axis in self.crop_box] if self.crop_box else None,
-            "outside_computed_box": "label 0, background probability 1, attention NaN",
+            "outside_computed_box": OUTSIDE_COMPUTED,
             "inputs": list(self.input_layers),
             "seconds": round(self.seconds, 3),
             "created": self.created,

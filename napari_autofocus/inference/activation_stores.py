@@ -31,10 +31,15 @@ class MemoryStore:
 
     @classmethod
     def empty(cls, channels, extent, device, memory_format) -> MemoryStore:
+        # not zeroed: pages become resident only as slabs are written (voxels that no output needs
+        # may hold stale values, which only other such voxels ever read)
         return cls(torch.empty((1, channels, *extent), device=device, memory_format=memory_format))
 
-    def write(self, start: int, slab: torch.Tensor) -> None:
-        self.data[:, :, start : start + slab.shape[2]].copy_(slab)
+    def write(self, start: int, slab: torch.Tensor, rows=None, cols=None) -> None:
+        """A slab's output at plane ``start``: whole planes, or the in-plane box ``rows`` x ``cols``."""
+        (y0, _), (x0, _) = rows or (0, 0), cols or (0, 0)
+        n, h, w = slab.shape[2:]
+        self.data[:, :, start : start + n, y0 : y0 + h, x0 : x0 + w].copy_(slab)
 
     @property
     def can_release(self) -> bool:
@@ -128,8 +133,15 @@ class FileStore:
         self.buffer: np.ndarray | None = None
         self.held = (0, 0)  # planes [lo, hi) at the front of the buffer
 
-    def write(self, start: int, slab: torch.Tensor) -> None:
+    def write(self, start: int, slab: torch.Tensor, rows=None, cols=None) -> None:
+        """A slab's output at plane ``start``: whole planes, or the in-plane box ``rows`` x ``cols``
+        (written as whole planes, zeros around it: nothing reads outside the box)."""
         planes = slab[0].permute(1, 2, 3, 0).float().contiguous().cpu().numpy()
+        if planes.shape[1:3] != self.shape[1:3]:
+            (y0, y1), (x0, x1) = rows, cols
+            whole = np.zeros((planes.shape[0], *self.shape[1:]), np.float32)
+            whole[:, y0:y1, x0:x1] = planes
+            planes = whole
         self.file.seek(start * self.plane * 4)
         self.file.write(memoryview(planes).cast("B"))
 
@@ -167,6 +179,21 @@ class FileStore:
     def close(self) -> None:
         self.file.close()
         self.buffer = None
+
+
+def in_plane(x: torch.Tensor, rows, cols) -> torch.Tensor:
+    """Rows [y0, y1) and columns [x0, x1) of every plane of a (1, C, D, H, W) slab, zeros beyond
+    its planes' border (a view when the box lies inside)."""
+    (y0, y1), (x0, x1) = rows, cols
+    h, w = x.shape[3:]
+    if y0 >= 0 and x0 >= 0 and y1 <= h and x1 <= w:
+        return x[:, :, :, y0:y1, x0:x1]
+    out = torch.zeros((*x.shape[:3], y1 - y0, x1 - x0), dtype=x.dtype, device=x.device)
+    out = out.contiguous(memory_format=format_of(x))
+    a, b, c, d = max(y0, 0), min(y1, h), max(x0, 0), min(x1, w)
+    if b > a and d > c:
+        out[:, :, :, a - y0 : b - y0, c - x0 : d - x0].copy_(x[:, :, :, a:b, c:d])
+    return out
 
 
 def plane_major(t: torch.Tensor) -> bool:

@@ -11,9 +11,11 @@ Modes:
   corner, zero padding, one row of tiles per batch; the benchmark's baseline.
 
 Speed on a CPU comes from the channels-last-3d layout (oneDNN's direct kernels for every
-dilation), batch norm folded into the kernels, ``torch.inference_mode``, and computing only the
-foreground's bounding box. On CUDA: bf16/fp16 autocast and cuDNN autotuning; never autocast on a
-CPU (30-70x slower here).
+dilation), batch norm folded into the kernels, ``torch.inference_mode``, and work not done: only
+the foreground's bounding box, and in each slab of each layer only what the foreground's outputs
+depend on. On CUDA: cuDNN autotuning. ``precision="bf16"`` autocasts to bfloat16 (CUDA, or CPUs
+with native bf16; on a CPU only dilations <= 2 run in bf16, see ``nets.slabs``); the default
+is float32 everywhere.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from torch import nn
 from napari_autofocus.errors import AutofocusError
 from napari_autofocus.inference.normalization import roi_mask
 from napari_autofocus.inference.outputs import Outputs
-from napari_autofocus.inference.regions import given_box, region_box, roi_mask_of
+from napari_autofocus.inference.regions import PlaneBoxes, given_box, region_box, roi_mask_of
 from napari_autofocus.inference.strategies import (
     _MODE_ALIASES,
     DEFAULT_MEMORY_BUDGET_GIB,
@@ -60,6 +62,28 @@ def check_memory_budget(gib, minimum: float = MIN_MEMORY_BUDGET_GIB) -> float:
 
 
 MODES = ("whole", "tiled", "reference")
+PRECISIONS = ("fp32", "bf16")
+
+
+def check_precision(precision: str, device: torch.device) -> str:
+    """``precision`` when ``device`` runs it at speed; else a clear error. bf16 needs a GPU with
+    bf16 or a CPU with native bf16 (AVX-512 BF16 / AMX): elsewhere it runs 30-70x slower."""
+    if precision not in PRECISIONS:
+        raise AutofocusError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return precision
+    if device.type == "cuda":
+        if not torch.cuda.is_bf16_supported():
+            raise AutofocusError(f"this GPU ({torch.cuda.get_device_name(device)}) has no bf16; use fp32")
+        return precision
+    if device.type == "cpu":
+        if not torch.cpu._is_avx512_bf16_supported():
+            raise AutofocusError(
+                "this CPU has no native bf16 (AVX-512 BF16 or AMX): bf16 would run many times slower; "
+                "use fp32"
+            )
+        return precision
+    raise AutofocusError(f"bf16 is supported on CPUs and CUDA GPUs, not on {device.type}; use fp32")
 
 
 @dataclass
@@ -81,6 +105,7 @@ class Prediction:
     seconds: float
     peak_memory_gib: float
     activations: str | None = None  # streamed runs: where full activations lived ("memory", "file")
+    flops: float | None = None  # streamed runs: the convolutions' multiply-adds x 2 actually computed
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -136,11 +161,12 @@ def predict_volume(
     logits: bool = False,
     roi: np.ndarray | None = None,
     crop: bool = True,
+    regions: bool = True,
     pad_value: float = 0.0,
     memory_budget_gib: float = DEFAULT_MEMORY_BUDGET_GIB,
     tile_size: int | None = None,
     channels_last: bool | None = None,
-    amp: bool | None = None,
+    precision: str = "fp32",
     one_pass: bool | None = None,
     progress: Callable[[int, int], None] | None = None,
     cancel=None,
@@ -156,8 +182,11 @@ def predict_volume(
     75^3 -> 47^3 tiles from its corner, zero padding, rows of tiles as batches.
 
     ``crop`` (default): compute only the bounding box of ``roi`` (a (D, H, W) mask or a box
-    ``((z0, z1), (y0, y1), (x0, x1))``; by default the voxels non-zero in any channel), reading the
-    network's margin from real data where the volume has it. Outside: label 0, background
+    ``((z0, z1), (y0, y1), (x0, x1))``, or the foreground's box in each plane as
+    ``regions.PlaneBoxes``; by default the voxels non-zero in any channel), reading the
+    network's margin from real data where the volume has it. ``regions`` (default, whole mode,
+    a mask ROI): output only the foreground's box in each plane, and compute in each slab of each
+    layer only what those outputs depend on. Outside: label 0, background
     probability 1, attention NaN, ``computed`` False. ``pad_value``: what the volume is padded with
     beyond its border (the normalised background, ``normalization.padding_value``).
     ``memory_budget_gib``: the peak the process should stay under while it predicts (resident
@@ -166,10 +195,13 @@ def predict_volume(
     same either way; outputs that would take more than a quarter of the budget live in unlinked
     temporary files whose pages are handed back after each slab (``scratch_outputs`` forces
     either way). ``logits``: also return the raw network outputs (float32, NaN outside).
+    ``precision``: "fp32" (default) or "bf16" (faster where the hardware has it; labels may differ
+    from fp32 on a few voxels, see the README).
     ``progress(done, total)`` is called with 0 before the first slab or tile and after each one; ``cancel`` (a
     ``threading.Event`` or a callable) is checked before each and raises :class:`Cancelled`.
     """
     image = np.asarray(image, dtype=np.float32)
+    planes = None  # the foreground's box in each plane, when whole mode computes only that
     if image.ndim != 4:
         raise AutofocusError(f"expected a (channels, D, H, W) volume, got shape {image.shape}")
     if image.shape[0] != model.in_channels:
@@ -183,7 +215,11 @@ def predict_volume(
     started = time.perf_counter()
     dev = resolve_device(device)
     shape = tuple(image.shape[1:])
-    if roi is not None and not isinstance(roi, np.ndarray):  # a box: no full-size mask is made
+    if isinstance(roi, PlaneBoxes):  # the foreground's box in each plane (predict_scan's)
+        box = roi.bounding_box() if crop or mode == "reference" else tuple((0, n) for n in shape)
+        if regions and crop and mode == "whole" and box is not None:
+            planes = roi.within(box)
+    elif roi is not None and not isinstance(roi, np.ndarray):  # a box: no full-size mask is made
         box = given_box(roi, shape) if crop or mode == "reference" else tuple((0, n) for n in shape)
     else:
         mask = (
@@ -192,6 +228,8 @@ def predict_volume(
             else (roi_mask(image, "nonzero") if crop or mode == "reference" else None)
         )
         box = region_box(mask, shape, mode, crop, explicit=roi is not None)
+        if regions and mode == "whole" and box is not None and mask is not None:
+            planes = PlaneBoxes.of_mask(mask[tuple(slice(a, b) for a, b in box)])
         del mask
     tiles_box = box
     if mode == "reference" and box is not None:
@@ -210,10 +248,18 @@ def predict_volume(
         model=model.eval(),
         device=dev,
         memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format,
-        amp=(dev.type == "cuda") if amp is None else (amp and dev.type == "cuda"),
+        precision=check_precision(precision, dev),
         wanted=wanted,
         outputs=Outputs.allocate(
-            model, box, probabilities, wanted, attention_dtype, logits, scratch=scratch, folder=spill_dir
+            model,
+            box,
+            probabilities,
+            wanted,
+            attention_dtype,
+            logits,
+            scratch=scratch,
+            folder=spill_dir,
+            planes=planes,
         ),
         budget=int(memory_budget_gib * 2**30),
         in_use=in_use,
@@ -251,6 +297,7 @@ def predict_volume(
         seconds=time.perf_counter() - started,
         peak_memory_gib=_peak_memory_gib(dev),
         activations=details.get("activations"),
+        flops=details.get("flops"),
     )
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from napari_autofocus.inference.regions import PlaneBoxes
 from napari_autofocus.io.scratch import release, scratch_array, slabs
 
 
@@ -27,6 +28,7 @@ class Outputs:
 
     scratch: bool = False  # the arrays live in unlinked temporary files (see napari_autofocus.io.scratch)
     folder: str | None = None
+    planes: PlaneBoxes | None = None  # only these voxels of the box are output (None: all of it)
 
     @staticmethod
     def bytes_for(model, voxels: int, probabilities: bool, wanted: list[str], dtype, logits=False) -> int:
@@ -47,6 +49,7 @@ class Outputs:
         logits=False,
         scratch=False,
         folder=None,
+        planes=None,
     ) -> Outputs:
         geometry = {g["name"]: g for g in model.autofocus_geometry()} if wanted else {}
         size = tuple(b - a for a, b in box) if box is not None else (0, 0, 0)
@@ -69,6 +72,7 @@ class Outputs:
             logits=array((model.num_classes, *size), np.float32, np.nan) if logits else None,
             scratch=scratch,
             folder=folder,
+            planes=None if planes is None or planes.is_full else planes,
         )
 
     def arrays(self) -> list[np.ndarray]:
@@ -131,14 +135,17 @@ class Outputs:
         if region is None:
             return
         index, inner = region
+        keep = self._kept(index)
         labels = logits.argmax(0).to(torch.uint8 if self.labels.dtype == np.uint8 else torch.int16)
-        self.labels[index] = labels[inner].cpu().numpy()
+        np.copyto(self.labels[index], labels[inner].cpu().numpy(), where=keep)
         if self.probabilities is not None:
             probs = torch.softmax(logits, 0)[(slice(None), *inner)]
-            self.probabilities[(slice(None), *index)] = probs.cpu().numpy()
+            np.copyto(self.probabilities[(slice(None), *index)], probs.cpu().numpy(), where=keep)
         if self.logits is not None:
-            self.logits[(slice(None), *index)] = logits[(slice(None), *inner)].cpu().numpy()
-        self.computed[index] = True
+            np.copyto(
+                self.logits[(slice(None), *index)], logits[(slice(None), *inner)].cpu().numpy(), where=keep
+            )
+        np.copyto(self.computed[index], True, where=keep)
 
     def write_layer_attention(self, name: str, grid_offset: int, margin: int, start, a: torch.Tensor) -> None:
         """Attention on its layer's grid, which sits ``grid_offset`` voxels per side into the network
@@ -152,8 +159,14 @@ class Outputs:
         if region is None:
             return
         index, inner = region
-        block = a[0].float()[(slice(None), *inner)]
-        self.maps[name][(slice(None), *index)] = block.cpu().numpy().astype(self.maps[name].dtype)
+        block = a[0].float()[(slice(None), *inner)].cpu().numpy()
+        np.copyto(self.maps[name][(slice(None), *index)], block, where=self._kept(index), casting="unsafe")
+
+    def _kept(self, index) -> np.ndarray | bool:
+        """Which voxels of a box region are output: all, or the foreground's box in each plane."""
+        if self.planes is None:
+            return True
+        return self.planes.mask(tuple(s.start for s in index), tuple(s.stop - s.start for s in index))
 
     def _region(self, start, size):
         """(box index, block index) of the part of a block at ``start`` (box coords) inside the box."""

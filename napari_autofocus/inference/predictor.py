@@ -30,6 +30,7 @@ from scipy import ndimage
 
 from napari_autofocus.errors import AutofocusError
 from napari_autofocus.inference.normalization import DEFAULT_NORMALIZATION, normalize, padding_value, roi_mask
+from napari_autofocus.inference.regions import PlaneBoxes
 from napari_autofocus.inference.scan_checks import (  # noqa: F401 (the checks are part of this API)
     SPACING_TOLERANCE,
     Contract,
@@ -56,6 +57,7 @@ class Preprocessed:
     source_shape: tuple[int, int, int]
     source_spacing: tuple[float, float, float]
     label: np.ndarray | None = None  # the label map on the network grid, when one was given
+    foreground_planes: PlaneBoxes | None = None  # that foreground's box in each plane (not resampled)
 
     @property
     def resampled(self) -> bool:
@@ -117,7 +119,9 @@ def preprocess(
     source_spacing = tuple(float(s) for s in spacing)
     check_resampling(raw.shape[1:], raw.shape[0], source_spacing, target_spacing)  # before it allocates
     roi = roi_mask(raw, spec.get("roi", "nonzero"))
-    foreground_box = box_of(roi if spec.get("roi", "nonzero") == "nonzero" else roi_mask(raw, "nonzero"))
+    foreground = roi if spec.get("roi", "nonzero") == "nonzero" else roi_mask(raw, "nonzero")
+    foreground_box, foreground_planes = box_of(foreground), PlaneBoxes.of_mask(foreground)
+    del foreground
     source_shape = tuple(raw.shape[1:])
     image = normalize(raw, spec, roi, out=raw if in_place and raw.flags.writeable else None)
     new_spacing = source_spacing
@@ -127,6 +131,7 @@ def preprocess(
         roi = resample_nearest(roi, image.shape[1:])
         # every network voxel whose cell touches the scan's foreground: the box covers it all
         foreground_box = box_to_shape(foreground_box, source_shape, image.shape[1:])
+        foreground_planes = None  # the box, grown to the new grid, is computed whole
         if label is not None:
             label = resample_nearest(label, image.shape[1:])
         new_spacing = tuple(float(t) for t in target_spacing)
@@ -138,18 +143,23 @@ def preprocess(
         source_shape=source_shape,
         source_spacing=source_spacing,
         label=label,
+        foreground_planes=foreground_planes,
     )
 
 
 def run_network(model, prepared: Preprocessed, normalization: dict, *, crop: bool = True, **engine):
-    """The engine on the network grid, computing the foreground's box unless ``crop`` is False."""
+    """The engine on the network grid, computing the foreground (its box in each plane, or its box
+    when resampled) unless ``crop`` is False."""
     from napari_autofocus.inference.engine import predict_volume
 
+    roi = prepared.foreground_box
+    if prepared.foreground_planes is not None and prepared.foreground_planes.bounding_box() is not None:
+        roi = prepared.foreground_planes  # (an all-zero scan keeps its box: the whole volume)
     return predict_volume(
         model,
         prepared.image,
         crop=crop,
-        roi=prepared.foreground_box if crop else None,
+        roi=roi if crop else None,
         pad_value=padding_value(normalization),
         **engine,
     )

@@ -18,6 +18,7 @@ from napari_autofocus.inference.outputs import Outputs
 from napari_autofocus.inference.regions import crop_with_margin
 from napari_autofocus.inference.tiling import TilePlan, plan_tiles
 from napari_autofocus.nets import AutofocusConv, capture_attention
+from napari_autofocus.nets.slabs import conv_flops
 
 REFERENCE_OUTPUT_TILE = 47  # the reference: 75^3 input tiles, 47^3 output, stride 47
 DEFAULT_MEMORY_BUDGET_GIB = 2.0  # peak memory of the process while it predicts
@@ -83,7 +84,7 @@ class _Run:
     model: nn.Module
     device: torch.device
     memory_format: torch.memory_format
-    amp: bool
+    precision: str  # "fp32" or "bf16" (autocast)
     wanted: list[str]
     outputs: Outputs
     budget: int
@@ -92,12 +93,13 @@ class _Run:
     cancel: object
     done: int = 0
     total: int = 0
+    flops: float = 0.0  # what streamed runs computed (multiply-adds x 2)
+
+    def count(self, module: nn.Module, out: torch.Tensor) -> None:
+        self.flops += conv_flops(module) * out[0, 0].numel()
 
     def autocast(self):
-        dtype = (
-            torch.bfloat16 if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
-        )
-        return torch.autocast(self.device.type, dtype=dtype, enabled=self.amp)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
     def begin(self, total: int) -> None:
         """Say how many parts the run has before the first one starts (a bar from the start)."""
@@ -147,12 +149,12 @@ def _run_whole(run: _Run, image, box, pad_value, one_pass, spill_dir, tile_size)
     run.begin(plan.total_slabs)
     outputs = run.outputs
 
-    def on_output(step, start, logits, attentions):
+    def on_output(step, corner, logits, attentions):
         for a in attentions:
             if a.name in outputs.maps:
-                outputs.write_layer_attention(a.name, a.offset, margin, (a.start, 0, 0), a.data)
+                outputs.write_layer_attention(a.name, a.offset, margin, a.start, a.data)
         if logits is not None:
-            outputs.write_logits((start, 0, 0), logits)
+            outputs.write_logits(corner, logits)
 
     # the input is read from the scan slab by slab (no copy of it) unless one copy is affordable
     copy_bytes = 4 * image.shape[0] * int(np.prod(extent))
@@ -174,11 +176,14 @@ def _run_whole(run: _Run, image, box, pad_value, one_pass, spill_dir, tile_size)
         after_slab=run.step_done,
         compute_context=run.autocast,
         spill_dir=spill_dir,
+        planes=outputs.planes,
+        count=run.count,
     )
     return "whole", {
         "tile_size": extent,
         "slabs_run": run.done,
         "activations": placement,
+        "flops": run.flops,
     }
 
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from napari_autofocus.errors import AutofocusError
 
-from .slabs import fold_batchnorm, keep_planes
+from .slabs import conv3d, fold_batchnorm, keep_halo
 
 _CONV = {2: F.conv2d, 3: F.conv3d}
 _CONV_MODULE = {2: nn.Conv2d, 3: nn.Conv3d}
@@ -175,22 +175,23 @@ class AutofocusConv(nn.Module):
             out = term if out is None else out + term
         return out
 
-    def forward_depth_halo(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eval-mode (output, attention) of a depth slab that carries ``reach`` halo planes.
+    def forward_halo(self, x: torch.Tensor, boxed: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eval-mode (output, attention) of a slab that carries ``reach`` halo planes (and, when
+        ``boxed``, ``reach`` halo voxels in-plane too).
 
-        Used by per-layer streaming: the halo holds the neighbouring planes of the whole volume
-        (zeros beyond its border), so every branch pads only the two in-plane axes and the slab's
-        output equals one whole-volume pass on those planes. Batch norm is folded into each
-        branch's kernel. 3D only.
+        Used by per-layer streaming: the halo holds the neighbouring voxels of the whole volume
+        (zeros beyond its border, where this layer zero-pads), so the slab's output equals one
+        whole-volume pass there. Whole planes pad in-plane as the layer does; a box pads nothing.
+        Batch norm is folded into each branch's kernel. 3D only.
         """
         if self.spatial_dims != 3:
-            raise ValueError("depth-slab streaming is for 3D autofocus layers")
-        same = self.padding == "same"
-        hidden = F.conv3d(
-            keep_planes(x, self.reach, 1), self.att1.weight, self.att1.bias, padding=(0, int(same), int(same))
+            raise ValueError("slab streaming is for 3D autofocus layers")
+        pad = 0 if boxed else int(self.padding == "same")
+        hidden = conv3d(
+            keep_halo(x, self.reach, 1, boxed), self.att1.weight, self.att1.bias, 1, (0, pad, pad)
         )
         a = torch.softmax(self.att2(F.relu_(hidden)), dim=1)
-        crop = self.shrink - 1 + int(same)
+        crop = 0 if boxed else self.shrink - 1 + pad
         if crop > 0:
             a = a[:, :, :, crop:-crop, crop:-crop]
         a = self._override(a)
@@ -199,9 +200,9 @@ class AutofocusConv(nn.Module):
             use_bias = self.bias_mode == "all" or (self.bias_mode == "first" and k == 0)
             norm = self.norms[k] if self.norms is not None else None
             weight, bias = fold_batchnorm(self.weight, self.bias if use_bias else None, norm)
-            p = self.branch_padding(k)
             keep = rate * (self.kernel_size - 1) // 2
-            y = F.conv3d(keep_planes(x, self.reach, keep), weight, bias, padding=(0, p, p), dilation=rate)
+            p = 0 if boxed else self.branch_padding(k)
+            y = conv3d(keep_halo(x, self.reach, keep, boxed), weight, bias, rate, (0, p, p))
             out = y.mul_(a[:, k : k + 1]) if out is None else out.addcmul_(a[:, k : k + 1], y)
         return out, a
 

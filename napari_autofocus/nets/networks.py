@@ -20,7 +20,7 @@ from .base import ChainEntry, SegmentationNet, reference_init
 from .blocks import ResidualBlock, per_side_shrink
 from .deepmedic import DeepMedic
 from .registry import ARCHITECTURES, OPTIONS, NetworkConfigError, canonical_arch, resolve_options
-from .slabs import depth_halo_conv, keep_planes, reach
+from .slabs import halo_conv, keep_halo, reach
 
 __all__ = ["ARCHITECTURES", "NetworkConfigError", "SegmentationNet", "build_network", "canonical_arch"]
 
@@ -110,12 +110,16 @@ class ASPPConcatHead(nn.Module):
     def reach(self) -> int:
         return max(conv.dilation[0] for conv in self.branches)
 
-    def forward_depth_halo(self, x: torch.Tensor) -> torch.Tensor:
-        """Eval-mode logits of a depth slab carrying ``reach`` halo planes (see ``nets.slabs``)."""
+    def forward_halo(self, x: torch.Tensor, boxed: bool = True) -> torch.Tensor:
+        """Eval-mode logits of a slab carrying ``reach`` halo voxels (see ``nets.slabs``)."""
         y = torch.cat(
-            [depth_halo_conv(conv, keep_planes(x, self.reach, reach(conv))) for conv in self.branches], 1
+            [
+                halo_conv(conv, keep_halo(x, self.reach, reach(conv), boxed), boxed=boxed)
+                for conv in self.branches
+            ],
+            1,
         )
-        return depth_halo_conv(self.classifier, F.relu_(self.bn(y)))
+        return halo_conv(self.classifier, F.relu_(self.bn(y)))
 
 
 class ASPPSumHead(nn.Module):
@@ -138,12 +142,12 @@ class ASPPSumHead(nn.Module):
     def reach(self) -> int:
         return max(conv.dilation[0] for conv in self.branches)
 
-    def forward_depth_halo(self, x: torch.Tensor) -> torch.Tensor:
-        """Eval-mode logits of a depth slab carrying ``reach`` halo planes (see ``nets.slabs``)."""
+    def forward_halo(self, x: torch.Tensor, boxed: bool = True) -> torch.Tensor:
+        """Eval-mode logits of a slab carrying ``reach`` halo voxels (see ``nets.slabs``)."""
         out = None
         for conv, bn, fc in zip(self.branches, self.norms, self.classifiers, strict=True):
-            y = depth_halo_conv(
-                fc, F.relu_(depth_halo_conv(conv, keep_planes(x, self.reach, reach(conv)), bn))
+            y = halo_conv(
+                fc, F.relu_(halo_conv(conv, keep_halo(x, self.reach, reach(conv), boxed), bn, boxed))
             )
             out = y if out is None else out.add_(y)
         return out

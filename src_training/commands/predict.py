@@ -72,6 +72,13 @@ def register(subparsers, name: str, help_text: str) -> None:
         "go to temporary files (default 2)",
     )
     parser.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="fp32 (default) or bf16: faster on GPUs and on CPUs with native bf16 (AMX), where labels can "
+        "differ from fp32 on a few voxels (see the README); refused where bf16 is not native",
+    )
+    parser.add_argument(
         "--nonfinite",
         choices=["error", "background"],
         default="error",
@@ -202,6 +209,7 @@ def prediction_request(args, model_path: Path) -> dict:
         "probabilities": bool(args.probabilities),
         "crop": bool(args.crop),
         "nonfinite": args.nonfinite,
+        "precision": args.precision,
     }
 
 
@@ -327,6 +335,7 @@ def predict_case(model, card, case: str, files: list[Path], loaded, args, quiet:
         source=", ".join(str(f) for f in files),
         own_input=True,  # loaded here for this case alone: normalised in place
         memory_budget_gib=args.memory_gib,
+        precision=args.precision,
         progress=progress,
     )
     del image, loaded  # normalised in place and no longer needed: room for writing the outputs
@@ -338,6 +347,7 @@ def predict_case(model, card, case: str, files: list[Path], loaded, args, quiet:
 def write_case(card, case, files, out, computed, args, request, receptive_field_min) -> list[Path]:
     """Write one case's files (see the module docstring); its JSON records the run's ``request``."""
     from napari_autofocus import __version__
+    from napari_autofocus.inference.regions import OUTSIDE_COMPUTED
     from napari_autofocus.io.prediction_files import output_files, write_outputs
 
     prediction, report, geometry = computed
@@ -361,7 +371,7 @@ def write_case(card, case, files, out, computed, args, request, receptive_field_
         "mode": prediction.mode,
         "device": prediction.device,
         "computed_box": [list(axis) for axis in prediction.crop_box] if prediction.crop_box else None,
-        "outside_computed_box": "label 0, background probability 1, attention NaN",
+        "outside_computed_box": OUTSIDE_COMPUTED,
         "network_input_size": list(prediction.tile_size),
         "tiles_run": prediction.tiles_run,
         "seconds": round(prediction.seconds, 3),

@@ -94,14 +94,6 @@ def test_cropped_run_equals_one_pass_over_the_cropped_volume(arch):
     image = np.zeros((2, 30, 26, 33), np.float32)
     image[:, 5:22, 9:20, 4:31] = rng.normal(size=(2, 17, 11, 27))
     box = ((5, 22), (9, 20), (4, 31))
-    m = model.margin
-    region = image[(slice(None), *(slice(max(a - m, 0), b + m) for a, b in box))]
-    # pad where the margin leaves the image, as the engine does, then one pass over that volume
-    extents = image.shape[1:]
-    pads = [
-        (m - (a - max(a - m, 0)), m - (min(b + m, n) - b)) for (a, b), n in zip(box, extents, strict=True)
-    ]
-    source = np.pad(region, [(0, 0), *pads])
     pred = predict_volume(
         model,
         image,
@@ -113,7 +105,7 @@ def test_cropped_run_equals_one_pass_over_the_cropped_volume(arch):
     )
     assert pred.crop_box == box
     inside = tuple(slice(a, b) for a, b in box)
-    expected_logp, expected_att = _one_pass_on_source(model, source)
+    expected_logp, expected_att = _one_pass_on_box(model, image, box)
     _assert_same_as_one_pass(_Sub(pred, inside), expected_logp, expected_att)
     outside = ~pred.computed
     assert pred.computed[inside].all() and outside.sum() == pred.computed.size - np.prod(
@@ -122,6 +114,18 @@ def test_cropped_run_equals_one_pass_over_the_cropped_volume(arch):
     assert (pred.labels[outside] == 0).all() and (pred.probabilities[0][outside] == 1).all()
     for a in pred.attention.values():
         assert np.isnan(a[:, outside]).all()
+
+
+def _one_pass_on_box(model, image, box):
+    """model(x) over ``box`` of ``image`` with the margin read from real data around it, zeros
+    where the margin leaves the image (what the engine computes for a cropped run)."""
+    m = model.margin
+    region = image[(slice(None), *(slice(max(a - m, 0), b + m) for a, b in box))]
+    extents = image.shape[1:]
+    pads = [
+        (m - (a - max(a - m, 0)), m - (min(b + m, n) - b)) for (a, b), n in zip(box, extents, strict=True)
+    ]
+    return _one_pass_on_source(model, np.pad(region, [(0, 0), *pads]))
 
 
 def _one_pass_on_source(model, source):
@@ -148,6 +152,73 @@ class _Sub:
         self.probabilities = pred.probabilities[(slice(None), *inside)]
         self.logits = pred.logits[(slice(None), *inside)]
         self.attention = {n: a[(slice(None), *inside)] for n, a in pred.attention.items()}
+
+
+def _two_distant_blobs():
+    image = np.zeros((2, 44, 36, 34), np.float32)
+    rng = np.random.default_rng(7)
+    image[:, 2:9, 3:11, 2:9] = rng.normal(size=(2, 7, 8, 7))
+    image[:, 30:40, 24:33, 23:31] = rng.normal(size=(2, 10, 9, 8))
+    return image
+
+
+def _hollow_shell():
+    shape = (36, 34, 32)
+    radius = np.sqrt(sum((g - (n - 1) / 2) ** 2 for g, n in zip(np.indices(shape), shape, strict=True)))
+    shell = (radius >= 7) & (radius <= 11)
+    return np.where(shell, np.random.default_rng(8).normal(size=(2, *shape)), 0).astype(np.float32)
+
+
+def _bounding_box(mask):
+    box = []
+    for axis in range(3):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        box.append((int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)
+
+
+def _planes_hull(mask):
+    """Per plane, the bounding box of the mask, filled."""
+    hull = np.zeros_like(mask)
+    for z, plane in enumerate(mask):
+        ys, xs = np.flatnonzero(plane.any(1)), np.flatnonzero(plane.any(0))
+        if ys.size:
+            hull[z, ys[0] : ys[-1] + 1, xs[0] : xs[-1] + 1] = True
+    return hull
+
+
+@pytest.mark.parametrize("foreground", [_two_distant_blobs, _hollow_shell], ids=["two-blobs", "hollow-shell"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_whole_mode_computes_the_foregrounds_planes_exactly_and_nothing_else(arch, foreground):
+    """Outputs on the foreground's box in each plane equal one pass over the cropped volume; each
+    layer computes only what those need (two blobs far apart; a shell whose inside is empty)."""
+    model = _model(arch, seed=5)
+    image = foreground()
+    mask = (image != 0).any(0)
+    box = _bounding_box(mask)
+    options = {"probabilities": True, "logits": True, "attention": True, "attention_dtype": np.float32}
+    options["memory_budget_gib"] = 0.01  # slabs of a few planes, activations in files: boxes of all sizes
+    pred = predict_volume(model, image, device="cpu", **options)
+    assert pred.mode == "tiled" or pred.activations == "file"
+    wanted = _planes_hull(mask)
+    np.testing.assert_array_equal(pred.computed, wanted)
+    inside = tuple(slice(a, b) for a, b in box)
+    keep = wanted[inside]
+    expected_logits, expected_attention = _one_pass_on_box(model, image, box)
+    np.testing.assert_array_equal(pred.labels[inside][keep], expected_logits.argmax(0)[keep])
+    assert np.abs(pred.logits[(slice(None), *inside)][:, keep] - expected_logits[:, keep]).max() <= 1e-4
+    for name, a in expected_attention.items():
+        assert np.abs(pred.attention[name][(slice(None), *inside)][:, keep] - a[:, keep]).max() <= 1e-4, name
+        assert np.isnan(pred.attention[name][:, ~wanted]).all()
+    assert (pred.labels[~wanted] == 0).all() and (pred.probabilities[0][~wanted] == 1).all()
+    assert np.isnan(pred.logits[:, ~wanted]).all()
+    whole_box = predict_volume(model, image, device="cpu", regions=False, **options)
+    assert whole_box.computed[inside].all()
+    np.testing.assert_array_equal(whole_box.labels[wanted], pred.labels[wanted])
+    if arch != "DM" and foreground is _two_distant_blobs:  # streamed: layers skip what no output needs
+        assert pred.flops <= whole_box.flops
+        if arch == "BASIC":  # a short reach: its later layers skip the space between the blobs
+            assert pred.flops < 0.8 * whole_box.flops
 
 
 def test_the_margin_comes_from_real_data_around_the_crop():
@@ -365,6 +436,32 @@ def test_wrong_channel_count_is_a_clear_error():
     model = build_network("BASIC", 4, 5, channels=TINY)
     with pytest.raises(AutofocusError, match="expects 4 input channel"):
         predict_volume(model, np.zeros((2, 10, 10, 10), np.float32), device="cpu")
+
+
+def test_unknown_or_unsupported_precision_is_a_clear_error(monkeypatch):
+    from napari_autofocus.errors import AutofocusError
+
+    model, image = _model("BASIC"), np.ones((2, 20, 20, 20), np.float32)
+    with pytest.raises(AutofocusError, match="unknown precision 'fp16'; expected one of fp32, bf16"):
+        predict_volume(model, image, device="cpu", precision="fp16")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    with pytest.raises(AutofocusError, match="this CPU has no native bf16"):
+        predict_volume(model, image, device="cpu", precision="bf16")
+
+
+@pytest.mark.skipif(not torch.cpu._is_avx512_bf16_supported(), reason="this CPU has no native bf16")
+@pytest.mark.parametrize("arch", ["BASIC", "AFN1"])
+def test_bf16_stays_close_to_fp32_and_large_dilations_stay_fp32(arch):
+    model = _model(arch, seed=2)
+    image = np.random.default_rng(3).normal(size=(2, 26, 24, 22)).astype(np.float32)
+    options = {"device": "cpu", "logits": True, "attention": True, "attention_dtype": np.float32}
+    fp32 = predict_volume(model, image, **options)
+    bf16 = predict_volume(model, image, precision="bf16", **options)
+    scale = np.abs(fp32.logits).max()
+    assert 0 < np.abs(bf16.logits - fp32.logits).max() <= 0.05 * scale  # bf16 ran, and stayed close
+    assert (bf16.labels == fp32.labels).mean() >= 0.98
+    for name, a in fp32.attention.items():
+        assert np.abs(bf16.attention[name] - a).max() <= 0.05, name
 
 
 def test_activation_file_reads_any_slab_with_zeros_beyond_the_volume(tmp_path):

@@ -130,3 +130,27 @@ def test_predict_scan_refuses_the_wrong_number_of_channels(bad):
     model = build_network("AFN1", 2, 3, channels=(4,) * 8)
     with pytest.raises(Exception, match=r"expects 2 input channel\(s\) \(T1, T2\) but got 1"):
         predict_scan(model, _card(), _scan()[:1], (1, 1, 1), device="cpu")
+
+
+def test_predict_scan_computes_the_foregrounds_box_in_each_plane():
+    """A ball of tissue in air: what the CLI and the plugin compute is the ball's box plane by plane
+    (the same as the whole box there), background elsewhere; the training cache keeps those boxes."""
+    from napari_autofocus.inference.regions import PlaneBoxes
+
+    shape = (24, 26, 28)
+    radius = np.sqrt(sum((g - (n - 1) / 2) ** 2 for g, n in zip(np.indices(shape), shape, strict=True)))
+    ball = radius <= 9
+    raw = np.where(ball, np.random.default_rng(5).normal(100, 20, size=(2, *shape)), 0).astype(np.float32)
+    model = build_network("BASIC", 2, 3, channels=(4,) * 8).eval()
+    pred, _ = predict_scan(model, _card(arch="BASIC"), raw.copy(), (1.0, 1.0, 1.0))
+    planes = PlaneBoxes.of_mask(ball)
+    hull = planes.mask((0, 0, 0), shape)
+    np.testing.assert_array_equal(pred.computed, hull)
+    assert hull.sum() < ball.sum() * 1.6 and not hull[0].any()  # the ball's planes, not its 3D box
+    box, _ = predict_scan(model, _card(arch="BASIC"), raw.copy(), (1.0, 1.0, 1.0), regions=False)
+    np.testing.assert_array_equal(pred.labels[hull], box.labels[hull])
+    assert (pred.labels[~hull] == 0).all()
+    prepared = preprocess(raw.copy(), (1.0, 1.0, 1.0))
+    again = PlaneBoxes.from_record(prepared.foreground_planes.record())
+    np.testing.assert_array_equal(again.rows, planes.rows)
+    np.testing.assert_array_equal(again.cols, planes.cols)
