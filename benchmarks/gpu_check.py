@@ -6,7 +6,9 @@
    GradScaler) and channels_last_3d: steps/s and peak GPU memory;
 2. the same in the reference formulation (fp32, default NCDHW layout) as the baseline;
 3. DDP over all visible GPUs (``torch.multiprocessing.spawn``, NCCL, SyncBatchNorm), same steps;
-4. AFN6 whole-volume inference on a 4x240x240x155 volume via ``predict_volume``.
+4. AFN6 whole-volume inference on the brain-masked 4x240x240x155 volume of
+   ``benchmarks/inference.py``: one pass and streaming, fp32 and bf16, time, peak GPU memory and
+   bf16's label agreement with fp32 on the brain.
 Without CUDA it says so and exits 0 (``--json`` prints ``{"cuda": false}``). Weights are random:
 this measures speed and memory, not accuracy.
 """
@@ -114,23 +116,39 @@ def ddp_check(arch: str, steps: int, batch: int, patch: int) -> dict:
 
 
 def inference_check(arch: str) -> dict:
+    """Whole-volume inference on the brain-masked BraTS-size volume of ``benchmarks/inference.py``:
+    one pass and per-layer streaming, each in fp32 and bf16, with bf16's label agreement on the
+    brain."""
+    from benchmarks.inference import SIZES, build_model, make_volume
     from napari_autofocus.inference import predict_volume
-    from napari_autofocus.nets import build_network
 
-    model = build_network(arch, 4, 5).eval()
-    image = torch.randn(4, 240, 240, 155).numpy()
-    torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    pred = predict_volume(model, image, device="cuda")
-    torch.cuda.synchronize()
-    return {
-        "shape": [4, 240, 240, 155],
-        "seconds": round(time.perf_counter() - start, 2),
-        "mode": pred.mode,  # whole: one pass when it fits on the GPU, else per-layer streaming
-        "slabs": pred.slabs_run,
-        "input_size": list(pred.tile_size),
-        "peak_gib": round(pred.peak_memory_gib, 2),
-    }
+    model = build_model(arch)
+    image = make_volume(*SIZES["brats"], model.in_channels)
+    brain = (image != 0).any(0)
+    runs, labels = {}, {}
+    for one_pass in (True, False):
+        for precision in ("fp32", "bf16"):
+            name = f"{'one pass' if one_pass else 'streaming'}, {precision}"
+            torch.cuda.reset_peak_memory_stats()
+            start = time.perf_counter()
+            pred = predict_volume(
+                model, image, device="cuda", attention=True, one_pass=one_pass, precision=precision
+            )
+            torch.cuda.synchronize()
+            labels[name] = pred.labels
+            runs[name] = {
+                "seconds": round(time.perf_counter() - start, 2),
+                "mode": pred.mode,
+                "slabs": pred.slabs_run,
+                "input_size": list(pred.tile_size),
+                "peak_gib": round(pred.peak_memory_gib, 2),
+            }
+    for name in runs:
+        reference = labels[name.replace("bf16", "fp32")]
+        runs[name]["labels_agree_with_fp32"] = round(
+            float((labels[name][brain] == reference[brain]).mean()), 5
+        )
+    return {"shape": list(image.shape), "arch": arch, "device": torch.cuda.get_device_name(0), "runs": runs}
 
 
 def main(argv=None) -> int:

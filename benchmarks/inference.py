@@ -9,17 +9,23 @@ else seeded random ones). Each run is its own process, so its peak memory is its
   bounding box of the brain, ceil((max - min) / 47) tiles of 75^3 -> 47^3 per axis from its corner
   (36 for the BraTS-size volume), zero padding, one row of tiles per batch, NCDHW;
 - **engine**: ``predict_volume`` with the defaults the CLI and the plugin use (exact ``whole`` mode,
-  cropped to the foreground, channels-last, 2 GiB budget), with attention as the plugin asks;
+  cropped to the foreground, in each slab of each layer only what the foreground's planes need,
+  float32, channels-last, 2 GiB budget), with attention as the plugin asks;
+- **engine, whole box**: the same computing the whole bounding box (``regions=False``): the
+  previous default, the reference for "labels identical";
+- **engine, bf16**: the defaults with ``precision="bf16"`` (needs native bf16: AMX or a GPU);
 - **engine, no crop**: the same over the whole volume (``crop=False``);
 - **engine, 1 GiB**: the defaults with half the memory budget (more activations go to a file);
-- **BASIC**: the engine's defaults with a BASIC network (no autofocus layer).
+- **BASIC**, **BASIC, bf16**: the engine's defaults with a BASIC network (no autofocus layer).
 
 Every run captures attention. Printed per run: wall time, peak RSS, GFLOP computed (every
-convolution's multiply-adds x 2, counted on the meta device), GFLOP/s, the fraction of a
+convolution's multiply-adds x 2: what streamed runs counted, else counted on the meta device),
+the fraction of one pass over the box that was skipped, GFLOP/s, the fraction of a
 convolution peak measured in the same run (a 50->50 3^3 conv on 60^3, channels-last), and the
 **seam score** of every autofocus layer's expected rate: mean change across the planes where the
 authors' tiles meet, over the median change across all other planes (1.0 = no seams; see
-``napari_autofocus.analysis.attention.seam_score``).
+``napari_autofocus.analysis.attention.seam_score``), and, against "engine, whole box", the
+share of the voxels both computed whose label agrees, and the largest attention difference.
 
     python benchmarks/inference.py --quick      # a few minutes on a 2-core CPU
     python benchmarks/inference.py              # BraTS size: about 15 minutes on a 2-core CPU
@@ -48,10 +54,14 @@ SIZES = {"quick": ((96, 96, 64), (28, 35, 28)), "brats": ((240, 240, 155), (70, 
 RUNS = {
     "reference": ("AFN6", {"mode": "reference", "channels_last": False}),
     "engine": ("AFN6", {}),
+    "engine, whole box": ("AFN6", {"regions": False}),
+    "engine, bf16": ("AFN6", {"precision": "bf16"}),
     "engine, no crop": ("AFN6", {"crop": False}),
     "engine, 1 GiB": ("AFN6", {"memory_budget_gib": 1.0}),
     "BASIC": ("BASIC", {}),
+    "BASIC, bf16": ("BASIC", {"precision": "bf16"}),
 }
+FP32_BOX = {"AFN6": "engine, whole box", "BASIC": "BASIC"}  # what each run's labels are compared with
 
 
 def build_model(arch: str, model_path: str | None = None):
@@ -130,10 +140,14 @@ def conv_peak_gflops() -> float:
     return flops / best / 1e9
 
 
-def computed_flops(model, prediction) -> float:
-    """What the run computed: one pass over the cropped volume, or every tile it ran."""
+def computed_flops(model, prediction) -> tuple[float, float]:
+    """(what the run computed, one pass over its cropped volume): streamed runs count what they
+    ran; otherwise one pass, or every tile it ran."""
     shape = (1, model.in_channels, *prediction.tile_size)
-    return count_flops(model, shape) * (1 if prediction.mode == "whole" else prediction.tiles_run)
+    one_pass = count_flops(model, shape)
+    if prediction.flops is not None:
+        return prediction.flops, one_pass
+    return one_pass * (1 if prediction.mode == "whole" else prediction.tiles_run), one_pass
 
 
 def brain_box(volume: np.ndarray) -> tuple[slice, slice, slice]:
@@ -159,6 +173,22 @@ def seam_scores(prediction, volume: np.ndarray) -> dict[str, float]:
     }
 
 
+def peak_rss_gib() -> float:
+    """This process's peak resident memory since it started. ``VmHWM`` belongs to the process's own
+    address space; ``ru_maxrss`` is carried over from the parent at fork (Linux), so a parent
+    holding earlier runs' outputs would inflate it."""
+    try:
+        with open("/proc/self/status") as f:
+            line = next(x for x in f if x.startswith("VmHWM:"))
+        return int(line.split()[1]) / 2**20
+    except (OSError, StopIteration):
+        return (
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            / 2**20
+            * (1 / 1024 if sys.platform == "darwin" else 1)
+        )
+
+
 def worker(args) -> None:
     """One run in this process; writes its numbers and labels next to ``args.result``."""
     from napari_autofocus.inference import predict_volume
@@ -170,17 +200,19 @@ def worker(args) -> None:
     start = time.perf_counter()
     prediction = predict_volume(model, volume, device=args.device, attention=True, **options)
     seconds = time.perf_counter() - start
-    if args.device == "cuda":
-        peak = torch.cuda.max_memory_allocated() / 2**30
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    peak = torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else peak_rss_gib()
     seams = seam_scores(prediction, volume)
     np.save(args.result + ".npy", prediction.labels)
+    np.save(args.result + ".computed.npy", prediction.computed)
+    attention = {n: a for n, a in prediction.attention.items()}
+    np.savez(args.result + ".attention.npz", **attention)
+    flops, one_pass = computed_flops(model, prediction)
     record = {
         "arch": arch,
         "seconds": seconds,
         "peak_gib": peak,
-        "gflop": computed_flops(model, prediction) / 1e9,
+        "gflop": flops / 1e9,
+        "skipped": 1 - flops / one_pass if prediction.mode == "whole" else None,
         "mode": prediction.mode,
         "tiles": prediction.tiles_run,
         "input": list(prediction.tile_size),
@@ -223,6 +255,8 @@ def main(argv=None) -> int:
             subprocess.run(cmd, check=True)
             results[run] = json.loads(Path(out + ".json").read_text())
             results[run]["labels"] = np.load(out + ".npy")
+            results[run]["computed"] = np.load(out + ".computed.npy")
+            results[run]["attention"] = dict(np.load(out + ".attention.npz"))
     peak = conv_peak_gflops() if args.device == "cpu" else float("nan")
     shape, axes = SIZES[args.size_name]
     baseline = results.get("reference")
@@ -242,9 +276,11 @@ def main(argv=None) -> int:
             "tiles": r["tiles"],
             "input": r["input"],
             "seam_score": r["seam_score"],
+            "skipped_of_box": round(r["skipped"], 3) if r["skipped"] is not None else None,
             "labels_same_as_reference": (
                 round(float((r["labels"] == baseline["labels"]).mean()), 4) if baseline else None
             ),
+            **against_fp32_box(r, results.get(FP32_BOX[r["arch"]])),
         }
     summary["runs"] = rows
     if args.json:
@@ -255,18 +291,36 @@ def main(argv=None) -> int:
         f"brain semi-axes {axes}, {args.device}"
     )
     print(f"convolution peak measured here: {peak:.0f} GFLOP/s\n")
-    head = f"{'run':16s} {'time s':>7s} {'speedup':>8s} {'RSS GiB':>8s} {'GFLOP':>7s} {'GFLOP/s':>8s}"
-    head += f" {'of peak':>8s}"
+    head = f"{'run':18s} {'time s':>7s} {'speedup':>8s} {'RSS GiB':>8s} {'GFLOP':>7s} {'skipped':>8s}"
+    head += f" {'GFLOP/s':>8s} {'of peak':>8s} {'labels=':>8s} {'max |da|':>8s}"
     print(head + "  seam score per autofocus layer")
     for run, r in rows.items():
         seams = " ".join(f"{k} {v:.2f}" for k, v in r["seam_score"].items()) or "-"
         speed = f"{r['speedup_vs_reference']:.2f}x" if r["speedup_vs_reference"] else "-"
         fraction = f"{r['fraction_of_conv_peak']:.2f}" if r["fraction_of_conv_peak"] is not None else "-"
+        skipped = f"{r['skipped_of_box']:.3f}" if r["skipped_of_box"] is not None else "-"
+        same = f"{r['labels_same_as_fp32_box']:.5f}" if r["labels_same_as_fp32_box"] is not None else "-"
+        diff = f"{r['attention_max_diff']:.4f}" if r["attention_max_diff"] is not None else "-"
         print(
-            f"{run:16s} {r['seconds']:7.1f} {speed:>8s} {r['peak_rss_gib']:8.2f} {r['gflop']:7.0f} "
-            f"{r['gflops_per_s']:8.1f} {fraction:>8s}  {seams}"
+            f"{run:18s} {r['seconds']:7.1f} {speed:>8s} {r['peak_rss_gib']:8.2f} {r['gflop']:7.0f} "
+            f"{skipped:>8s} {r['gflops_per_s']:8.1f} {fraction:>8s} {same:>8s} {diff:>8s}  {seams}"
         )
+    print("\nlabels=: share of the voxels both computed whose label equals the fp32 whole-box run's;")
+    print("max |da|: the largest attention weight difference there")
     return 0
+
+
+def against_fp32_box(run: dict, fp32_box: dict | None) -> dict:
+    """Labels and attention of a run against the fp32 whole-box run, on the voxels both computed."""
+    if fp32_box is None or run is fp32_box:
+        return {"labels_same_as_fp32_box": None, "attention_max_diff": None}
+    both = run["computed"] & fp32_box["computed"]
+    same = float((run["labels"][both] == fp32_box["labels"][both]).mean())
+    diffs = [
+        float(np.nanmax(np.abs(a[:, both].astype(np.float32) - fp32_box["attention"][n][:, both])))
+        for n, a in run["attention"].items()
+    ]
+    return {"labels_same_as_fp32_box": round(same, 6), "attention_max_diff": max(diffs, default=None)}
 
 
 if __name__ == "__main__":
