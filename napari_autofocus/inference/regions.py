@@ -134,11 +134,6 @@ class PlaneBoxes:
         h, w = self.plane
         return bool((self.rows == [0, h]).all() and (self.cols == [0, w]).all())
 
-    @property
-    def voxels(self) -> int:
-        heights = np.clip(self.rows[:, 1] - self.rows[:, 0], 0, None)
-        return int((heights * np.clip(self.cols[:, 1] - self.cols[:, 0], 0, None)).sum())
-
     def needed(self, shift: int, reach: int, start: int, stop: int, plane) -> tuple | None:
         """The in-plane box ((y0, y1), (x0, x1)) of planes [start, stop) of a layer's grid (plane
         size ``plane``) that outputs depend on, or None when none does. That grid's voxel i lies

@@ -49,7 +49,6 @@ from napari_autofocus.nets.slabs import halo_conv, reach
 
 WORKING_SET_BYTES = 384 * 2**20  # target size of one slab's reads, outputs, window and temporaries
 BOX_MOST_OF_PLANE = 0.7  # a slab computes whole planes where its box would cover more of them
-BOX_STEP = 16  # a box's in-plane sides are multiples of this
 
 
 @dataclass(frozen=True)
@@ -450,10 +449,10 @@ def run_stream(
         box = wanted.needed(final_offset - offset, reach_after, start, stop, plane)
         if box is None:
             return None
-        rows, cols = (_rounded(span, int(n)) for span, n in zip(box, plane, strict=True))
-        if (rows[1] - rows[0]) * (cols[1] - cols[0]) > BOX_MOST_OF_PLANE * plane[0] * plane[1]:
+        (y0, y1), (x0, x1) = box
+        if (y1 - y0) * (x1 - x0) > BOX_MOST_OF_PLANE * plane[0] * plane[1]:
             return (0, int(plane[0])), (0, int(plane[1]))
-        return rows, cols
+        return box
 
     with tempfile.TemporaryDirectory(prefix="napari-autofocus-", dir=spill_dir) as folder:
         try:
@@ -514,16 +513,6 @@ def run_stream(
             for store in stores.values():
                 _release(store)
     return "memory" if in_memory else "file"
-
-
-def _rounded(span: tuple[int, int], extent: int) -> tuple[int, int]:
-    """``span`` grown to a multiple of ``BOX_STEP`` (within ``extent``): boxes then come in a few
-    sizes, and oneDNN reuses its kernels instead of compiling one for every new shape (which
-    made small boxes slower than whole planes)."""
-    lo, hi = span
-    size = min(-(-(hi - lo) // BOX_STEP) * BOX_STEP, extent)
-    lo = max(min(lo - (size - (hi - lo)) // 2, extent - size), 0)
-    return lo, lo + size
 
 
 def _read(store, slab: Slab, read: Read) -> torch.Tensor:
