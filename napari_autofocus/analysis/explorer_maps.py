@@ -60,6 +60,33 @@ def blend(attention: np.ndarray) -> np.ndarray:
     return np.clip(rgb, 0.0, 1.0, out=rgb)
 
 
+def blend_rgba(attention: np.ndarray, foreground: np.ndarray) -> np.ndarray:
+    """(D, H, W, 4) uint8: :func:`blend`, opaque inside the foreground where computed and fully
+    transparent elsewhere, so air and the uncomputed box never tint the scan (nor hide it in 3D)."""
+    rgba = np.empty((*attention.shape[1:], 4), dtype=np.uint8)
+    rgba[..., :3] = blend(attention) * 255 + 0.5
+    rgba[..., 3] = shown_voxels(attention, foreground) * np.uint8(255)
+    return rgba
+
+
+def shown_voxels(attention: np.ndarray, foreground: np.ndarray) -> np.ndarray:
+    """Where a map has something to say: inside the foreground and computed."""
+    return foreground & ~np.isnan(attention[0])
+
+
+def outside_as_nan(data: np.ndarray, shown: np.ndarray) -> np.ndarray:
+    """A float map with NaN (drawn transparent) where nothing is shown."""
+    return np.where(shown, data, np.float32(np.nan)).astype(np.float32, copy=False)
+
+
+def rate_region(attention: np.ndarray, foreground: np.ndarray, k: int) -> np.ndarray:
+    """0/1 mask of where rate ``k`` has the largest weight (inside the foreground, computed): the
+    3D view draws one translucent surface per rate around its region. float32: napari 0.9 draws
+    no iso-surface of an 8-bit volume."""
+    winner = np.argmax(np.nan_to_num(attention, nan=-1.0), axis=0)
+    return ((winner == k) & shown_voxels(attention, foreground)).astype(np.float32)
+
+
 def legend_html(rates: Sequence[int], spacing_mm: float | None = None) -> str:
     """'■ r=2 ■ r=6 ...' with each square in its rate's colour (the dock's legend)."""
     parts = []
@@ -74,6 +101,24 @@ def legend_text(rates: Sequence[int]) -> str:
     """The on-canvas legend (one colour of text, so the hues are named)."""
     names = ("blue", "green", "orange", "red", "violet", "cyan", "yellow", "pink")
     return "colours: " + ", ".join(f"{names[k % len(names)]} r={r}" for k, r in enumerate(rates))
+
+
+HUE_KINDS = ("blend", "weight", "arg-max rate", "region")  # maps coloured by rate: one hue legend
+UNITS = {
+    "expected rate": "voxels between kernel taps",
+    "entropy": "0: one rate decides, 1: all rates equal",
+    "zoom": "mm the network sees per voxel",
+}
+
+
+def map_legend(kind: str, layer: str | None, rates: Sequence[int], limits=None) -> str:
+    """One line of the canvas legend for one kind of map, with its units (a colour bar comes with
+    the scalar maps: ``limits`` are its ends)."""
+    if kind in HUE_KINDS:
+        return f"{layer} {legend_text(rates)} (voxels)"
+    low, high = limits if limits is not None else (0.0, 1.0)
+    name = f"{layer} {kind}" if layer else kind
+    return f"{name} {low:.3g}-{high:.3g}: {UNITS[kind]} (colour bar)"
 
 
 def derived_map(attention: np.ndarray, rates: Sequence[int], kind: str) -> np.ndarray:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -94,6 +95,24 @@ class SegmentationResult:
     @property
     def name(self) -> str:
         return self.request.model_name
+
+    @functools.cached_property
+    def foreground(self) -> np.ndarray:
+        """Voxels non-zero in any input channel: what crop-to-foreground computes, and where the
+        explorer draws attention (air inside the computed box stays transparent)."""
+        shape = self.labels.shape
+        inputs = [np.asarray(x) for x in self.inputs if np.shape(x) == shape]
+        if not inputs:  # inputs on another grid (never from Segment): every voxel counts
+            return np.ones(shape, dtype=bool)
+        mask = inputs[0] != 0
+        for x in inputs[1:]:
+            mask |= x != 0
+        return mask
+
+    @property
+    def empty(self) -> bool:
+        """Whether the model labelled every voxel background (worth saying: it is not a bug)."""
+        return not self.labels.any()
 
     @property
     def warnings(self) -> list[str]:

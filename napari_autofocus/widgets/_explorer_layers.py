@@ -16,13 +16,23 @@ one makes napari collect garbage (0.1-0.2 s). So the explorer does neither more 
 
 from __future__ import annotations
 
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from napari.utils.colormaps import Colormap, DirectLabelColormap
 from qtpy.QtCore import QObject, QTimer
 
-from napari_autofocus.analysis.explorer_maps import argmax_colors, blend, derived_map, rate_hue, zoom_mm_map
+from napari_autofocus.analysis.explorer_maps import (
+    argmax_colors,
+    blend_rgba,
+    derived_map,
+    outside_as_nan,
+    rate_hue,
+    rate_region,
+    shown_voxels,
+    zoom_mm_map,
+)
 from napari_autofocus.widgets import _collections, _common
 from napari_autofocus.widgets._outputs import TAG, placement
 
@@ -30,25 +40,41 @@ OWNER = "explorer"
 
 
 def layer_content(result, kind: str, af: str | None, k: int | None) -> tuple[np.ndarray, dict]:
-    """The data of one explorer layer (autofocus layer ``af``, rate index ``k`` for weights) and the
-    styling that depends on it (colormap, limits: given, so napari need not scan the data)."""
+    """The data of one explorer layer (autofocus layer ``af``, rate index ``k`` for weights and 3D
+    regions) and the styling that depends on it (colormap, limits: given, so napari need not scan
+    the data). Every map is transparent outside the foreground and where nothing was computed."""
+    foreground = result.foreground
     if kind == "zoom":
-        data = zoom_mm_map(result)
-        finite = np.isfinite(data).any()
-        limits = (float(np.nanmin(data)), float(np.nanmax(data)) + 1e-3) if finite else (0.0, 1.0)
-        return data, {"colormap": "viridis", "contrast_limits": limits}
+        first = next(iter(result.attention.values()))
+        data = outside_as_nan(zoom_mm_map(result), shown_voxels(first, foreground))
+        return data, {"colormap": "viridis", "contrast_limits": finite_limits(data)}
     a, rates = result.attention[af], result.rates[af]
-    if kind == "blend":  # 8-bit RGB: a quarter of the texture, and nothing for napari to rescale
-        return (blend(a) * 255 + 0.5).astype(np.uint8), {"contrast_limits": (0, 255)}
+    if kind == "blend":  # 8-bit RGBA: a third of the float texture, and nothing for napari to rescale
+        return blend_rgba(a, foreground), {"contrast_limits": (0, 255)}
+    if kind == "region":
+        return rate_region(a, foreground, k), {"colormap": _rate_colormap(k), "contrast_limits": (0.0, 1.0)}
+    shown = shown_voxels(a, foreground)
     if kind == "weight":
-        cmap = Colormap([[0, 0, 0, 1], [*rate_hue(k), 1]], name=f"autofocus-rate-{k}")
-        return a[k], {"colormap": cmap, "contrast_limits": (0.0, 1.0)}
+        return outside_as_nan(a[k], shown), {"colormap": _rate_colormap(k), "contrast_limits": (0.0, 1.0)}
     if kind == "arg-max rate":
-        return derived_map(a, rates, kind), {"colormap": DirectLabelColormap(color_dict=argmax_colors(rates))}
-    data = derived_map(a, rates, kind)
+        data = np.where(shown, derived_map(a, rates, kind), 0).astype(np.int32)
+        return data, {"colormap": DirectLabelColormap(color_dict=argmax_colors(rates))}
+    data = outside_as_nan(derived_map(a, rates, kind), shown)
     if kind == "entropy":
         return data, {"colormap": "magma", "contrast_limits": (0.0, 1.0)}
     return data, {"colormap": "viridis", "contrast_limits": (float(min(rates)), float(max(rates)))}
+
+
+def _rate_colormap(k: int) -> Colormap:
+    """Black to rate ``k``'s hue (drawn additively: black adds nothing)."""
+    return Colormap([[0, 0, 0, 1], [*rate_hue(k), 1]], name=f"autofocus-rate-{k}")
+
+
+def finite_limits(data: np.ndarray) -> tuple[float, float]:
+    """Contrast limits over the finite values (0-1 when there are none)."""
+    if not np.isfinite(data).any():
+        return 0.0, 1.0
+    return float(np.nanmin(data)), float(np.nanmax(data)) + 1e-3
 
 
 _POOL = None
@@ -88,6 +114,7 @@ class ExplorerLayers(QObject):
         self._selected = None  # the layer the user had selected before layers were added
         self._to_show: list = []  # added (hidden) on the last turn, shown on this one
         self._collected_for = None  # the queued add a garbage collection has already made room for
+        self._hidden: set[str] = set()  # wanted layers kept off the canvas (another one is stepped to)
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.setInterval(10)  # a gap for painting and input between two layers
@@ -123,8 +150,11 @@ class ExplorerLayers(QObject):
         self._pending, self._to_show, self._collected_for = [], [], None
         self.remove(self.layers().values())
 
-    def show(self, result, wanted: dict) -> None:
-        """Make ``wanted`` (name -> (kind, autofocus layer, rate index)) the visible explorer layers."""
+    def show(self, result, wanted: dict, hidden=frozenset()) -> None:
+        """Make ``wanted`` (name -> (kind, autofocus layer, rate index)) the explorer's layers, all
+        visible but those in ``hidden``: built and kept, but off the canvas (one autofocus layer is
+        shown at a time; stepping to another only shows its layers)."""
+        self._hidden = set(hidden)
         existing = self.layers()
         shown, later, gone = [], [], []
         spare: dict[str, list] = {}  # hidden layers by kind, to be renamed and refilled before adding any
@@ -144,8 +174,11 @@ class ExplorerLayers(QObject):
                     elif stale:
                         shown.append(("refill", name, wanted[name]))
                     elif tag.get("parked"):
-                        layer.visible = True
-                        tag["parked"] = False
+                        layer.visible = name not in hidden
+                        tag["parked"], tag["stepped"] = False, name in hidden
+                    elif name in hidden or tag.get("stepped"):  # stepped off, or back on
+                        layer.visible = name not in hidden
+                        tag["stepped"] = name in hidden
                 else:
                     if not tag.get("parked"):
                         layer.visible = False
@@ -179,6 +212,25 @@ class ExplorerLayers(QObject):
                 self._selected = self.viewer.layers.selection.active
             self._timer.start()
 
+    def arrange(self, below, order) -> None:
+        """Our layers as one block right under ``below`` (the prediction; at the top without one),
+        sorted by ``order`` from the top of the layer list down. Moves only what is out of place."""
+        layers = self.viewer.layers
+        ours = sorted(self.layers().values(), key=order, reverse=True)  # bottom of the block first
+        others = [layer for layer in layers if layer not in ours]
+        at = others.index(below) if below in others else len(others)
+        wanted = others[:at] + ours + others[at:]
+        if wanted == list(layers):
+            return
+        self.changing = True
+        try:
+            for i, layer in enumerate(wanted):  # everything before i is in place: moves go up only
+                current = layers.index(layer)
+                if current != i:
+                    layers.move(current, i)
+        finally:
+            self.changing = False
+
     def build_now(self) -> None:
         """Finish the queued work at once (scripts and screenshots)."""
         while self._pending or self._to_show:
@@ -195,8 +247,10 @@ class ExplorerLayers(QObject):
         self.changing = True
         try:
             for layer in layers:
-                if layer in self.viewer.layers and not layer.metadata[TAG].get("parked"):
-                    layer.visible = True
+                tag = layer.metadata[TAG]
+                if layer in self.viewer.layers and not tag.get("parked"):
+                    tag["stepped"] = layer.name in self._hidden
+                    layer.visible = not tag["stepped"]
         finally:
             self.changing = False
 
@@ -254,7 +308,10 @@ class ExplorerLayers(QObject):
         """The queue is done: the user's selection back, and tell the dock."""
         selected, self._selected = self._selected, None
         if selected is not None and selected in self.viewer.layers:
-            self.viewer.layers.selection.active = selected
+            # napari 0.9 can fail to compute the status line in 3D before the mouse has moved over
+            # the canvas; the selection is made all the same
+            with contextlib.suppress(TypeError):
+                self.viewer.layers.selection.active = selected
         if self.built is not None:
             self.built()
 
@@ -272,10 +329,15 @@ class ExplorerLayers(QObject):
             layer = self.viewer.add_labels(data, opacity=0.5, **kwargs)
         elif kind == "blend":
             layer = self.viewer.add_image(data, rgb=True, opacity=0.65, blending="translucent", **kwargs)
+        elif kind == "region":  # 3D: a translucent shaded surface around where this rate wins
+            layer = self.viewer.add_image(
+                data, rendering="iso", iso_threshold=0.5, opacity=0.45, blending="additive", **kwargs
+            )
         elif kind == "weight":
             layer = self.viewer.add_image(data, blending="additive", **kwargs)
-        else:
+        else:  # expected rate, entropy, zoom: scalar maps, each with its colour bar
             layer = self.viewer.add_image(data, opacity=0.7, **kwargs)
+            layer.colorbar.visible = True
         self._to_show.append(layer)
 
     def _refill_layer(self, layer, result, kind: str, af: str | None, k: int | None, content) -> None:

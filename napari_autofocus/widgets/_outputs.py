@@ -89,3 +89,14 @@ def add_probabilities(viewer, result: SegmentationResult, owner: str) -> list:
 def legend(result: SegmentationResult) -> str:
     """'0 background · 1 small lesion · …' for the widget."""
     return " · ".join(f"{v} {result.class_name(v)}" for v in range(result.card.num_classes))
+
+
+EMPTY_RESULT = "the model labelled every voxel background: an empty result (no structure found)"
+
+
+def result_notes(result: SegmentationResult | None) -> list[str]:
+    """What every picture of a result must say with it: how the scan does not fit the model (a
+    phantom model on a real scan draws convincing maps all the same) and whether it is empty."""
+    if result is None:
+        return []
+    return [*result.warnings, *([EMPTY_RESULT] if result.empty else [])]

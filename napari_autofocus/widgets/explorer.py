@@ -7,6 +7,8 @@ the network.
 
 from __future__ import annotations
 
+import string
+
 import numpy as np
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
@@ -18,6 +20,7 @@ from qtpy.QtWidgets import (
     QLabel,
     QListWidget,
     QListWidgetItem,
+    QSlider,
     QVBoxLayout,
     QWidget,
 )
@@ -27,7 +30,7 @@ from napari_autofocus.analysis.explorer_maps import (
     class_index,
     derived_layer_name,
     legend_html,
-    legend_text,
+    map_legend,
     structure_means,
     voxel_readout,
     weight_layer_name,
@@ -35,6 +38,7 @@ from napari_autofocus.analysis.explorer_maps import (
 from napari_autofocus.app.results import RESULTS
 from napari_autofocus.widgets import _charts, _common, _stacked_bars
 from napari_autofocus.widgets._explorer_layers import ExplorerLayers, background_pool
+from napari_autofocus.widgets._outputs import TAG, result_notes
 
 MAPS = ("blend", "weights", "arg-max rate", "expected rate", "entropy", "zoom")
 DEFAULT_MAPS = ("blend",)  # one layer per autofocus layer to start with; the other maps on demand
@@ -50,7 +54,15 @@ TIPS = {
     "the network looks at to label each voxel.",
 }
 PREDICTED = "predicted labels"
-GLYPHS = "colours: " + "bluegreenorangeredvioletcyanyellowpink" + "r=0123456789,"  # the legend's characters
+# every character the canvas legend can show (rate names, units, warnings): rasterised while the dock opens
+GLYPHS = string.ascii_letters + string.digits + " ·=,.:;-+()'%/!?\u26a0"
+KIND_ORDER = ("blend", "region", "weight", "arg-max rate", "expected rate", "entropy", "zoom")
+LABELS_3D = {"blending": "additive", "opacity": 0.3}  # the prediction in 3D: seen through, not a wall
+
+
+def region_layer_name(layer: str, rate: int) -> str:
+    """The 3D view of a blend: one surface per rate, around where that rate has the largest weight."""
+    return f"{weight_layer_name(layer, rate)} region (3D)"
 
 
 def _layer_means(result, labels, classes, af: str, index):
@@ -68,7 +80,7 @@ class ExplorerWidget(QWidget):
         self._last_index = None
         self._shown_result = None  # id of the result the layers were built from
         self.maps = ExplorerLayers(napari_viewer, lambda: self.result, self)
-        self.maps.built = lambda: self._show_legend(self.result)
+        self.maps.built = self._on_built
         self._chart_timer = QTimer(self)
         self._chart_timer.setSingleShot(True)
         self._chart_timer.setInterval(80)
@@ -82,6 +94,17 @@ class ExplorerWidget(QWidget):
         self.rate_list = QListWidget()
         for lst in (self.layer_list, self.rate_list):
             lst.setMaximumHeight(90)
+        self.step_slider = QSlider(Qt.Orientation.Horizontal)  # one ticked autofocus layer on the canvas
+        self.step_slider.setMinimum(0)
+        self.step_slider.setPageStep(1)
+        self.step_label = QLabel()
+        self.step_slider.setToolTip(
+            "Several autofocus layers are ticked: the canvas shows one at a time (stacked, their\n"
+            "colours would mix into one). Slide to step from AF1 to the last; the charts show all."
+        )
+        self.warning = QLabel()  # how the scan does not fit the model, or an empty result
+        self.warning.setWordWrap(True)
+        self.warning.setStyleSheet("color: #f0a030")
         self.map_boxes = {name: QCheckBox(name) for name in MAPS}
         for name, box in self.map_boxes.items():
             box.setChecked(name in DEFAULT_MAPS)
@@ -116,6 +139,9 @@ class ExplorerWidget(QWidget):
         for box in self.map_boxes.values():
             box.toggled.connect(self.update_view)
         self.classes_combo.currentTextChanged.connect(self._on_classes)
+        self.step_slider.valueChanged.connect(self.update_view)
+        self._labels_2d = {}  # the prediction's look in 2D, given back when the viewer leaves 3D
+        napari_viewer.dims.events.ndisplay.connect(self._on_ndisplay)
         # layer events come in bursts (a re-run removes its old labels and adds the new ones): look
         # once the burst is over, so a re-run refills the explorer's layers instead of dropping them
         self._refresh_timer = QTimer(self)
@@ -136,11 +162,17 @@ class ExplorerWidget(QWidget):
     def _build_layout(self) -> None:
         form = QFormLayout()
         form.addRow("result", self.result_combo)
+        form.addRow(self.warning)
         choose = QGridLayout()
         choose.addWidget(QLabel("autofocus layers"), 0, 0)
         choose.addWidget(QLabel("dilation rates"), 0, 1)
         choose.addWidget(self.layer_list, 1, 0)
         choose.addWidget(self.rate_list, 1, 1)
+        step = QGridLayout()
+        step.addWidget(QLabel("on the canvas"), 0, 0)
+        step.addWidget(self.step_slider, 0, 1)
+        step.addWidget(self.step_label, 0, 2)
+        choose.addLayout(step, 2, 0, 1, 2)
         form.addRow("colours", self.legend)
         maps = QGroupBox("maps")
         grid = QGridLayout(maps)
@@ -237,16 +269,21 @@ class ExplorerWidget(QWidget):
 
     # -- layers ----------------------------------------------------------------------------------
     def wanted_layers(self) -> dict[str, tuple[str, str | None, int | None]]:
-        """Layer name -> (kind, autofocus layer, rate index) for the current choices."""
+        """Layer name -> (kind, autofocus layer, rate index) for the current choices. In 3D a blend
+        is drawn as one translucent surface per rate instead (an RGB volume renders as a block)."""
         result = self.result
         if result is None:
             return {}
         rates = {int(r) for r in self.checked(self.rate_list)}
         maps = {name for name, box in self.map_boxes.items() if box.isChecked()}
+        in_3d = self.viewer.dims.ndisplay == 3
         wanted = {}
         for af in self.checked(self.layer_list):
-            if "blend" in maps:
+            if "blend" in maps and not in_3d:
                 wanted[derived_layer_name(af, "blend")] = ("blend", af, None)
+            for k, r in enumerate(result.rates[af]):
+                if "blend" in maps and in_3d and r in rates:
+                    wanted[region_layer_name(af, r)] = ("region", af, k)
             if "weights" in maps:
                 for k, r in enumerate(result.rates[af]):
                     if r in rates:
@@ -259,6 +296,39 @@ class ExplorerWidget(QWidget):
         return wanted
 
     @property
+    def shown_autofocus_layer(self) -> str | None:
+        """The ticked autofocus layer on the canvas (the slider's, when several are ticked)."""
+        ticked = self.checked(self.layer_list)
+        if not ticked:
+            return None
+        return ticked[min(self.step_slider.value(), len(ticked) - 1)]
+
+    def _update_step(self) -> None:
+        """The slider over the ticked autofocus layers: shown only when there is more than one."""
+        ticked = self.checked(self.layer_list)
+        self.step_slider.blockSignals(True)
+        self.step_slider.setMaximum(max(len(ticked) - 1, 0))
+        self.step_slider.blockSignals(False)
+        several = len(ticked) > 1
+        for widget in (self.step_slider, self.step_label):
+            widget.setVisible(several)
+        place = f"{self.shown_autofocus_layer} ({self.step_slider.value() + 1} of {len(ticked)})"
+        self.step_label.setText(place if several else "")
+
+    def _layer_order(self, result):
+        """Sort key of an explorer layer, top of the layer list first: AF1 before AF2, and within
+        one autofocus layer its maps in the order of the check boxes; the zoom (all layers) last."""
+        afs = list(result.attention) if result is not None else []
+
+        def key(layer):
+            tag = layer.metadata[TAG]
+            af, kind = tag.get("af"), tag.get("kind")
+            place = afs.index(af) if af in afs else len(afs)
+            return place, KIND_ORDER.index(kind) if kind in KIND_ORDER else 0, tag.get("k") or 0
+
+        return key
+
+    @property
     def building(self) -> bool:
         """Whether layers are still being added or refilled (one per turn of the event loop) or the
         structure chart is waiting to be redrawn."""
@@ -269,9 +339,38 @@ class ExplorerWidget(QWidget):
         if self.maps.changing:
             return
         result = self.result
-        self.maps.show(result, self.wanted_layers())
+        self._update_step()
+        wanted = self.wanted_layers()
+        shown = self.shown_autofocus_layer
+        hidden = {name for name, (_, af, _) in wanted.items() if af is not None and af != shown}
+        self.maps.show(result, wanted, hidden)
         self._show_legend(result)
         self._chart_timer.start(80)  # once the clicks pause, like the cursor chart
+
+    def _on_built(self) -> None:
+        """The layers are in: AF1 first in the layer list, all under the prediction, which is
+        drawn as outlines so that it never tints the attention colours under it."""
+        result, labels = self.result, self.source_layer
+        self.maps.arrange(labels, self._layer_order(result))
+        if labels is not None and not labels.metadata.get("explorer_outlined"):
+            labels.metadata["explorer_outlined"] = True  # once: the user may fill it again
+            labels.contour = max(labels.contour, 1)
+        self._show_legend(result)
+
+    def _on_ndisplay(self, *_) -> None:
+        """2D <-> 3D: the blend becomes per-rate surfaces and back; the prediction is seen through."""
+        labels = self.source_layer
+        if self.viewer.dims.ndisplay == 3 and labels is not None:
+            self._labels_2d = {"layer": labels, **{key: getattr(labels, key) for key in LABELS_3D}}
+            for key, value in LABELS_3D.items():
+                setattr(labels, key, value)
+        elif self._labels_2d:
+            layer = self._labels_2d.pop("layer")
+            if layer in self.viewer.layers:
+                for key, value in self._labels_2d.items():
+                    setattr(layer, key, value)
+            self._labels_2d = {}
+        self.update_view()
 
     def build_now(self) -> None:
         """Finish the queued layer work and the chart at once (scripts and screenshots)."""
@@ -301,15 +400,31 @@ class ExplorerWidget(QWidget):
         QTimer.singleShot(150, restore)
 
     def _show_legend(self, result) -> None:
-        """The rate colours in the dock and on the canvas (napari's text overlay)."""
+        """The rate colours in the dock; on the canvas (napari's text overlay) one line per kind
+        of map shown, with its units, under the result's warnings."""
         rates = next(iter(result.rates.values()), ()) if result is not None else ()
         spacing = float(np.prod(result.network_spacing)) ** (1 / 3) if result is not None else None
         self.legend.setText(legend_html(rates, spacing) if rates else "")
+        notes = result_notes(result)
+        self.warning.setText("\n".join(notes))
+        self.warning.setVisible(bool(notes))
+        lines = []
+        for layer in sorted(self.maps.layers().values(), key=self._layer_order(result)):
+            tag = layer.metadata[TAG]
+            if not layer.visible or result is None:
+                continue
+            kind, af = tag.get("kind"), tag.get("af")
+            limits = tuple(layer.contrast_limits) if kind in ("expected rate", "entropy", "zoom") else None
+            line = map_legend(kind, af, result.rates.get(af, rates), limits)
+            if line not in lines:
+                lines.append(line)
         overlay = self._text_overlay()
         if overlay.text == GLYPHS or overlay.opacity == 0.0:  # a result came before the warm-up ended
             overlay.opacity = 1.0
-        overlay.visible = bool(rates) and any(layer.visible for layer in self.maps.layers().values())
-        overlay.text = legend_text(rates) if rates else ""
+        text = "\n".join([*(f"\u26a0 {note}" for note in notes), *lines]) if lines else ""
+        overlay.position, overlay.font_size = "bottom_left", 9  # long lines: from the left edge
+        overlay.visible = bool(text)
+        overlay.text = text
 
     # -- readout and charts ------------------------------------------------------------------------
     def _on_cursor(self, event=None) -> None:
@@ -348,7 +463,7 @@ class ExplorerWidget(QWidget):
             return
         source = self.classes_combo.currentText()
         truth = self.viewer.layers[source] if source in self.viewer.layers else None  # noqa: SIM401
-        key = (id(result), source, id(truth))
+        key = (id(result), source)  # (not id(truth): a plugin sees layers through new proxies each time)
         if self._means_key != key:  # the labels read once per result and source (memmap, dask: a copy)
             self._labels = np.asarray(truth.data) if truth is not None else result.labels
         labels = self._labels

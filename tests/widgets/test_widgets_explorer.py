@@ -41,8 +41,9 @@ def test_explorer_shows_k_colour_layers_per_autofocus_layer_without_rerunning(
     assert blend.rgb and blend.visible and blend.data.dtype == np.uint8
     weights_a = explorer.result.attention["AF1"][:, 16, 18, 20].astype(np.float32)
     hues = np.array([rate_hue(k) for k in range(4)], np.float32)
-    np.testing.assert_allclose(blend.data[16, 18, 20] / 255, weights_a @ hues, atol=1 / 255)
-    assert not (blend.data >= 250).all(axis=-1).any()  # no voxel is washed to white
+    np.testing.assert_allclose(blend.data[16, 18, 20, :3] / 255, weights_a @ hues, atol=1 / 255)
+    assert not (blend.data[..., :3] >= 250).all(axis=-1).any()  # no voxel is washed to white
+    assert (blend.data[..., 3] == 255).all()  # opaque where computed (this scan's noise: everywhere)
     assert "r=14" in explorer.legend.text() and viewer.canvas.overlays.text.visible
     assert "red r=14" in viewer.canvas.overlays.text.text
     assert [n.name for n in viewer.layers if n.metadata.get("autofocus", {}).get("owner") == "explorer"] == [
@@ -54,7 +55,7 @@ def test_explorer_shows_k_colour_layers_per_autofocus_layer_without_rerunning(
     assert set(np.unique(argmax.data)) <= {0, 2, 6, 10, 14}  # hovering shows the rate itself
     explorer.map_boxes["weights"].setChecked(True)
     settle(qtbot, explorer)
-    names = [layer.name for layer in viewer.layers]
+    names = [layer.name for layer in reversed(viewer.layers)]  # as the layer list reads, top first
     weights = [n for n in names if n.startswith("AF1 · r=")]
     assert weights == ["AF1 · r=2", "AF1 · r=6", "AF1 · r=10", "AF1 · r=14"]
     layer = viewer.layers["AF1 · r=6"]
@@ -74,7 +75,11 @@ def test_explorer_shows_k_colour_layers_per_autofocus_layer_without_rerunning(
         return sorted(x.name for x in viewer.layers if part in x.name and x.visible)
 
     explorer.set_checked(explorer.rate_list, ["2", "14"])
-    assert shown(" · r=") == ["AF1 · r=14", "AF1 · r=2", "AF2 · r=14", "AF2 · r=2"]
+    # two autofocus layers ticked: one on the canvas at a time (stacked, their colours would mix)
+    assert shown(" · r=") == ["AF1 · r=14", "AF1 · r=2"] and explorer.step_slider.isVisibleTo(explorer)
+    explorer.step_slider.setValue(1)
+    assert shown(" · r=") == ["AF2 · r=14", "AF2 · r=2"] and explorer.step_label.text() == "AF2 (2 of 2)"
+    explorer.step_slider.setValue(0)
     explorer.map_boxes["entropy"].setChecked(True)
     explorer.map_boxes["expected rate"].setChecked(True)
     settle(qtbot, explorer)
@@ -112,7 +117,7 @@ def test_a_newly_ticked_layer_reuses_a_hidden_one(make_napari_viewer, qtbot, mod
     assert "AF1 · blend" not in viewer.layers
     expected = explorer.result.attention["AF2"].astype(np.float32)
     hues = np.array([rate_hue(k) for k in range(4)], np.float32)
-    np.testing.assert_allclose(first.data[16, 18, 20] / 255, expected[:, 16, 18, 20] @ hues, atol=1 / 255)
+    np.testing.assert_allclose(first.data[16, 18, 20, :3] / 255, expected[:, 16, 18, 20] @ hues, atol=1 / 255)
     # quick clicks: AF2 twice before anything was built; the reused layer still gets AF2's maps
     # and is shown
     explorer.set_checked(explorer.layer_list, ["AF1"])
@@ -122,7 +127,7 @@ def test_a_newly_ticked_layer_reuses_a_hidden_one(make_napari_viewer, qtbot, mod
     settle(qtbot, explorer)
     layer = viewer.layers["AF2 · blend"]
     assert layer.visible and layer.metadata["autofocus"]["af"] == "AF2"
-    np.testing.assert_allclose(layer.data[16, 18, 20] / 255, expected[:, 16, 18, 20] @ hues, atol=1 / 255)
+    np.testing.assert_allclose(layer.data[16, 18, 20, :3] / 255, expected[:, 16, 18, 20] @ hues, atol=1 / 255)
 
 
 def test_voxel_readout_and_structure_chart(make_napari_viewer, qtbot, model_file, monkeypatch):
@@ -209,7 +214,8 @@ def test_rerunning_segment_with_the_explorer_open_raises_nothing(
 
     hidden = viewer.layers["AF1 · entropy"]
     assert not hidden.visible
-    np.testing.assert_array_equal(hidden.data, derived_map(new.attention["AF1"], new.rates["AF1"], "entropy"))
+    expected = derived_map(new.attention["AF1"], new.rates["AF1"], "entropy").astype(np.float32)
+    np.testing.assert_array_equal(hidden.data, expected)
 
 
 def test_the_canvas_legend_is_prepared_with_every_character_it_can_show():
@@ -232,7 +238,7 @@ def test_a_layer_unticked_before_its_maps_arrive_keeps_what_its_name_says(
     hues = np.array([rate_hue(k) for k in range(4)], np.float32)
     expected = explorer.result.attention["AF2"][:, 16, 18, 20].astype(np.float32) @ hues
     assert layer.visible
-    np.testing.assert_allclose(layer.data[16, 18, 20] / 255, expected, atol=1 / 255)
+    np.testing.assert_allclose(layer.data[16, 18, 20, :3] / 255, expected, atol=1 / 255)
 
 
 def test_a_map_that_fails_is_reported_and_the_others_are_still_built(
@@ -329,7 +335,7 @@ def test_a_full_garbage_collection_never_falls_inside_the_turn_that_adds_a_layer
         settle(qtbot, explorer)
     finally:
         gc.callbacks.remove(callback)
-    assert viewer.layers["AF2 · blend"].visible
+    assert not viewer.layers["AF2 · blend"].visible  # built, and off the canvas until stepped to
     add = events.index("add")
     assert events[add + 1] == "added" and "full collection" in events[:add]  # before, never during
     assert young_at_add[0] + 2 <= gc.get_threshold()[2]  # and no reason for Python to start one
