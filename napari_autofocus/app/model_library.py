@@ -145,22 +145,57 @@ def package_card(path: Path) -> ModelCard:
 def fitting_model(entries: list[ModelEntry], layers) -> ModelEntry | None:
     """The first bundled model whose channels the open image layers fill exactly by their names
     (``layers``: :class:`~napari_autofocus.app.inputs.LayerInfo`), or None when none does."""
+    return next((entry for entry in entries if model_fit(entry, layers).fits), None)
+
+
+@dataclass(frozen=True)
+class ModelFit:
+    """Whether a bundled model is made for the open scan, and what the menu says about it."""
+
+    fits: bool
+    note: str  # "4 channels: T1, T1c, T2, FLAIR; simulated tumours on the MNI152 brain"
+
+
+def model_fit(entry: ModelEntry, layers) -> ModelFit:
+    """Whether the open image layers fill ``entry``'s channels exactly by their names (bundled
+    models only: a user's file is never judged by its name)."""
     from napari_autofocus.app.inputs import match_modalities, modality_names
 
-    for entry in entries:
-        if entry.source != "bundled" or is_reference_checkpoint(entry.path):
-            continue
-        try:
-            card = read_card(entry.path)
-        except AutofocusError:
-            continue
-        if card.in_channels != len(layers):
-            continue
-        named = {layer.channel_name for layer in layers if layer.channel_name}
-        mapping = match_modalities(modality_names(card.modalities, card.in_channels), layers)
-        if all(mapping.values()) and (not named or named <= set(card.modalities)):
-            return entry
-    return None
+    if entry.source != "bundled" or is_reference_checkpoint(entry.path):
+        return ModelFit(False, "")
+    try:
+        card = read_card(entry.path)
+    except AutofocusError as exc:
+        return ModelFit(False, str(exc))
+    note = f"{card.in_channels} channel(s): {', '.join(card.modalities)}; {trained_on(card)}"
+    if card.in_channels != len(layers):
+        return ModelFit(False, note)
+    named = {layer.channel_name for layer in layers if layer.channel_name}
+    mapping = match_modalities(modality_names(card.modalities, card.in_channels), layers)
+    return ModelFit(all(mapping.values()) and (not named or named <= set(card.modalities)), note)
+
+
+def trained_on(card: ModelCard) -> str:
+    """What a model learnt from, in a few words (a teaching phantom or a dataset)."""
+    from napari_autofocus.inference.scan_checks import Contract
+
+    contract = Contract.from_card(card)
+    if contract.phantom and "brain" in contract.trained_on.lower():
+        return "simulated tumours on the MNI152 brain"
+    if contract.phantom:
+        return "synthetic phantoms"
+    return f"trained on {contract.trained_on}" if contract.trained_on else "its training data"
+
+
+def ways_forward(layers) -> str:
+    """One sentence for a scan no bundled model is made for: the three ways to go on."""
+    names = ", ".join(layer.name for layer in layers)
+    return (
+        f"No bundled model is made for this scan ({len(layers)} image layer(s): {names}). Three ways "
+        "forward: train one on your own scans with `python -m src_training train` (see the README); "
+        "Browse for the authors' .pth.tar checkpoint (and choose its architecture); or open a sample "
+        "(File > Open Sample > Autofocus) to see the bundled models at work."
+    )
 
 
 def summary(card: ModelCard) -> str:

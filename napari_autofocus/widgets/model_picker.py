@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-from qtpy.QtCore import Signal
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from napari_autofocus.app.model_library import (
     ARCH_CHOICES,
     ModelEntry,
+    ModelFit,
     available_models,
     describe,
     fitting_model,
     is_reference_checkpoint,
+    model_fit,
     summary,
+    ways_forward,
 )
 from napari_autofocus.errors import AutofocusError
 from napari_autofocus.widgets._tips import TIPS
 
+FITS = "\u2713 fits this scan"  # after a bundled model's name in the menu
 FILE_FILTER = "Model files (*.safetensors *.bioimageio.zip *.zip *.pth.tar *.pth *.pt *.tar);;All files (*)"
 
 
@@ -40,6 +44,12 @@ class ModelPicker(QWidget):
         self.arch_label = QLabel("architecture")
         self.info = QLabel()
         self.info.setWordWrap(True)
+        self.no_fit = QLabel()  # a scan no bundled model is made for: the ways forward
+        self.no_fit.setWordWrap(True)
+        self.no_fit.setStyleSheet("color: #e6a23c")
+        self.no_fit.setVisible(False)
+        self.fits: dict[str, ModelFit] = {}  # bundled model path -> whether the open scan fits it
+        self._layers = []
         row = QHBoxLayout()
         row.addWidget(self.combo, 1)
         row.addWidget(self.browse)
@@ -51,6 +61,7 @@ class ModelPicker(QWidget):
         layout.addLayout(row)
         layout.addLayout(arch_row)
         layout.addWidget(self.info)
+        layout.addWidget(self.no_fit)
         self.chosen = False  # the user picked a model: it is never switched for them
         self.combo.activated.connect(self._mark_chosen)
         self.combo.currentIndexChanged.connect(self._on_choice)
@@ -80,6 +91,7 @@ class ModelPicker(QWidget):
         paths = [e.path for e in self.entries]
         self.combo.setCurrentIndex(paths.index(keep) if keep in paths else (0 if paths else -1))
         self.combo.blockSignals(False)
+        self.show_fits(self._layers)
         self._on_choice()
 
     def _mark_chosen(self, index: int) -> None:
@@ -93,6 +105,7 @@ class ModelPicker(QWidget):
         """Until the user picks one, show the first bundled model that the open image layers fit
         (a 4-channel brain scan gets a brain model, a 2-channel phantom a phantom model). True
         when the choice changed (``changed`` was emitted)."""
+        self.show_fits(layers)
         if self.chosen or not layers:
             return False
         entry = self.entry
@@ -106,6 +119,19 @@ class ModelPicker(QWidget):
         self.combo.blockSignals(False)
         self._on_choice()
         return True
+
+    def show_fits(self, layers) -> None:
+        """Mark in the menu the bundled models the open image layers fit (each item's tooltip says
+        what it needs and what it learnt from); for a scan none fits, say how to go on."""
+        self._layers = list(layers)
+        self.fits = {e.path: model_fit(e, self._layers) for e in self.entries if e.source == "bundled"}
+        for i, entry in enumerate(self.entries):
+            fit = self.fits.get(entry.path)
+            self.combo.setItemText(i, f"{entry.label} {FITS}" if fit and fit.fits else entry.label)
+            self.combo.setItemData(i, fit.note if fit else entry.path, Qt.ItemDataRole.ToolTipRole)
+        none_fits = bool(self._layers) and bool(self.fits) and not any(f.fits for f in self.fits.values())
+        self.no_fit.setText(ways_forward(self._layers) if none_fits else "")
+        self.no_fit.setVisible(none_fits)
 
     def set_model_file(self, path: str, arch: str = "auto") -> None:
         """Choose a file as if picked with Browse."""

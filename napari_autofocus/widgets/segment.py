@@ -129,7 +129,10 @@ class SegmentWidget(QWidget):
         if self.picker.card is None:
             return [self.picker.problem or "No model chosen."]
         layers = [_common.layer_info(layer) for layer in _common.image_layers(self.viewer)]
-        return input_problems(self.mapping(), layers)
+        problems = input_problems(self.mapping(), layers)
+        if problems and self.picker.no_fit.text():  # no bundled model is made for this scan
+            problems.append(self.picker.no_fit.text())
+        return problems
 
     def _check_inputs(self, *_) -> None:
         problems = self.problems() if self.picker.card is not None else []

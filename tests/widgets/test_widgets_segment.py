@@ -250,3 +250,31 @@ def test_segment_offers_the_bundled_model_the_open_scan_fits_until_the_user_pick
     widget.picker.combo.activated.emit(1)  # the user's own choice is kept whatever is opened next
     brain.add_image(np.zeros((8, 8, 8), np.float32), name="extra")
     assert widget.picker.path.endswith("B_phantom.safetensors")
+
+
+def test_the_model_menu_marks_what_fits_and_a_one_channel_scan_is_told_the_ways_forward(
+    make_napari_viewer, qtbot, notes
+):
+    from napari_autofocus.widgets.model_picker import FITS
+
+    viewer = add_scan(make_napari_viewer())  # the phantom's two channels: the phantom models fit
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
+    items = [widget.picker.combo.itemText(i) for i in range(widget.picker.combo.count())]
+    fitting = [text for text in items if FITS in text]
+    assert fitting and all("phantom" in text for text in fitting)
+    assert any("brain" in text and FITS not in text for text in items)
+    assert not widget.picker.no_fit.isVisibleTo(widget)
+    tip = widget.picker.combo.itemData(items.index(fitting[0]), 3)  # Qt.ToolTipRole
+    assert "2 channel(s)" in tip and "synthetic phantoms" in tip
+
+    t1 = make_napari_viewer()  # a real T1: one channel, which no bundled model is made for
+    t1.add_image(np.ones((12, 12, 12), np.float32), name="mni152_t1")
+    _, widget = t1.window.add_plugin_dock_widget(PLUGIN, "Segment")
+    items = [widget.picker.combo.itemText(i) for i in range(widget.picker.combo.count())]
+    assert items and not any(FITS in text for text in items)
+    message = widget.picker.no_fit.text()
+    assert widget.picker.no_fit.isVisibleTo(widget) and "No bundled model is made for this scan" in message
+    for way in ("python -m src_training train", ".pth.tar", "File > Open Sample > Autofocus"):
+        assert way in message
+    click(qtbot, widget.run_button)
+    assert notes["error"] and "Three ways forward" in notes["error"][-1]
