@@ -100,3 +100,14 @@ def result_notes(result: SegmentationResult | None) -> list[str]:
     if result is None:
         return []
     return [*result.warnings, *([EMPTY_RESULT] if result.empty else [])]
+
+
+MARK_CANDIDATES = ((1.0, 1.0, 1.0), (1.0, 0.0, 1.0), (1.0, 1.0, 0.0), (0.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+
+
+def distinct_colour(labels_layer, num_classes: int) -> tuple[float, float, float, float]:
+    """A colour for marking voxels (changed labels) that no class of ``labels_layer`` is drawn in:
+    the candidate farthest from every class colour (white, magenta, yellow, cyan or black)."""
+    classes = np.asarray(labels_layer.colormap.map(np.arange(1, max(num_classes, 2))))[:, :3]
+    far = max(MARK_CANDIDATES, key=lambda c: float(np.min(np.linalg.norm(classes - np.asarray(c), axis=1))))
+    return (*far, 1.0)

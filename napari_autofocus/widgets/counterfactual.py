@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from napari.utils.colormaps import DirectLabelColormap
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import QComboBox, QFormLayout, QWidget
+from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QWidget
 
 from napari_autofocus._reader import prefer_this_reader
 from napari_autofocus.analysis.counterfactual import compare_to_reference, override_choices
@@ -41,6 +42,7 @@ class CounterfactualWidget(QWidget):
         self.run_button, self.cancel_button = self.controls.run_button, self.controls.cancel_button
         self.status, self.runner = self.controls.status, self.controls.runner
         self.table = _table.make_table()
+        self.reference_label = QLabel()
 
         form = QFormLayout()
         form.addRow("result", self.result_combo)
@@ -50,6 +52,7 @@ class CounterfactualWidget(QWidget):
         layout = _common.scroll_body(self)
         layout.addLayout(form)
         layout.addWidget(self.controls)
+        layout.addWidget(self.reference_label)
         layout.addWidget(self.table)
         layout.addStretch(1)
 
@@ -129,26 +132,39 @@ class CounterfactualWidget(QWidget):
         )
 
     def _on_done(self, outcome) -> None:
+        """The modified labels as outlines, the changed voxels filled on top in a colour no class
+        has, and the Dice table in columns narrow enough to read without scrolling."""
         modified, report = outcome
         self.report = report
         model = modified.request.model_path
         _outputs.remove_outputs(self.viewer, OWNER, model)
-        _outputs.add_labels(
+        counterfactual = _outputs.add_labels(
             self.viewer, modified, OWNER, name=f"{modified.name} counterfactual labels"
-        ).visible = False
+        )
+        counterfactual.contour = 1
+        source = self._source_layer()
+        mark = _outputs.distinct_colour(source or counterfactual, modified.card.num_classes)
         self.viewer.add_labels(
             report.changed,
             name=f"{modified.name} changed voxels",
             metadata=_outputs.base_metadata(modified, OWNER, "changed voxels"),
             features={"index": [0, 1], "change": ["unchanged", "changed"]},
+            colormap=DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: mark}),
+            opacity=0.9,
             **_outputs.placement(modified),
         )
+        self.reference_label.setText(f"Dice against the {report.reference}:")
         _table.fill(
             self.table,
-            ["class", f"Dice before (vs {report.reference})", "Dice after", "Δ Dice"],
+            ["class", "before", "after", "Δ Dice"],
             [[name, before, after, after - before] for name, before, after in report.rows],
         )
         self.status.setText(
-            f"{self._what}: {report.changed_voxels} voxel(s) changed label; mean Dice change "
-            f"{report.mean_delta:+.3f} against the {report.reference}."
+            f"{self._what}: {report.changed_voxels} voxel(s) changed label (drawn in the "
+            f"'{modified.name} changed voxels' layer); mean Dice change {report.mean_delta:+.3f} "
+            f"against the {report.reference}."
         )
+
+    def _source_layer(self):
+        name = self.result_combo.currentText()
+        return self.viewer.layers[name] if name in self.viewer.layers else None  # noqa: SIM401

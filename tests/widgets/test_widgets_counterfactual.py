@@ -38,6 +38,16 @@ def test_forcing_one_rate_changes_labels_and_reports_dice(make_napari_viewer, qt
     assert widget.table.item(1, 1).text() == f"{before:.3f}"
     assert widget.table.item(1, 2).text() == f"{after:.3f}"
     assert "voxel(s) changed label" in widget.status.text()
+    # both new layers on the canvas; the changed voxels in a colour no class is drawn in
+    changed_layer = viewer.layers["tiny_afn2 changed voxels"]
+    assert changed_layer.visible and viewer.layers["tiny_afn2 counterfactual labels"].visible
+    mark = np.asarray(changed_layer.colormap.map(np.array([1])))[0, :3]
+    classes = np.asarray(viewer.layers["tiny_afn2 labels"].colormap.map(np.arange(1, 3)))[:, :3]
+    assert np.linalg.norm(classes - mark, axis=1).min() > 0.4
+    # the table reads without a horizontal scrollbar in a narrow dock (its last column is Δ Dice)
+    header = [widget.table.horizontalHeaderItem(i).text() for i in range(widget.table.columnCount())]
+    assert header[-1] == "Δ Dice" and "ground truth" in widget.reference_label.text()
+    assert sum(widget.table.columnWidth(i) for i in range(widget.table.columnCount())) < 300
     # the original result is untouched and the override was removed from the model
     np.testing.assert_array_equal(viewer.layers["tiny_afn2 labels"].data, original)
     assert all(getattr(m, "attention_override", None) is None for m in segment.result.model.modules())
