@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from napari.utils.colormaps import DirectLabelColormap
 
 from napari_autofocus.app.results import RESULTS
 from napari_autofocus.app.session import RESULT_KEY, SegmentationResult
@@ -48,6 +49,25 @@ def class_features(result: SegmentationResult) -> pd.DataFrame:
     return pd.DataFrame({"index": values, "class": [result.class_name(v) for v in values]})
 
 
+# Class colours of every labels layer the plugin adds: bright on a grey scan (napari's default
+# palette draws some classes dark red, nearly invisible on small lesions), background clear.
+CLASS_COLOURS = (
+    (1.0, 0.85, 0.0),
+    (0.0, 0.85, 1.0),
+    (1.0, 0.3, 1.0),
+    (0.55, 1.0, 0.3),
+    (1.0, 0.55, 0.45),
+    (0.7, 0.6, 1.0),
+)
+
+
+def class_colormap(num_classes: int) -> DirectLabelColormap:
+    colours = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0)}
+    for value in range(1, max(num_classes, 2)):
+        colours[value] = (*CLASS_COLOURS[(value - 1) % len(CLASS_COLOURS)], 1.0)
+    return DirectLabelColormap(color_dict=colours)
+
+
 def add_labels(viewer, result: SegmentationResult, owner: str, name: str | None = None):
     """The result's labels layer, owning the result in its metadata (the explorer reads it there)."""
     metadata = base_metadata(result, owner, "labels")
@@ -58,7 +78,8 @@ def add_labels(viewer, result: SegmentationResult, owner: str, name: str | None 
         name=name or f"{result.name} labels",
         metadata=metadata,
         features=class_features(result),
-        opacity=0.6,
+        colormap=class_colormap(result.card.num_classes),
+        opacity=0.7,
         **placement(result),
     )
     return layer

@@ -26,6 +26,8 @@ from napari_autofocus.widgets.model_picker import FILE_FILTER
 
 OWNER = "compare"
 DISAGREEMENT = "model disagreement"
+BACKDROP = "scan under the labels"  # the tag kind of each cell's copy of the scan (same array)
+CELL_GAP = 0.04  # the grid's spacing, a fraction of a cell: the canvas colour frames each cell
 
 
 def grid_of(viewer):
@@ -35,10 +37,13 @@ def grid_of(viewer):
 
 
 def grid_cells(viewer) -> dict[tuple[int, int], list[str]]:
-    """(row, column) -> names of the layers napari draws in that cell of its grid (visible only)."""
+    """(row, column) -> names of the layers napari draws in that cell of its grid (visible only;
+    the scan under each model's labels is left out: every cell has one)."""
     grid, layers = grid_of(viewer), list(viewer.layers)
     cells: dict[tuple[int, int], list[str]] = {}
     for index, layer in enumerate(layers):
+        if (layer.metadata.get(_outputs.TAG) or {}).get("kind") == BACKDROP:
+            continue
         try:
             row, column = grid.position(index, layers)
         except TypeError:  # napari before 0.9 took the number of layers
@@ -87,6 +92,10 @@ class CompareWidget(QWidget):
         self.chart = _charts.ChartCanvas(4.0, 3.0)
         self.csv_button = QPushButton("Export table as CSV…")
         self.csv_button.setEnabled(False)
+        self.leave_button = QPushButton("Back to one view")
+        self.leave_button.setToolTip("Leave the grid: the layers hidden for it come back")
+        self.leave_button.setEnabled(False)
+        self._hidden = []  # layers the grid hid, shown again by "Back to one view"
 
         form = QFormLayout()
         form.addRow("ground truth", self.truth_combo)
@@ -97,6 +106,7 @@ class CompareWidget(QWidget):
         layout.addLayout(form)
         layout.addWidget(self.controls)
         layout.addWidget(self.grid_label)
+        layout.addWidget(self.leave_button)
         layout.addWidget(self.table)
         layout.addWidget(self.chart)
         layout.addWidget(self.csv_button)
@@ -107,6 +117,7 @@ class CompareWidget(QWidget):
         self.add_button.clicked.connect(self._browse)
         self.run_button.clicked.connect(self.run)
         self.csv_button.clicked.connect(self._save_csv)
+        self.leave_button.clicked.connect(self.leave_grid)
         self.controls.succeeded.connect(self._on_done)
         self.controls.ended.connect(self.run_finished.emit)
         _common.watch_layers(napari_viewer, self._refresh)
@@ -169,18 +180,7 @@ class CompareWidget(QWidget):
 
     def _on_done(self, outcome) -> None:
         results, disagree, table = outcome.results, outcome.disagreement, outcome.table
-        _outputs.remove_outputs(self.viewer, OWNER)
-        for result in results:
-            _outputs.add_labels(self.viewer, result, OWNER, name=f"{result.name} (compare)")
-        layer = self.viewer.add_labels(
-            disagree,
-            name=DISAGREEMENT,
-            metadata=_outputs.base_metadata(results[0], OWNER, "disagreement"),
-            **_outputs.placement(results[0]),
-        )
-        layer.metadata[_outputs.TAG]["model"] = None
-        grid_of(self.viewer).enabled = True
-        self._refresh_grid_note()
+        self.show_grid(results, disagree)
         self.table_data = table
         share = float(np.count_nonzero(disagree)) / disagree.size
         self.status.setText(f"{len(results)} models; they disagree on {100 * share:.1f}% of voxels.")
@@ -192,6 +192,71 @@ class CompareWidget(QWidget):
         _table.fill(self.table, ["model", *table.columns], [[m, *v] for m, v in table.rows])
         _charts.draw_dice_bars(self.chart, table)
         self.csv_button.setEnabled(True)
+
+    def show_grid(self, results, disagree) -> None:
+        """One grid cell per model (and one for the disagreement): the scan, that model's labels on
+        it, the model's name as the cell's title, a gap around each cell, the view fitted. The
+        other layers are hidden while the grid is on; "Back to one view" shows them again."""
+        _outputs.remove_outputs(self.viewer, OWNER)
+        scan = self._scan_layer(results[0])
+        self._hidden = self._hidden or [x for x in self.viewer.layers if x.visible]
+        for layer in self._hidden:
+            layer.visible = False
+        titled = []
+        for result in results:
+            self._add_backdrop(scan, result, result.name)
+            titled.append(_outputs.add_labels(self.viewer, result, OWNER, name=f"{result.name} (compare)"))
+        self._add_backdrop(scan, results[0], DISAGREEMENT)
+        layer = self.viewer.add_labels(
+            disagree,
+            name=DISAGREEMENT,
+            metadata=_outputs.base_metadata(results[0], OWNER, "disagreement"),
+            opacity=0.8,
+            **_outputs.placement(results[0]),
+        )
+        layer.metadata[_outputs.TAG]["model"] = None
+        titled.append(layer)
+        for layer in titled:
+            layer.name_overlay.visible = True
+        grid = grid_of(self.viewer)
+        grid.stride = -2  # from the top of the layer list: (labels, scan) per cell, first model first
+        grid.spacing = CELL_GAP
+        grid.enabled = True
+        self.viewer.reset_view()
+        self.leave_button.setEnabled(True)
+        self._refresh_grid_note()
+
+    def _scan_layer(self, result):
+        name = result.input_layers[0] if result.input_layers else None
+        return self.viewer.layers[name] if name in self.viewer.layers else None  # noqa: SIM401
+
+    def _add_backdrop(self, scan, result, title: str) -> None:
+        """A view of the scan (the same array, no copy) for one cell, in the scan's own contrast."""
+        if scan is None:
+            return
+        metadata = _outputs.base_metadata(result, OWNER, BACKDROP)
+        metadata[_outputs.TAG]["model"] = None
+        self.viewer.add_image(
+            scan.data,
+            name=f"{title} scan (compare)",
+            metadata=metadata,
+            colormap="gray",
+            contrast_limits=tuple(scan.contrast_limits),
+            **_outputs.placement(result),
+        )
+
+    def leave_grid(self) -> None:
+        """One view again: the grid off, the comparison's layers hidden, the others back."""
+        grid_of(self.viewer).enabled = False
+        for layer in self.viewer.layers:
+            if (layer.metadata.get(_outputs.TAG) or {}).get("owner") == OWNER:
+                layer.visible = False
+        for layer in self._hidden:
+            if layer in self.viewer.layers:
+                layer.visible = True
+        self._hidden = []
+        self.leave_button.setEnabled(False)
+        self._refresh_grid_note()
 
     def _refresh_grid_note(self, *_) -> None:
         """Which model is in which grid cell, while the grid is on (layers added or removed move them)."""

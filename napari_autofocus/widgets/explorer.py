@@ -216,8 +216,12 @@ class ExplorerWidget(QWidget):
         """Follow the viewer's result layers (runs once after each burst of layer events)."""
         if self.maps.changing:
             return
-        names = [layer.name for layer in _common.result_layers(self.viewer)]
-        default = names[-1] if names else None
+        layers = _common.result_layers(self.viewer)
+        names = [layer.name for layer in layers]
+        # the newest Segment result first: Compare's and the counterfactuals' are there to choose
+        made_by = [(layer.metadata.get(TAG) or {}).get("owner") for layer in layers]
+        segmented = [name for name, owner in zip(names, made_by, strict=True) if owner == "segment"]
+        default = (segmented or names)[-1] if names else None
         _common.set_items(self.result_combo, names, default=default)
         truth = [PREDICTED] + [layer.name for layer in _common.truth_layers(self.viewer)]
         _common.set_items(self.classes_combo, truth)

@@ -34,6 +34,18 @@ def test_compare_fills_dice_table_and_exports_csv(make_napari_viewer, qtbot, tmp
     assert (
         widget.grid_label.text().startswith("Grid, left to right:") and "model_b" in widget.grid_label.text()
     )
+    # each cell: the scan under that model's labels (the same array, no copy), the name as its title
+    scan = viewer.layers["case [T1-like]"]  # the first channel the models read
+    for title in ("model_a", "model_b", "model disagreement"):
+        labels = viewer.layers[f"{title} (compare)" if title != "model disagreement" else title]
+        backdrop = viewer.layers[f"{title} scan (compare)"]
+        assert labels.name_overlay.visible and backdrop.data is scan.data
+        at = layers.index(labels)
+        assert grid_of(viewer).position(at, layers) == grid_of(viewer).position(at - 1, layers)
+        assert layers[at - 1] is backdrop  # right under its labels
+    assert grid_of(viewer).spacing > 0  # a frame of canvas colour round each cell
+    assert not scan.visible and not viewer.layers["case ground truth"].visible  # no cells of their own
+    assert len(grid_cells(viewer)) == 3
     la, lb = viewer.layers["model_a (compare)"].data, viewer.layers["model_b (compare)"].data
     np.testing.assert_array_equal(viewer.layers["model disagreement"].data > 0, la != lb)
 
@@ -53,3 +65,6 @@ def test_compare_fills_dice_table_and_exports_csv(make_napari_viewer, qtbot, tmp
 
     run_and_wait(qtbot, widget)  # again: replaces its layers
     assert sum(layer.name == "model disagreement" for layer in viewer.layers) == 1
+    widget.leave_button.click()  # one view again, with what the user had on screen
+    assert not grid_of(viewer).enabled and scan.visible and viewer.layers["case [T2-like]"].visible
+    assert not viewer.layers["model_a (compare)"].visible
