@@ -25,13 +25,14 @@ NOTE_SEP = " · "
 NOTHING = object()  # no outcome (yet): the job failed, was cancelled or is still running
 
 
-def describe_progress(done: int, total: int, elapsed_s: float) -> str:
-    """Where a run is and, once one part has finished, how long the rest should take at the pace
-    measured so far (the engine's parts, slabs or tiles, take about equal time)."""
+def describe_progress(done: int, total: int, elapsed_s: float, first_part_s: float | None = None) -> str:
+    """Where a run is and, once two parts have finished, how long the rest should take at the
+    pace measured since the first part ended (the first one also loads the model and warms the
+    kernels up, so it says little about the others; the engine's parts take about equal time)."""
     where = f"part {done} of {total}"
-    if done < 1 or done >= total:
+    if done < 2 or done >= total or first_part_s is None:
         return where
-    left = elapsed_s / done * (total - done)
+    left = (elapsed_s - first_part_s) / (done - 1) * (total - done)
     if left < 60:
         return f"{where}, about {max(1, round(left))} s left"
     return f"{where}, about {left / 60:.0f} min left"
@@ -55,6 +56,7 @@ class BackgroundRun(QObject):
         self.cancel_event = threading.Event()
         self._bars: dict[str, napari_progress] = {}
         self._started: dict[str, float] = {}
+        self._first_part: dict[str, float] = {}  # seconds until each job's first part was done
         self.progressed.connect(self._show_progress)
         self.last_error: str | None = None
         self._outcome = NOTHING
@@ -98,20 +100,26 @@ class BackgroundRun(QObject):
 
     def _show_progress(self, done: int, total: int, what: str) -> None:
         elapsed = time.monotonic() - self._started.setdefault(what, time.monotonic())
+        if done >= 1:
+            self._first_part.setdefault(what, elapsed)
+        # the note before the bar: updating the bar may let the run's end be handled first
+        self.progress_note.emit(describe_progress(done, total, elapsed, self._first_part.get(what)))
         bar = self._bars.get(what)
         if bar is None:
             bar = self._bars[what] = napari_progress(total=total, desc=what)
         if bar.total != total:
             bar.total = total
         if done > bar.n:
-            bar.update(done - bar.n)  # may let the run's end be handled first
-        self.progress_note.emit(describe_progress(done, total, elapsed))
+            bar.update(done - bar.n)
 
     def show_progress_in(self, label) -> None:
         """Append the progress note to ``label`` (its text up to the note is kept)."""
-        self.progress_note.connect(
-            lambda note: label.setText(f"{label.text().split(NOTE_SEP)[0]}{NOTE_SEP}{note}")
-        )
+
+        def show(note: str) -> None:
+            if self.running:  # a note that arrives after the end never gets onto "Done" or "cancelled"
+                label.setText(f"{label.text().split(NOTE_SEP)[0]}{NOTE_SEP}{note}")
+
+        self.progress_note.connect(show)
 
     def _failed(self, exc: Exception) -> None:
         from napari_autofocus.inference import Cancelled
@@ -164,5 +172,6 @@ class BackgroundRun(QObject):
             bar.close()
         self._bars.clear()
         self._started.clear()
+        self._first_part.clear()
         self.worker = None
         self.ended.emit()

@@ -216,6 +216,7 @@ class SegmentWidget(QWidget):
             f"Done on {result.device} in {result.seconds:.1f} s: '{layer.name}' with "
             f"{len(result.attention)} autofocus layer(s) of attention for the explorer."
             + _computed_region_note(result)
+            + (f" Note: {_outputs.EMPTY_RESULT}." if result.empty else "")
         )
         self.legend.setText(f"Labels: {_outputs.legend(result)}")
         self.mismatch.setText(mismatch_note(result))

@@ -166,7 +166,8 @@ def test_cancel_during_a_run_stops_within_one_more_slab_and_keeps_the_previous_r
     total = reports["before"][0][1]
     assert reports["before"] == [(0, total), (1, total)] and total > 2  # a bar before the first slab ends
     assert len(reports["after"]) <= 1  # at most one more slab ran after Cancel
-    assert notes_seen[:2] == [f"part 0 of {total}", notes_seen[1]] and "s left" in notes_seen[1]
+    # no guess after the first part (it also loads and warms up): the estimate starts with the second
+    assert notes_seen[:2] == [f"part 0 of {total}", f"part 1 of {total}"]
     assert widget.result is before and viewer.layers["tiny_afn2 labels"].data is labels_before
     assert any("cancelled" in m for m in notes["info"])
 
@@ -210,9 +211,11 @@ def test_progress_note_estimates_the_rest_from_the_measured_pace():
     from napari_autofocus.widgets._background import describe_progress
 
     assert describe_progress(0, 12, 0.0) == "part 0 of 12"
-    assert describe_progress(3, 12, 15.0) == "part 3 of 12, about 45 s left"
-    assert describe_progress(1, 12, 60.0) == "part 1 of 12, about 11 min left"
-    assert describe_progress(12, 12, 99.0) == "part 12 of 12"
+    assert describe_progress(1, 12, 8.0, first_part_s=8.0) == "part 1 of 12"  # the first also warms up
+    # the pace after the first part: 2 s per part, 9 left
+    assert describe_progress(3, 12, 12.0, first_part_s=8.0) == "part 3 of 12, about 18 s left"
+    assert describe_progress(2, 12, 70.0, first_part_s=10.0) == "part 2 of 12, about 10 min left"
+    assert describe_progress(12, 12, 99.0, first_part_s=8.0) == "part 12 of 12"
 
 
 def test_segment_offers_the_bundled_model_the_open_scan_fits_until_the_user_picks_one(
@@ -278,3 +281,53 @@ def test_the_model_menu_marks_what_fits_and_a_one_channel_scan_is_told_the_ways_
         assert way in message
     click(qtbot, widget.run_button)
     assert notes["error"] and "Three ways forward" in notes["error"][-1]
+
+
+def test_closing_segment_during_a_run_still_adds_the_result_and_says_so(
+    make_napari_viewer, qtbot, model_file, notes
+):
+    import gc
+
+    viewer = add_scan(make_napari_viewer())
+    widget = open_segment(viewer, model_file)
+    click(qtbot, widget.run_button)
+    worker = widget.runner.worker
+    viewer.window.remove_dock_widget(viewer.window.dock_widgets[f"Segment ({PLUGIN})"].parent())
+    del widget  # napari keeps no reference to a closed dock's widget: collected, it would crash
+    gc.collect()
+    qtbot.waitUntil(lambda: not worker.is_running, timeout=60000)
+    qtbot.waitUntil(lambda: "tiny_afn2 labels" in viewer.layers, timeout=10000)
+    assert any("dock was closed during the run; the result was added" in m for m in notes["info"])
+
+
+def test_the_status_line_ends_with_how_the_run_ended(make_napari_viewer, qtbot, model_file):
+    viewer = add_scan(make_napari_viewer())
+    widget = open_segment(viewer, model_file)
+    run_and_wait(qtbot, widget)
+    qtbot.wait(100)
+    text = widget.status.text()
+    assert text.startswith("Done on") and "part" not in text and "left" not in text
+    widget.runner.progress_note.emit("part 3 of 12, about 20 s left")  # a late note from the last run
+    assert widget.status.text() == text
+
+    import threading
+
+    started = threading.Event()
+    release = threading.Event()
+
+    def slow(progress, status, cancel):
+        progress(1, 4)
+        started.set()
+        release.wait(10)
+        progress(2, 4)
+        from napari_autofocus.inference import Cancelled
+
+        raise Cancelled("cancelled")
+
+    widget.controls.start(slow, "Segment (slow)", "Running…")
+    qtbot.waitUntil(started.is_set, timeout=5000)
+    widget.cancel()
+    release.set()
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=10000)
+    qtbot.wait(100)
+    assert "cancelled" in widget.status.text() and "part" not in widget.status.text()
