@@ -92,8 +92,8 @@ def legend_html(rates: Sequence[int], spacing_mm: float | None = None) -> str:
     parts = []
     for k, rate in enumerate(rates):
         r, g, b = (int(255 * c) for c in rate_hue(k))
-        gap = f" ({rate * spacing_mm:.0f} mm)" if spacing_mm else ""
-        parts.append(f'<span style="color: rgb({r},{g},{b})">&#9632;</span> r={rate}{gap}')
+        gap = f"&nbsp;({rate * spacing_mm:.0f}&nbsp;mm)" if spacing_mm else ""  # one item never wraps
+        parts.append(f'<span style="color: rgb({r},{g},{b})">&#9632;</span>&nbsp;r={rate}{gap}')
     return " &nbsp; ".join(parts)
 
 

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from napari.layers import Image, Labels
 from napari.utils import notifications
-from qtpy.QtCore import QSize, Qt
-from qtpy.QtWidgets import QComboBox, QFrame, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtCore import QSize, Qt, QTimer
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDockWidget,
+    QFrame,
+    QMainWindow,
+    QScrollArea,
+    QVBoxLayout,
+    QWidget,
+)
 
 from napari_autofocus.app.inputs import LayerInfo
 from napari_autofocus.app.results import RESULTS
@@ -95,7 +103,31 @@ def scroll_body(widget) -> QVBoxLayout:
     outer.setContentsMargins(0, 0, 0, 0)
     outer.addWidget(scroll)
     widget.scroll_area = scroll
+    QTimer.singleShot(0, lambda: dock_as_tab(widget))  # once napari has put it in its dock
     return QVBoxLayout(content)
+
+
+def dock_as_tab(widget) -> None:
+    """Put ``widget``'s dock in a tab beside this plugin's other docks in the same area, in front:
+    stacked, each gets a fraction of the height and the explorer's charts fall below the fold."""
+    try:
+        dock = widget.parentWidget()
+    except RuntimeError:  # closed before napari docked it
+        return
+    window = dock.parentWidget() if isinstance(dock, QDockWidget) else None
+    if not isinstance(window, QMainWindow) or dock.isFloating() or window.tabifiedDockWidgets(dock):
+        return
+    area = window.dockWidgetArea(dock)
+    for other in window.findChildren(QDockWidget):
+        content = other.widget()
+        ours = content is not None and type(content).__module__.startswith("napari_autofocus.")
+        if other is dock or not ours or other.isFloating() or not other.isVisible():
+            continue
+        if window.dockWidgetArea(other) == area:
+            window.tabifyDockWidget(other, dock)
+            dock.show()
+            dock.raise_()
+            return
 
 
 def watch_layers(viewer, callback) -> None:

@@ -160,3 +160,20 @@ def test_the_results_warnings_travel_into_the_explorer_and_onto_the_canvas(
     explorer = open_explorer(viewer, qtbot)
     assert said in explorer.warning.text() and explorer.warning.isVisibleTo(explorer)
     assert explorer._text_overlay().text.startswith("\u26a0") and said in explorer._text_overlay().text
+
+
+def test_the_plugins_docks_open_as_tabs_not_stacked(make_napari_viewer, qtbot, model_file):
+    viewer = make_napari_viewer(show=True)
+    segment_dock, _ = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
+    explorer_dock, _ = viewer.window.add_plugin_dock_widget(PLUGIN, "Attention explorer")
+    window = viewer.window._qt_window
+    qtbot.waitUntil(lambda: segment_dock in window.tabifiedDockWidgets(explorer_dock), timeout=5000)
+    assert not explorer_dock.visibleRegion().isEmpty()  # the newest in front, with the whole height
+    assert explorer_dock.height() > 0.8 * window.centralWidget().height()
+
+
+def test_a_rate_in_the_docks_legend_never_wraps_inside():
+    from napari_autofocus.analysis.explorer_maps import legend_html
+
+    html = legend_html([2, 6, 10, 14], 2.0)
+    assert "&nbsp;r=10&nbsp;(20&nbsp;mm)" in html and " &nbsp; " in html  # breaks only between rates
