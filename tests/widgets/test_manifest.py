@@ -1,6 +1,7 @@
 """The npe2 manifest: every python_name imports, npe2 finds and validates the installed plugin."""
 
 import importlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -58,3 +59,32 @@ def test_wheel_ships_manifest_sample_data_and_both_packages(tmp_path):
         "napari-autofocus = napari_autofocus:napari.yaml"
         in zipfile.ZipFile(wheel).read(entry_points).decode()
     )
+
+
+MENU_PATH = re.compile(r"`((?:File|Plugins|Layers|View|Window|Help) > [^`]+)`")
+
+
+def _menu_text(text: str) -> str:
+    return text.replace("&", "").rstrip(".…").strip()
+
+
+def test_every_menu_path_in_the_readmes_exists_in_napari(make_napari_viewer):
+    """`File > Open Sample > Autofocus > Brain`: each step names an item of napari's menus (an
+    item may say more, as 'Brain (MNI152 anatomy, ...)' does)."""
+    viewer = make_napari_viewer()
+    bar = viewer.window._qt_window.menuBar()
+    texts = [(REPO / "README.md").read_text(), (REPO / "sample_data" / "README.md").read_text()]
+    paths = {path for text in texts for path in MENU_PATH.findall(text)}
+    assert len(paths) >= 5
+    for path in paths:
+        actions = bar.actions()
+        for step in path.split(" > "):
+            name = _menu_text(step)
+            found = [
+                a
+                for a in actions
+                if _menu_text(a.text()) == name or _menu_text(a.text()).startswith(f"{name} (")
+            ]
+            assert found, f"'{step}' of '{path}' is not in napari's menus: {[a.text() for a in actions]}"
+            menu = found[0].menu()
+            actions = menu.actions() if menu is not None else []
