@@ -120,6 +120,16 @@ def measure(viewer, work: Path) -> dict:
     viewer.layers.remove("reference")
     pump_until(lambda: True, 5, settle=0.5)
 
+    def set_ndisplay(n):
+        def action():
+            viewer.dims.ndisplay = n
+
+        return action
+
+    # napari's own cost of 3D (the sample's layers only; software OpenGL here), for scale
+    timed("reference: napari switches to 3D", set_ndisplay(3), lambda: True)
+    timed("reference: napari back to 2D", set_ndisplay(2), lambda: True)
+
     parts = []
     segment.runner.progressed.connect(lambda done, total, what: parts.append(done))
     started = time.monotonic()
@@ -145,6 +155,8 @@ def measure(viewer, work: Path) -> dict:
     timed("explorer: AF1 -> AF3", choose(["AF3"]), built)
     timed("explorer: tick all six layers", choose(["AF1", "AF2", "AF3", "AF4", "AF5", "AF6"]), built)
     timed("explorer: back to AF1", choose(["AF1"]), built)
+    timed("explorer: to 3D (one surface per rate)", set_ndisplay(3), built)
+    timed("explorer: back to 2D", set_ndisplay(2), built)
 
     labels = explorer.source_layer
     z, y, x = voxel

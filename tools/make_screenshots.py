@@ -65,6 +65,59 @@ def shoot(viewer, path: Path) -> None:
     print(f"saved {path}")
 
 
+def shoot_map_kinds(viewer, explorer, layer: str, path: Path) -> None:
+    """The canvas for each scalar and per-rate map of one autofocus layer, 2 x 2 in one picture,
+    each with its own legend (units) and colour bar."""
+    from PIL import Image
+
+    scan = {"phantom_09000 [T1-like]"}
+    explorer.set_checked(explorer.layer_list, [layer])
+    panels = []
+    rates = explorer.checked(explorer.rate_list)
+    for kind in ("weights", "expected rate", "entropy", "zoom"):
+        for name, box in explorer.map_boxes.items():
+            box.setChecked(name == kind)
+        # one rate's weights (r=10, where AF1 zooms out in the lesions): added up, four wash to white
+        explorer.set_checked(explorer.rate_list, rates[2:3] if kind == "weights" else rates)
+        explorer.build_now()
+        only_visible(viewer, scan | {x.name for x in explorer.maps.layers().values() if x.visible})
+        explorer._show_legend(explorer.result)
+        pump(0.5)
+        panels.append(Image.fromarray(viewer.screenshot(canvas_only=True, flash=False)))
+    width, height = panels[0].size
+    sheet = Image.new("RGB", (2 * width, 2 * height))
+    for i, panel in enumerate(panels):
+        sheet.paste(panel.convert("RGB"), ((i % 2) * width, (i // 2) * height))
+    sheet.save(path)
+    print(f"saved {path}")
+    for name, box in explorer.map_boxes.items():
+        box.setChecked(name == "blend")
+    explorer.build_now()
+
+
+def shoot_brain_in_3d(viewer, path: Path) -> None:
+    """The brain sample segmented by its AFN-6, AF1's attention in 3D: one translucent surface
+    per rate around where it wins, so the inside shows (the issue's 'blue block' before)."""
+    viewer.layers.clear()
+    viewer.open_sample(PLUGIN, "brain")
+    model = next(str(e.path) for e in bundled_models() if Path(e.path).name == "AFN6_brain.safetensors")
+    dock, segment = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
+    segment.picker.set_model_file(model)
+    segment.run()
+    wait(segment)
+    dock, explorer = viewer.window.add_plugin_dock_widget(PLUGIN, "Attention explorer")
+    explorer.refresh()
+    explorer.build_now()
+    only_visible(viewer, {"AF1 · blend", "AFN6_brain labels"})
+    viewer.dims.ndisplay = 3
+    explorer.build_now()
+    viewer.reset_view()
+    viewer.camera.angles = (-10.0, 35.0, 95.0)  # tilted: the surfaces read as 3D
+    show_only_dock(viewer, dock)
+    shoot(viewer, path)
+    viewer.dims.ndisplay = 2
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default=str(REPO / "docs" / "screenshots"))
@@ -75,7 +128,7 @@ def main(argv=None) -> int:
     import os
 
     os.environ.setdefault("NAPARI_AUTOFOCUS_CONFIG_DIR", str(work / "config"))  # keep the user's recent list
-    models = [str(e.path) for e in bundled_models()]
+    models = [str(e.path) for e in bundled_models() if "_phantom" in Path(e.path).name]  # the phantom study
     if len(models) < 2:
         raise SystemExit("the screenshots need the bundled models in sample_data/models/ (at least two)")
 
@@ -84,6 +137,8 @@ def main(argv=None) -> int:
 
         viewer = napari.Viewer(title="napari-autofocus", show=True)
         viewer.window._qt_window.resize(1600, 1000)
+        shoot_brain_in_3d(viewer, out / "explorer_3d.png")  # first: no notification toast over it
+        viewer.layers.clear()
         viewer.open_sample(PLUGIN, "phantom")
         truth = np.asarray(viewer.layers["phantom_09000 ground truth"].data)
         voxel = lesion_voxel(truth)
@@ -110,22 +165,26 @@ def main(argv=None) -> int:
         explorer.map_boxes["arg-max rate"].setChecked(True)
         explorer.classes_combo.setCurrentText("phantom_09000 ground truth")
         explorer.build_now()
-        only_visible(viewer, {"phantom_09000 [T1-like]", f"{first} · blend"})  # the explorer's default view
+        # the explorer's default view: the blend under the prediction's outlines
+        only_visible(viewer, {"phantom_09000 [T1-like]", f"{first} · blend", f"{name} labels"})
         viewer.cursor.position = tuple(viewer.layers[f"{name} labels"].data_to_world(voxel))
         explorer.show_voxel(voxel)
         show_only_dock(viewer, dock)
         shoot(viewer, out / "explorer.png")
 
-        only_visible(viewer, {f"{contrast} · arg-max rate", "phantom_09000 [T1-like]"})
+        only_visible(viewer, {f"{contrast} · arg-max rate", "phantom_09000 [T1-like]", f"{name} labels"})
         viewer.layers[f"{contrast} · arg-max rate"].opacity = 0.7
         shoot(viewer, out / "explorer_argmax.png")
+        shoot_map_kinds(viewer, explorer, first, out / "explorer_maps.png")
 
         dock, counter = viewer.window.add_plugin_dock_widget(PLUGIN, "Counterfactuals")
         counter.layer_combo.setCurrentText(first)
         counter.mode_combo.setCurrentIndex(1)  # only the smallest rate
         counter.run()
         wait(counter)
-        only_visible(viewer, {"phantom_09000 [T1-like]", f"{name} changed voxels"})
+        only_visible(
+            viewer, {"phantom_09000 [T1-like]", f"{name} changed voxels", f"{name} counterfactual labels"}
+        )
         show_only_dock(viewer, dock)
         shoot(viewer, out / "counterfactuals.png")
 
@@ -136,20 +195,10 @@ def main(argv=None) -> int:
             compare.add_model_file(path)
         compare.run()
         wait(compare)
-        keep = {"phantom_09000 ground truth", "model disagreement"} | {
-            layer.name for layer in viewer.layers if layer.name.endswith("(compare)")
-        }
-        for layer in list(viewer.layers):
-            if layer in viewer.layers and layer.name not in keep and layer.name != "phantom_09000 [T1-like]":
-                viewer.layers.remove(layer)
-        only_visible(viewer, keep)
-        viewer.reset_view()
-        show_only_dock(viewer, dock)
+        show_only_dock(viewer, dock)  # the grid: one titled cell per model, the scan under its labels
         shoot(viewer, out / "compare.png")
+        compare.leave_grid()
 
-        from napari_autofocus.widgets.compare import grid_of
-
-        grid_of(viewer).enabled = False
         dock, export = viewer.window.add_plugin_dock_widget(PLUGIN, "Export")
         export.result_combo.setCurrentText(f"{name} (compare)")
         export.folder.setText(str(work / "export"))

@@ -36,7 +36,13 @@ def warning(message: str) -> None:
 
 
 def image_layers(viewer) -> list[Image]:
-    return [layer for layer in viewer.layers if isinstance(layer, Image)]
+    """The scans a model could read: image layers, but not RGB ones nor this plugin's own outputs
+    (attention maps, probabilities, Compare's views of the scan), which carry its tag."""
+    return [
+        layer
+        for layer in viewer.layers
+        if isinstance(layer, Image) and not layer.rgb and "autofocus" not in (layer.metadata or {})
+    ]
 
 
 def layer_info(layer) -> LayerInfo:

@@ -120,6 +120,7 @@ class ExplorerLayers(QObject):
         self._timer.setInterval(10)  # a gap for painting and input between two layers
         self._timer.timeout.connect(self._build_next)
         self.built = None  # called once the queue is empty
+        self.visibility_changed = None  # called when the user shows or hides one of our layers
 
     @property
     def building(self) -> bool:
@@ -304,6 +305,10 @@ class ExplorerLayers(QObject):
         _collections.collect_now()
         return True
 
+    def _on_visible(self, *_) -> None:
+        if not self.changing and self.visibility_changed is not None:
+            self.visibility_changed()
+
     def _finish(self) -> None:
         """The queue is done: the user's selection back, and tell the dock."""
         selected, self._selected = self._selected, None
@@ -338,6 +343,7 @@ class ExplorerLayers(QObject):
         else:  # expected rate, entropy, zoom: scalar maps, each with its colour bar
             layer = self.viewer.add_image(data, opacity=0.7, **kwargs)
             layer.colorbar.visible = True
+        layer.events.visible.connect(self._on_visible)  # the user's eye button: the legend follows
         self._to_show.append(layer)
 
     def _refill_layer(self, layer, result, kind: str, af: str | None, k: int | None, content) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from napari.utils.colormaps import DirectLabelColormap
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QComboBox,
@@ -64,6 +65,17 @@ def grid_note(viewer) -> str:
         names = [" + ".join(cells[key]) for key in sorted(k for k in cells if k[0] == r)]
         lines.append(f"row {r + 1}: " + " | ".join(names))
     return "Grid, left to right:\n" + "\n".join(lines)
+
+
+DISAGREEMENT_COLOURS = ((1.0, 0.65, 0.0), (1.0, 0.25, 0.2), (1.0, 0.2, 1.0), (1.0, 1.0, 1.0))
+
+
+def disagreement_colormap(models: int) -> DirectLabelColormap:
+    """Bright, warmer the more models disagree (0, all agree: clear); never napari's dark reds."""
+    colours = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0)}
+    for value in range(1, max(models, 2)):
+        colours[value] = (*DISAGREEMENT_COLOURS[min(value, len(DISAGREEMENT_COLOURS)) - 1], 1.0)
+    return DirectLabelColormap(color_dict=colours)
 
 
 class CompareWidget(QWidget):
@@ -202,20 +214,21 @@ class CompareWidget(QWidget):
         self._hidden = self._hidden or [x for x in self.viewer.layers if x.visible]
         for layer in self._hidden:
             layer.visible = False
-        titled = []
-        for result in results:
-            self._add_backdrop(scan, result, result.name)
-            titled.append(_outputs.add_labels(self.viewer, result, OWNER, name=f"{result.name} (compare)"))
+        # the grid fills its cells from the top of the layer list: the disagreement goes in first
         self._add_backdrop(scan, results[0], DISAGREEMENT)
         layer = self.viewer.add_labels(
             disagree,
             name=DISAGREEMENT,
             metadata=_outputs.base_metadata(results[0], OWNER, "disagreement"),
-            opacity=0.8,
+            colormap=disagreement_colormap(len(results)),
+            opacity=0.9,
             **_outputs.placement(results[0]),
         )
         layer.metadata[_outputs.TAG]["model"] = None
-        titled.append(layer)
+        titled = [layer]
+        for result in reversed(results):  # so that the first model's cell comes first
+            self._add_backdrop(scan, result, result.name)
+            titled.append(_outputs.add_labels(self.viewer, result, OWNER, name=f"{result.name} (compare)"))
         for layer in titled:
             layer.name_overlay.visible = True
         grid = grid_of(self.viewer)

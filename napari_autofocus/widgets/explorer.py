@@ -54,6 +54,7 @@ TIPS = {
     "the network looks at to label each voxel.",
 }
 PREDICTED = "predicted labels"
+CURSOR_HINT = "Move the mouse over the image for the weights under the cursor."
 # every character the canvas legend can show (rate names, units, warnings): rasterised while the dock opens
 GLYPHS = string.ascii_letters + string.digits + " ·=,.:;-+()'%/!?\u26a0"
 KIND_ORDER = ("blend", "region", "weight", "arg-max rate", "expected rate", "entropy", "zoom")
@@ -81,6 +82,7 @@ class ExplorerWidget(QWidget):
         self._shown_result = None  # id of the result the layers were built from
         self.maps = ExplorerLayers(napari_viewer, lambda: self.result, self)
         self.maps.built = self._on_built
+        self.maps.visibility_changed = lambda: self._show_legend(self.result)
         self._chart_timer = QTimer(self)
         self._chart_timer.setSingleShot(True)
         self._chart_timer.setInterval(80)
@@ -127,7 +129,7 @@ class ExplorerWidget(QWidget):
         self.classes_combo.setToolTip(
             "The labels that define the structures of the chart below: the prediction or a ground truth."
         )
-        self.readout = QLabel("Move the mouse over the image for the weights under the cursor.")
+        self.readout = QLabel(CURSOR_HINT)
         self.readout.setWordWrap(True)
         self.voxel_chart = _charts.ChartCanvas(4.0, 2.0)
         self.structure_chart = _stacked_bars.StackedBars()
@@ -238,6 +240,8 @@ class ExplorerWidget(QWidget):
         rates = sorted({r for rs in (result.rates.values() if result else []) for r in rs})
         self._fill_list(self.rate_list, [str(r) for r in rates], checked=None)
         self._last_index = None
+        self.readout.setText(CURSOR_HINT)  # the chart of another result's voxel would mislead
+        self.voxel_chart.message("No voxel yet for this result.")
         self.update_view()
 
     def _fill_list(self, widget: QListWidget, names: list[str], checked) -> None:

@@ -68,3 +68,16 @@ def test_compare_fills_dice_table_and_exports_csv(make_napari_viewer, qtbot, tmp
     widget.leave_button.click()  # one view again, with what the user had on screen
     assert not grid_of(viewer).enabled and scan.visible and viewer.layers["case [T2-like]"].visible
     assert not viewer.layers["model_a (compare)"].visible
+
+
+def test_the_grid_reads_in_the_order_the_models_were_ticked(make_napari_viewer, qtbot, tmp_path):
+    viewer = add_scan(make_napari_viewer())
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Compare models")
+    for i, arch in enumerate(("AFN2", "AFN1", "BASIC")):
+        widget.add_model_file(make_model_file(tmp_path / f"m{i}_{arch}.safetensors", arch, seed=i))
+    run_and_wait(qtbot, widget)
+    cells = grid_cells(viewer)
+    ordered = [cells[key] for key in sorted(cells)]
+    assert ordered == [["m0_AFN2"], ["m1_AFN1"], ["m2_BASIC"], ["model disagreement"]]
+    colours = viewer.layers["model disagreement"].colormap.map(np.arange(1, 3))
+    assert (np.asarray(colours)[:, :3].max(axis=1) >= 0.99).all()  # bright, never dark red

@@ -101,6 +101,10 @@ def test_every_kind_of_map_has_its_own_legend_with_units(make_napari_viewer, qtb
     explorer = open_explorer(viewer, qtbot)
     text = explorer._text_overlay
     assert "AF1 colours: blue r=2" in text().text and "(voxels)" in text().text
+    viewer.layers["AF1 · blend"].visible = False  # the user's eye button: the legend follows
+    assert not text().visible
+    viewer.layers["AF1 · blend"].visible = True
+    assert "AF1 colours" in text().text
     explorer.map_boxes["blend"].setChecked(False)
     for kind, unit in (("entropy", "0: one rate decides"), ("expected rate", "voxels"), ("zoom", "mm")):
         for name, box in explorer.map_boxes.items():

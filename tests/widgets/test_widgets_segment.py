@@ -261,7 +261,15 @@ def test_the_model_menu_marks_what_fits_and_a_one_channel_scan_is_told_the_ways_
     from napari_autofocus.widgets.model_picker import FITS
 
     viewer = add_scan(make_napari_viewer())  # the phantom's two channels: the phantom models fit
+    # the plugin's own outputs (an explorer map, a probability) and RGB images are not scans
+    viewer.add_image(np.zeros((4, 4, 4, 4), np.uint8), rgb=True, name="AF1 · blend")
+    viewer.add_image(
+        np.zeros((4, 4, 4), np.float32), name="p(x)", metadata={"autofocus": {"owner": "segment"}}
+    )
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
+    assert list(widget.channel_combos) and all(
+        c.findText("AF1 · blend") < 0 and c.findText("p(x)") < 0 for c in widget.channel_combos.values()
+    )
     items = [widget.picker.combo.itemText(i) for i in range(widget.picker.combo.count())]
     fitting = [text for text in items if FITS in text]
     assert fitting and all("phantom" in text for text in fitting)
