@@ -32,6 +32,7 @@ from napari_autofocus.errors import AutofocusError
 from napari_autofocus.inference.normalization import DEFAULT_NORMALIZATION, normalize, padding_value, roi_mask
 from napari_autofocus.inference.regions import PlaneBoxes
 from napari_autofocus.inference.scan_checks import (  # noqa: F401 (the checks are part of this API)
+    NONFINITE_CHOICES,
     SPACING_TOLERANCE,
     Contract,
     check_channels,
@@ -188,8 +189,6 @@ def to_source(prediction, prepared: Preprocessed):
 
 
 # -- inputs that are not numbers -------------------------------------------------------------------
-
-NONFINITE_CHOICES = ("error", "background")
 
 
 def replace_nonfinite(

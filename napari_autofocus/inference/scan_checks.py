@@ -188,6 +188,9 @@ def check_scan(
 GROWTH_WARNING = 8  # resampling that makes the volume this many times larger is said before it runs
 
 
+NONFINITE_CHOICES = ("error", "background")  # what to do with NaN or infinite voxels (see the predictor)
+
+
 def check_input_dtype(raw: np.ndarray, source: str = "the scan") -> None:
     """Refuse voxels that are not real numbers: converting would drop a complex part or RGB planes."""
     kind = np.asarray(raw).dtype

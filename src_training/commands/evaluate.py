@@ -20,6 +20,7 @@ import numpy as np
 
 from napari_autofocus.app.model_library import model_file
 from napari_autofocus.errors import AutofocusError, DatasetError
+from napari_autofocus.inference.scan_checks import NONFINITE_CHOICES
 from src_training.cohort import add_cohort_options
 
 EXAMPLES = """examples:
@@ -63,7 +64,7 @@ def register(subparsers, name: str, help_text: str) -> None:
     p.add_argument("--device", default="auto", help="inference device for --model (auto/cpu/cuda/mps)")
     p.add_argument(
         "--nonfinite",
-        choices=["error", "background"],
+        choices=NONFINITE_CHOICES,
         default="error",
         help="NaN or infinite image voxels (--model): refuse (default) or set them to the background value 0",
     )

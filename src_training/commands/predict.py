@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 
 from napari_autofocus.errors import AutofocusError
+from napari_autofocus.inference.scan_checks import NONFINITE_CHOICES
 from napari_autofocus.io.nifti import is_nifti_path, strip_nifti_suffix
 from src_training.cohort import add_cohort_options
 
@@ -80,7 +81,7 @@ def register(subparsers, name: str, help_text: str) -> None:
     )
     parser.add_argument(
         "--nonfinite",
-        choices=["error", "background"],
+        choices=NONFINITE_CHOICES,
         default="error",
         help="NaN or infinite input voxels: refuse the case (default) or set them to the background value 0",
     )
