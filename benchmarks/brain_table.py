@@ -73,7 +73,7 @@ def tumour_masks(truth: np.ndarray, tumours: list[dict], geometry) -> dict[str, 
 
 
 def evaluate_model(path: Path, cases: list, dataset_meta: dict, n_channels: int, device: str) -> dict:
-    from napari_autofocus.analysis.attention import expected_rate
+    from napari_autofocus.analysis.attention_maths import expected_rate
     from napari_autofocus.analysis.metrics import dice
     from napari_autofocus.inference.predictor import predict_scan
     from napari_autofocus.nets import load_model
@@ -161,7 +161,7 @@ def attention_tables(results: list[dict]) -> str:
 
 
 def run(args) -> int:
-    from src_training.brain_phantom import write_brain_dataset
+    from src_training.brain_phantom_cases import write_brain_dataset
     from src_training.data import open_dataset
 
     for path in map(Path, args.models):

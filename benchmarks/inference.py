@@ -24,7 +24,7 @@ the fraction of one pass over the box that was skipped, GFLOP/s, the fraction of
 convolution peak measured in the same run (a 50->50 3^3 conv on 60^3, channels-last), and the
 **seam score** of every autofocus layer's expected rate: mean change across the planes where the
 authors' tiles meet, over the median change across all other planes (1.0 = no seams; see
-``napari_autofocus.analysis.attention.seam_score``), and, against "engine, whole box", the
+``napari_autofocus.analysis.attention_maths.seam_score``), and, against "engine, whole box", the
 share of the voxels both computed whose label agrees, and the largest attention difference.
 
     python benchmarks/inference.py --quick      # a few minutes on a 2-core CPU
@@ -163,7 +163,7 @@ def brain_box(volume: np.ndarray) -> tuple[slice, slice, slice]:
 def seam_scores(prediction, volume: np.ndarray) -> dict[str, float]:
     """Seam score of every autofocus layer inside the brain box, at the planes where the authors'
     47^3 output tiles meet (from the box corner, ceil((max - min) / 47) tiles per axis)."""
-    from napari_autofocus.analysis.attention import expected_rate, seam_score
+    from napari_autofocus.analysis.attention_maths import expected_rate, seam_score
 
     box = brain_box(volume)
     borders = [list(range(47, s.stop - s.start, 47)) for s in box]

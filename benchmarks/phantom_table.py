@@ -61,7 +61,7 @@ def parse_args(argv=None):
 
 
 def held_out_dataset(args, workdir: Path) -> Path:
-    from src_training.phantom import PhantomConfig, write_dataset
+    from src_training.phantom_cases import PhantomConfig, write_dataset
 
     if args.data:
         return Path(args.data)
@@ -72,7 +72,7 @@ def held_out_dataset(args, workdir: Path) -> Path:
 
 def hidden_parts(args, cases: list) -> dict[str, dict]:
     """Look-alike masks of generated "nodules" cases, by case name (regenerated from the seed in the name)."""
-    from src_training.phantom import PhantomConfig, make_case_with_parts
+    from src_training.phantom_cases import PhantomConfig, make_case_with_parts
 
     if args.data or args.style != "nodules":
         return {}
@@ -82,7 +82,7 @@ def hidden_parts(args, cases: list) -> dict[str, dict]:
 
 def evaluate_model(path: Path, cases: list, n_channels: int, device: str, parts=None) -> dict:
     """Dice per structure per case and, for autofocus models, mean expected rates per region."""
-    from napari_autofocus.analysis.attention import expected_rate
+    from napari_autofocus.analysis.attention_maths import expected_rate
     from napari_autofocus.analysis.metrics import dice
     from napari_autofocus.inference.predictor import predict_scan
     from napari_autofocus.nets import load_model

@@ -45,7 +45,7 @@ AC Evans, K Botteron, CR Almli, RC McKinstry, DL Collins and BDCG, Unbiased aver
 atlases for pediatric studies, NeuroImage 54 (2011) 313-327.
 
 The tumours, the deformations and the T1c, T2 and FLAIR channels are simulated by napari-autofocus
-(src_training.brain_phantom); they are not images of any patient.
+(src_training.brain_phantom_cases); they are not images of any patient.
 """
 
 

@@ -1,7 +1,7 @@
 """Small phantom datasets for tests: few lobes per large lesion, so every case places both lesion
 classes at the first tries (the default clusters of 12-22 lobes need a 72^3 volume or more)."""
 
-from src_training.phantom import PhantomConfig
+from src_training.phantom_cases import PhantomConfig
 
 PHANTOM_40 = PhantomConfig(
     shape=(40, 40, 40),

@@ -28,7 +28,7 @@ from napari_autofocus.nets.card import read_header
 from napari_autofocus.nets.checkpoints import file_sha256
 from src_training.cli import main
 from src_training.data import open_dataset
-from src_training.phantom import write_dataset
+from src_training.phantom_cases import write_dataset
 
 DTYPES = {2: np.uint8, 4: np.int16, 8: np.int32, 16: np.float32, 64: np.float64, 256: np.int8, 512: np.uint16}
 

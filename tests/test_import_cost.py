@@ -18,7 +18,7 @@ print(",".join(bad))
     [
         ("src_training", ["napari", "qtpy", "PyQt6", "PyQt5", "PySide6"]),
         ("src_training.cli", ["napari", "qtpy", "PyQt6", "PyQt5", "PySide6"]),
-        ("src_training.phantom", ["napari", "qtpy", "PyQt6", "torch"]),
+        ("src_training.phantom_cases", ["napari", "qtpy", "PyQt6", "torch"]),
         ("napari_autofocus", ["torch", "napari", "qtpy"]),
         ("napari_autofocus._reader", ["torch"]),
         ("napari_autofocus._writer", ["torch"]),
@@ -29,7 +29,7 @@ print(",".join(bad))
         ("napari_autofocus.widgets.compare", ["torch"]),
         ("napari_autofocus.widgets.counterfactual", ["torch"]),
         ("napari_autofocus.widgets.export", ["torch"]),
-        ("napari_autofocus.analysis.attention", ["torch", "napari", "qtpy"]),
+        ("napari_autofocus.analysis.attention_maths", ["torch", "napari", "qtpy"]),
         ("napari_autofocus.analysis.metrics", ["torch", "napari", "qtpy"]),
         ("napari_autofocus.nets.card", ["torch", "napari", "qtpy"]),
         ("napari_autofocus.inference.predictor", ["torch", "napari", "qtpy"]),

@@ -18,7 +18,7 @@ from napari_autofocus.nets import build_network, load_model, save_model
 from napari_autofocus.nets.card import ModelCard
 from napari_autofocus.nets.checkpoints import content_sha256, file_sha256
 from src_training.cli import main
-from src_training.phantom import write_dataset
+from src_training.phantom_cases import write_dataset
 
 TINY = PHANTOM_40
 AFFINE = np.diag([1.0, 1.0, 1.0, 1.0])

@@ -18,7 +18,7 @@ from napari_autofocus.io import prediction_files as files
 from napari_autofocus.nets import build_network, save_model
 from src_training.cli import main
 from src_training.data import open_dataset
-from src_training.phantom import write_dataset
+from src_training.phantom_cases import write_dataset
 
 AFFINE = np.eye(4)
 

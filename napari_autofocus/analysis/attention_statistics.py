@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from napari_autofocus.analysis import attention as maps
+from napari_autofocus.analysis import attention_maths
 
 DEFAULT_SIZE_EDGES_MM = (10.0, 20.0, 40.0)
 
@@ -78,8 +78,8 @@ def layer_statistics(
     computed = ~np.isnan(attention[0])
     flat_labels = labels[computed]
     weights = attention[:, computed].astype(np.float64)  # (K, n)
-    expected = maps.expected_rate(attention[:, computed][:, :, None, None], rates).reshape(-1)
-    entropy = maps.normalized_entropy(attention[:, computed][:, :, None, None]).reshape(-1)
+    expected = attention_maths.expected_rate(attention[:, computed][:, :, None, None], rates).reshape(-1)
+    entropy = attention_maths.normalized_entropy(attention[:, computed][:, :, None, None]).reshape(-1)
     ranked = [RankedWeights.of(w) for w in attention[:, computed]]
     found = {}
     for name, values in structures.items():
@@ -125,7 +125,7 @@ def size_statistics(attention: np.ndarray, bins: np.ndarray, per_bin: Mapping[in
     computed = ~np.isnan(attention[0])
     flat_bins = bins[computed]
     weights = attention[:, computed].astype(np.float64)
-    entropy = maps.normalized_entropy(attention[:, computed][:, :, None, None]).reshape(-1)
+    entropy = attention_maths.normalized_entropy(attention[:, computed][:, :, None, None]).reshape(-1)
     found = {}
     for b, components in sorted(per_bin.items()):
         inside = flat_bins == b

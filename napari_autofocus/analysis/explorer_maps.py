@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from napari_autofocus.analysis import attention as maps
+from napari_autofocus.analysis import attention_maths
 
 # Hues by rate position (smallest rate first): blue, green, orange, red, then violet, cyan, yellow, pink.
 RATE_HUES = (
@@ -124,19 +124,19 @@ def map_legend(kind: str, layer: str | None, rates: Sequence[int], limits=None) 
 def derived_map(attention: np.ndarray, rates: Sequence[int], kind: str) -> np.ndarray:
     """One per-layer derived map: arg-max rate (labels), expected rate or entropy."""
     if kind == "arg-max rate":
-        return maps.argmax_rate(attention, rates)
+        return attention_maths.argmax_rate(attention, rates)
     if kind == "expected rate":
-        return maps.expected_rate(attention, rates)
+        return attention_maths.expected_rate(attention, rates)
     if kind == "entropy":
-        return maps.normalized_entropy(attention)
+        return attention_maths.normalized_entropy(attention)
     raise ValueError(f"unknown derived map {kind!r}")
 
 
 def zoom_mm_map(result) -> np.ndarray:
     """Effective receptive field (mm) from every autofocus layer of a result (network voxels to mm
     with the grid the network computed on, which differs from the layer's when it resampled)."""
-    voxels = maps.zoom_voxels(result.attention, result.rates, result.receptive_field_min)
-    return maps.zoom_mm(voxels, result.network_spacing).astype(np.float32)
+    voxels = attention_maths.zoom_voxels(result.attention, result.rates, result.receptive_field_min)
+    return attention_maths.zoom_mm(voxels, result.network_spacing).astype(np.float32)
 
 
 def voxel_readout(result, index: Sequence[int]) -> dict | None:
@@ -148,7 +148,7 @@ def voxel_readout(result, index: Sequence[int]) -> dict | None:
     weights = {name: a[(slice(None), *index)].astype(np.float32) for name, a in result.attention.items()}
     if not weights or any(np.isnan(w).any() for w in weights.values()):
         return None
-    zoom_voxels = maps.receptive_field(
+    zoom_voxels = attention_maths.receptive_field(
         result.receptive_field_min,
         [float(np.dot(w, result.rates[n])) for n, w in weights.items()],
         [min(result.rates[n]) for n in weights],
@@ -167,18 +167,19 @@ def structure_means(
     result, labels: np.ndarray, classes: Iterable[int], layers: Sequence[str], index=None
 ) -> dict[str, dict[int, np.ndarray]]:
     """Layer -> class -> mean weight per rate, inside each class of ``labels``. ``index``: a
-    :class:`~napari_autofocus.analysis.attention.ClassIndex` from :func:`class_index`, to share
+    :class:`~napari_autofocus.analysis.attention_maths.ClassIndex` from :func:`class_index`, to share
     between calls."""
     classes = list(classes)
     index = index if index is not None else class_index(result, labels, classes)
     return {
-        name: maps.mean_attention_per_class(result.attention[name], labels, classes, index) for name in layers
+        name: attention_maths.mean_attention_per_class(result.attention[name], labels, classes, index)
+        for name in layers
     }
 
 
-def class_index(result, labels: np.ndarray, classes: Iterable[int]) -> maps.ClassIndex:
+def class_index(result, labels: np.ndarray, classes: Iterable[int]) -> attention_maths.ClassIndex:
     """Which voxels of ``labels`` hold each class, among those the network computed (every autofocus
     layer of a result covers the same voxels)."""
     first = next(iter(result.attention.values()), None)
     computed = ~np.isnan(first[0]) if first is not None else np.ones(labels.shape, bool)
-    return maps.ClassIndex.build(computed, labels, list(classes))
+    return attention_maths.ClassIndex.build(computed, labels, list(classes))

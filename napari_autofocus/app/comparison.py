@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from napari_autofocus.analysis.compare import DiceTable, dice_table, disagreement
+from napari_autofocus.analysis.agreement import DiceTable, dice_table, disagreement
 from napari_autofocus.app.inputs import LayerInfo, input_problems, match_modalities, modality_names
 from napari_autofocus.app.model_library import describe, model_name
 from napari_autofocus.app.placement import Placement

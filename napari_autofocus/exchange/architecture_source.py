@@ -16,7 +16,7 @@ import inspect
 # (module, top-level names to take; None = all), dependencies first
 MODULES: tuple[tuple[str, tuple[str, ...] | None], ...] = (
     ("napari_autofocus.errors", ("AutofocusError",)),
-    ("napari_autofocus.analysis.attention", ("receptive_field",)),
+    ("napari_autofocus.analysis.attention_maths", ("receptive_field",)),
     ("napari_autofocus.nets.slabs", None),
     ("napari_autofocus.nets.autofocus", None),
     ("napari_autofocus.nets.registry", None),

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_autofocus.analysis import attention as maps
+from napari_autofocus.analysis import attention_maths
 from napari_autofocus.errors import AutofocusError
 from napari_autofocus.io.atomic import write_text
 from napari_autofocus.io.scratch import BIG_ARRAY_BYTES, is_scratch, release, scratch_array, slabs
@@ -227,8 +227,10 @@ def output_files(
         names = list(attention)
 
         def zoom_mm(*layers) -> np.ndarray:
-            voxels = maps.zoom_voxels(dict(zip(names, layers, strict=True)), rates, receptive_field_min)
-            return maps.zoom_mm(voxels, network_spacing).astype(np.float32)
+            voxels = attention_maths.zoom_voxels(
+                dict(zip(names, layers, strict=True)), rates, receptive_field_min
+            )
+            return attention_maths.zoom_mm(voxels, network_spacing).astype(np.float32)
 
         def zoom() -> np.ndarray:
             return by_slabs(zoom_mm, *attention.values(), dtype=np.float32)
@@ -241,13 +243,13 @@ def derived_files(stem: str, name: str, weights: np.ndarray, rates: tuple[int, .
     """One autofocus layer's arg-max rate, expected rate and normalised entropy maps."""
 
     def argmax() -> np.ndarray:
-        return by_slabs(lambda a: maps.argmax_rate(a, rates), weights, dtype=np.int16)
+        return by_slabs(lambda a: attention_maths.argmax_rate(a, rates), weights, dtype=np.int16)
 
     def expected() -> np.ndarray:
-        return by_slabs(lambda a: maps.expected_rate(a, rates), weights, dtype=np.float32)
+        return by_slabs(lambda a: attention_maths.expected_rate(a, rates), weights, dtype=np.float32)
 
     def entropy() -> np.ndarray:
-        return by_slabs(maps.normalized_entropy, weights, dtype=np.float32)
+        return by_slabs(attention_maths.normalized_entropy, weights, dtype=np.float32)
 
     return [
         OutputFile(f"{stem}_{name}_argmax_rate.nii.gz", argmax, is_label=True),

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 from torch import nn
 
-from napari_autofocus.analysis.attention import receptive_field
+from napari_autofocus.analysis.attention_maths import receptive_field
 
 from .autofocus import AutofocusConv
 from .registry import NetworkConfigError

@@ -4,7 +4,7 @@ The job is a plain function ``job(progress, status, cancel)``; ``progress(done, 
 ``status(text)`` may be called from the worker thread: they are relayed to the GUI thread by Qt
 signals, where a :class:`napari.utils.progress` bar is updated. Errors become notifications, so a
 failed or cancelled run leaves the viewer usable. A result is handed over on a turn of the event
-loop after any garbage collection its new layers could set off (see :mod:`._collections`).
+loop after any garbage collection its new layers could set off (see :mod:`._garbage_collection`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from qtpy.QtCore import QObject, QTimer, Signal
 
 from napari_autofocus.app.session import is_out_of_memory
 from napari_autofocus.errors import AutofocusError, describe_os_error
-from napari_autofocus.widgets import _collections, _common
+from napari_autofocus.widgets import _common, _garbage_collection
 
 NOTE_SEP = " · "
 NOTHING = object()  # no outcome (yet): the job failed, was cancelled or is still running
@@ -156,8 +156,8 @@ class BackgroundRun(QObject):
         """The worker is done: collect garbage first (this turn) if the result's layers could set
         a collection off, then hand the result over on the next turn."""
         adds = self.layers_per_result
-        if self._outcome is not NOTHING and adds and _collections.full_collection_possible(adds):
-            _collections.collect_now()
+        if self._outcome is not NOTHING and adds and _garbage_collection.full_collection_possible(adds):
+            _garbage_collection.collect_now()
             self._hand_over.start()
             return
         self._wrap_up()

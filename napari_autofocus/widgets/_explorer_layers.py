@@ -11,7 +11,7 @@ one makes napari collect garbage (0.1-0.2 s). So the explorer does neither more 
 - each map is computed on a worker thread while the GUI thread is idle, and handed to napari one
   layer per turn of the event loop, so the viewer keeps answering in between;
 - before a new layer, a full garbage collection that Python could start meanwhile is run in a turn
-  of its own (see :mod:`._collections`), so the two pauses never add up.
+  of its own (see :mod:`._garbage_collection`), so the two pauses never add up.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from napari_autofocus.analysis.explorer_maps import (
     shown_voxels,
     zoom_mm_map,
 )
-from napari_autofocus.widgets import _collections, _common
+from napari_autofocus.widgets import _common, _garbage_collection
 from napari_autofocus.widgets._outputs import TAG, placement
 
 OWNER = "explorer"
@@ -299,10 +299,10 @@ class ExplorerLayers(QObject):
     def _collection_first(self, task) -> bool:
         """Run a full garbage collection now if Python could start one while ``task`` adds its
         layer (once per task); returns whether it ran."""
-        if self._collected_for is task or not _collections.full_collection_possible():
+        if self._collected_for is task or not _garbage_collection.full_collection_possible():
             return False
         self._collected_for = task
-        _collections.collect_now()
+        _garbage_collection.collect_now()
         return True
 
     def _on_visible(self, *_) -> None:

@@ -10,7 +10,7 @@ from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QWidget
 
 from napari_autofocus._reader import prefer_this_reader
-from napari_autofocus.analysis.counterfactual import compare_to_reference, override_choices
+from napari_autofocus.analysis.forced_attention import compare_to_reference, override_choices
 from napari_autofocus.app.results import RESULTS
 from napari_autofocus.app.session import run_model
 from napari_autofocus.widgets import _common, _outputs, _table, _tips

@@ -19,7 +19,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_autofocus._reader import prefer_this_reader
-from napari_autofocus.app.export import KINDS, existing_files, export_result
+from napari_autofocus.app.result_export import KINDS, existing_files, export_result
 from napari_autofocus.app.results import RESULTS
 from napari_autofocus.errors import AutofocusError
 from napari_autofocus.widgets import _common, _tips

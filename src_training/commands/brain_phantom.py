@@ -29,7 +29,7 @@ def register(subparsers, name: str, help_text: str) -> None:
 
 def run(args) -> int:
     from src_training.brain_anatomy import template_folder
-    from src_training.brain_phantom import BrainPhantomConfig, write_brain_dataset
+    from src_training.brain_phantom_cases import BrainPhantomConfig, write_brain_dataset
 
     if not 0.5 <= args.spacing <= 2.0:
         raise DatasetError(f"--spacing must be 0.5 to 2 mm (the template is 1 mm), got {args.spacing}")

@@ -1,4 +1,4 @@
-"""``python -m src_training phantom``: write a deterministic phantom dataset (see src_training.phantom)."""
+"""``python -m src_training phantom``: write a deterministic phantom dataset (src_training.phantom_cases)."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def register(subparsers, name: str, help_text: str) -> None:
 
 def run(args) -> int:
 
-    from src_training.phantom import PhantomConfig, write_dataset
+    from src_training.phantom_cases import PhantomConfig, write_dataset
     from src_training.phantom_styles import default_size, smallest_size
 
     out = checked_output(args)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from napari_autofocus.analysis.attention import (
+from napari_autofocus.analysis.attention_maths import (
     argmax_rate,
     expected_rate,
     mean_attention_per_class,
@@ -56,7 +56,7 @@ def test_mean_attention_per_class():
 def test_seam_score_finds_jumps_at_tile_borders_and_not_elsewhere():
     from scipy import ndimage
 
-    from napari_autofocus.analysis.attention import seam_score
+    from napari_autofocus.analysis.attention_maths import seam_score
 
     rng = np.random.default_rng(0)
     smooth = ndimage.gaussian_filter(rng.normal(0, 1, size=(40, 30, 20)), 2).astype(np.float32) + 6

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from widget_helpers import CLASSES, make_model_file
 
-from napari_autofocus.analysis import compare, counterfactual
+from napari_autofocus.analysis import agreement, forced_attention
 from napari_autofocus.analysis.explorer_maps import argmax_colors, rate_hue, voxel_readout, weight_layer_name
 from napari_autofocus.analysis.metrics import dice
 from napari_autofocus.app import inputs, model_library
@@ -43,8 +43,8 @@ def test_model_library_lists_recent_files_without_torch(tmp_path):
     assert json.loads((tmp_path / "config" / "recent_models.json").read_text())[0]["path"] == path
     assert "AFN2" in model_library.summary(model_library.describe(path))
     code = (
-        "import sys\nfrom napari_autofocus.app import model_library, inputs, export\n"
-        "from napari_autofocus.analysis import compare, counterfactual\n"
+        "import sys\nfrom napari_autofocus.app import model_library, inputs, result_export\n"
+        "from napari_autofocus.analysis import agreement, forced_attention\n"
         f"model_library.describe({path!r}); print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -61,10 +61,10 @@ def test_disagreement_and_dice_table():
     a = np.array([0, 1, 2, 2])
     b = np.array([0, 1, 1, 0])
     c = np.array([0, 2, 0, 2])
-    np.testing.assert_array_equal(compare.disagreement([a, b, c]), [0, 1, 2, 1])
+    np.testing.assert_array_equal(agreement.disagreement([a, b, c]), [0, 1, 2, 1])
     card = ModelCard("AFN1", 2, 3, class_names=dict(CLASSES), regions={"any": [1, 2]})
     truth = np.array([0, 1, 2, 1])
-    table = compare.dice_table({"a": a, "b": b}, {"a": card, "b": card}, truth)
+    table = agreement.dice_table({"a": a, "b": b}, {"a": card, "b": card}, truth)
     assert table.columns == ["small lesion", "large lesion", "any"]
     assert table.value("b", "small lesion") == pytest.approx(dice(b == 1, truth == 1))
     assert table.value("a", "any") == pytest.approx(dice(a > 0, truth > 0))
@@ -73,13 +73,13 @@ def test_disagreement_and_dice_table():
 def test_counterfactual_report_against_truth_or_original():
     original, modified = np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2])
     names = {0: "bg", 1: "one", 2: "two"}
-    report = counterfactual.compare_to_reference(original, modified, names)
+    report = forced_attention.compare_to_reference(original, modified, names)
     assert report.reference == "original prediction" and report.changed_voxels == 1
     assert [r[1] for r in report.rows] == [1.0, 1.0]
     truth = np.array([0, 1, 2, 2])
-    report = counterfactual.compare_to_reference(original, modified, names, truth)
+    report = forced_attention.compare_to_reference(original, modified, names, truth)
     assert report.rows[1] == ("two", dice(original == 2, truth == 2), 1.0)
-    assert counterfactual.override_choices([2, 6])[1] == ("only r=2", 0)
+    assert forced_attention.override_choices([2, 6])[1] == ("only r=2", 0)
 
 
 def test_attention_views_names_hues_and_readout():

@@ -498,7 +498,7 @@ def test_the_bundled_afn6_shows_no_tile_seams_on_the_sample():
     expected rate at their borders (the score catches them); the whole mode has none there. A
     central 60^3 box of the head keeps the test short: one border plane per axis, where one layer's
     score also moves with the anatomy that happens to lie there, so layers are averaged."""
-    from napari_autofocus.analysis.attention import expected_rate, seam_score
+    from napari_autofocus.analysis.attention_maths import expected_rate, seam_score
     from napari_autofocus.app.model_library import bundled_models
     from napari_autofocus.inference.predictor import preprocess
     from napari_autofocus.io.nifti import load_multichannel

@@ -15,7 +15,7 @@ from napari_autofocus.io.nifti import load_nifti
 from napari_autofocus.nets.card import read_card
 from src_training.cli import build_parser, main
 from src_training.config import resolve
-from src_training.phantom import write_dataset
+from src_training.phantom_cases import write_dataset
 
 TINY = PHANTOM_48
 

@@ -9,7 +9,7 @@ import pytest
 
 from napari_autofocus.errors import DatasetError
 from src_training import brain_anatomy
-from src_training.brain_phantom import (
+from src_training.brain_phantom_cases import (
     CHANNEL_NAMES,
     NOTICE_FILE,
     SIZE_CLASSES,

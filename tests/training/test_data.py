@@ -14,7 +14,7 @@ from napari_autofocus.errors import DatasetError
 from src_training.augment import augment_patch
 from src_training.data import check_geometry, open_dataset, read_case
 from src_training.losses import SegmentationLoss, soft_dice_loss
-from src_training.phantom import write_dataset
+from src_training.phantom_cases import write_dataset
 from src_training.preprocess import prepare_cases
 from src_training.sampling import PatchStream, choose_centre, class_indices, extract
 

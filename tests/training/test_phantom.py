@@ -9,7 +9,7 @@ from repo_paths import REPO
 from scipy import ndimage
 
 from src_training.cli import main
-from src_training.phantom import (
+from src_training.phantom_cases import (
     STYLES,
     PhantomConfig,
     grow_lobes,

@@ -11,7 +11,7 @@ import pytest
 from repo_paths import REPO
 
 from napari_autofocus.nets.card import read_card, read_metadata
-from src_training.phantom import PhantomConfig, write_dataset
+from src_training.phantom_cases import PhantomConfig, write_dataset
 
 SPEC = importlib.util.spec_from_file_location("phantom_table", REPO / "benchmarks" / "phantom_table.py")
 phantom_table = importlib.util.module_from_spec(SPEC)
@@ -122,7 +122,7 @@ def test_nodules_cases_get_a_lookalike_region_taken_out_of_tissue(tmp_path):
     import argparse
 
     from src_training.data import open_dataset
-    from src_training.phantom import make_case_with_parts
+    from src_training.phantom_cases import make_case_with_parts
 
     config = PhantomConfig(shape=(112, 112, 112), style="nodules")
     data = write_dataset(tmp_path / "heldout", cases=1, seed=7000, config=config)

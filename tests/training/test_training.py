@@ -16,7 +16,7 @@ from napari_autofocus.nets import build_network, load_model
 from src_training.cli import build_parser, main
 from src_training.config import check_resume_changes, resolve
 from src_training.optim import lr_factor
-from src_training.phantom import write_dataset
+from src_training.phantom_cases import write_dataset
 from src_training.trainer import Trainer, split_cases
 
 TINY = PHANTOM_48

@@ -12,7 +12,7 @@ import pytest
 import torch
 from phantom_configs import PHANTOM_40
 
-from src_training.phantom import write_dataset
+from src_training.phantom_cases import write_dataset
 
 TINY = PHANTOM_40
 

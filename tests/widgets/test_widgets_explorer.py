@@ -302,14 +302,14 @@ def test_a_full_garbage_collection_never_falls_inside_the_turn_that_adds_a_layer
     import gc
 
     from qtpy.QtCore import QTimer
-    from test_collections import push_towards_a_full_collection
+    from test_garbage_collection import push_towards_a_full_collection
 
-    from napari_autofocus.widgets import _collections
+    from napari_autofocus.widgets import _garbage_collection
     from napari_autofocus.widgets._explorer_layers import ExplorerLayers
 
     viewer, explorer, _ = _segmented(make_napari_viewer, qtbot, model_file, monkeypatch)
     events, young_at_add = [], []
-    add_layer, collect = ExplorerLayers._add_layer, _collections.collect_now
+    add_layer, collect = ExplorerLayers._add_layer, _garbage_collection.collect_now
 
     def recorded_add(self, *args, **kwargs):
         young_at_add.append(gc.get_count()[2])
@@ -327,7 +327,7 @@ def test_a_full_garbage_collection_never_falls_inside_the_turn_that_adds_a_layer
             events.append("full collection")
 
     monkeypatch.setattr(ExplorerLayers, "_add_layer", recorded_add)
-    monkeypatch.setattr(_collections, "collect_now", recorded_collect)
+    monkeypatch.setattr(_garbage_collection, "collect_now", recorded_collect)
     gc.callbacks.append(callback)
     try:
         push_towards_a_full_collection()  # Python may start one at once; the explorer otherwise

@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from napari_autofocus.widgets import _collections
+from napari_autofocus.widgets import _garbage_collection
 
 
 def push_towards_a_full_collection() -> None:
@@ -31,13 +31,13 @@ def full_collections():
 
 def test_a_full_collection_is_possible_only_after_enough_young_collections():
     gc.collect()
-    assert not _collections.full_collection_possible(1)
-    assert _collections.full_collection_possible(gc.get_threshold()[2])  # many layers: maybe
+    assert not _garbage_collection.full_collection_possible(1)
+    assert _garbage_collection.full_collection_possible(gc.get_threshold()[2])  # many layers: maybe
     push_towards_a_full_collection()
-    assert _collections.full_collection_possible(1)
+    assert _garbage_collection.full_collection_possible(1)
     gc.disable()
     try:
-        assert not _collections.full_collection_possible(1)  # the collector is off: nothing to fear
+        assert not _garbage_collection.full_collection_possible(1)  # the collector is off: nothing to fear
     finally:
         gc.enable()
 
@@ -70,13 +70,13 @@ def test_cancel_pressed_before_the_hand_over_adds_nothing(qtbot, notes, monkeypa
     from napari_autofocus.widgets._background import BackgroundRun
 
     runner = BackgroundRun(layers_per_result=3)
-    collect = _collections.collect_now
+    collect = _garbage_collection.collect_now
 
     def collect_then_cancel():  # the user presses Cancel while the collection runs
         collect()
         runner.cancel()
 
-    monkeypatch.setattr(_collections, "collect_now", collect_then_cancel)
+    monkeypatch.setattr(_garbage_collection, "collect_now", collect_then_cancel)
     delivered = []
     runner.succeeded.connect(delivered.append)
     release = threading.Event()
@@ -93,7 +93,7 @@ def test_jobs_that_add_no_layers_never_collect(qtbot, monkeypatch):
     from napari_autofocus.widgets._background import BackgroundRun
 
     calls = []
-    monkeypatch.setattr(_collections, "collect_now", lambda: calls.append(1))
+    monkeypatch.setattr(_garbage_collection, "collect_now", lambda: calls.append(1))
     runner = BackgroundRun(layers_per_result=0)
     delivered = []
     runner.succeeded.connect(delivered.append)

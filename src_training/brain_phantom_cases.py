@@ -217,7 +217,7 @@ def write_brain_dataset(
         "name": DATASET_NAME,
         "description": "Simulated brain tumours on the MNI152 template (napari-autofocus): real T1 anatomy, "
         "simulated T1c, T2 and FLAIR, not images of any patient.",
-        "reference": f"napari-autofocus src_training.brain_phantom on {TEMPLATE_NAME}",
+        "reference": f"napari-autofocus src_training.brain_phantom_cases on {TEMPLATE_NAME}",
         "licence": f"see {NOTICE_FILE} (MNI152 copyright notice); the simulation CC0",
         "simulated": True,
         "tensorImageSize": "4D" if layout == "msd" else "3D",

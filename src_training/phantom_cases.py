@@ -390,7 +390,7 @@ def write_dataset(
     meta = {
         "name": "AutofocusPhantom",
         "description": "Synthetic phantoms: label decided by structure size (napari-autofocus).",
-        "reference": "napari-autofocus src_training.phantom",
+        "reference": "napari-autofocus src_training.phantom_cases",
         "licence": "CC0",
         "tensorImageSize": "4D" if layout == "msd" else "3D",
         "modality": {str(i): n for i, n in enumerate(CHANNEL_NAMES)},
