@@ -37,13 +37,13 @@ from napari_autofocus.inference.normalization import roi_mask
 from napari_autofocus.inference.outputs import Outputs
 from napari_autofocus.inference.regions import PlaneBoxes, given_box, region_box, roi_mask_of
 from napari_autofocus.inference.strategies import (
-    _MODE_ALIASES,
     DEFAULT_MEMORY_BUDGET_GIB,
-    _reference_cover,
-    _Run,
-    _run_reference,
-    _run_tiled,
-    _run_whole,
+    MODE_ALIASES,
+    EngineRun,
+    reference_cover,
+    run_reference,
+    run_tiled,
+    run_whole,
 )
 
 MIN_MEMORY_BUDGET_GIB = 0.1  # the smallest budget users may ask for (predict --memory-gib, the plugin)
@@ -208,7 +208,7 @@ def predict_volume(
         raise AutofocusError(
             f"the model expects {model.in_channels} input channel(s) but the volume has {image.shape[0]}"
         )
-    mode = _MODE_ALIASES.get(mode, mode)
+    mode = MODE_ALIASES.get(mode, mode)
     if mode not in MODES:
         raise AutofocusError(f"unknown inference mode {mode!r}; expected one of {', '.join(MODES)}")
     memory_budget_gib = check_memory_budget(memory_budget_gib, minimum=0.0)
@@ -233,7 +233,7 @@ def predict_volume(
         del mask
     tiles_box = box
     if mode == "reference" and box is not None:
-        box = _reference_cover(box, shape)  # where the authors' tiles put their output
+        box = reference_cover(box, shape)  # where the authors' tiles put their output
 
     channels_last = prefers_channels_last(dev) if channels_last is None else channels_last
     wanted = _wanted_layers(model, attention)
@@ -244,7 +244,7 @@ def predict_volume(
         need = Outputs.bytes_for(model, voxels, probabilities, wanted, attention_dtype, logits)
         scratch = need > memory_budget_gib * 2**30 / 4
     in_use = memory_in_use(dev)  # the budget bounds the process's peak: what it holds already counts
-    run = _Run(
+    run = EngineRun(
         model=model.eval(),
         device=dev,
         memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format,
@@ -275,11 +275,11 @@ def predict_volume(
         if box is None:
             used, details = mode, {}
         elif mode == "reference":
-            used, details = mode, _run_reference(run, image, tiles_box)
+            used, details = mode, run_reference(run, image, tiles_box)
         elif mode == "whole":
-            used, details = _run_whole(run, image, box, pad_value, one_pass, spill_dir, tile_size)
+            used, details = run_whole(run, image, box, pad_value, one_pass, spill_dir, tile_size)
         else:
-            used, details = mode, _run_tiled(run, image, box, pad_value, memory_budget_gib, tile_size)
+            used, details = mode, run_tiled(run, image, box, pad_value, memory_budget_gib, tile_size)
     out = run.outputs.on_grid(shape)  # the activations are gone by now: room for full-size arrays
     return Prediction(
         labels=out.labels,

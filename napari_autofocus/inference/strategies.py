@@ -23,7 +23,7 @@ from napari_autofocus.nets.slabs import conv_flops
 REFERENCE_OUTPUT_TILE = 47  # the reference: 75^3 input tiles, 47^3 output, stride 47
 DEFAULT_MEMORY_BUDGET_GIB = 2.0  # peak memory of the process while it predicts
 MIN_TILE_OUTPUT = 8  # tiles never shrink below this output edge, whatever the budget
-_MODE_ALIASES = {"fast": "tiled", "exact": "whole"}  # earlier names
+MODE_ALIASES = {"fast": "tiled", "exact": "whole"}  # earlier names
 
 
 class Cancelled(AutofocusError):
@@ -70,7 +70,7 @@ def make_plan(
 ) -> TilePlan:
     """The tiles ``predict_volume`` will run for a volume of ``shape`` (D, H, W)."""
     margin, multiple = int(model.margin), int(getattr(model, "input_multiple", 1))
-    mode = _MODE_ALIASES.get(mode, mode)
+    mode = MODE_ALIASES.get(mode, mode)
     if mode == "reference":
         return plan_tiles(tuple(shape), margin, tile_size or REFERENCE_OUTPUT_TILE, multiple, even=False)
     if mode != "tiled":
@@ -80,7 +80,10 @@ def make_plan(
 
 
 @dataclass
-class _Run:
+class EngineRun:
+    """One run of the engine as its strategies share it: the model, where and how it computes, the
+    outputs being filled, the budget and the progress/cancel hooks (built by ``predict_volume``)."""
+
     model: nn.Module
     device: torch.device
     memory_format: torch.memory_format
@@ -125,7 +128,7 @@ class _Run:
         )
 
 
-def _run_whole(run: _Run, image, box, pad_value, one_pass, spill_dir, tile_size) -> tuple[str, dict]:
+def run_whole(run: EngineRun, image, box, pad_value, one_pass, spill_dir, tile_size) -> tuple[str, dict]:
     """Exact mode: per-layer streaming (or one pass); models without streaming steps are tiled."""
     from napari_autofocus.inference.streaming import (
         WORKING_SET_BYTES,
@@ -138,7 +141,7 @@ def _run_whole(run: _Run, image, box, pad_value, one_pass, spill_dir, tile_size)
     model, margin = run.model, int(run.model.margin)
     steps = network_steps(model)
     if steps is None:  # all-valid networks (DM) are exact under tiling; others have no streaming plan
-        return "tiled", _run_tiled(run, image, box, pad_value, run.budget / 2**30, tile_size)
+        return "tiled", run_tiled(run, image, box, pad_value, run.budget / 2**30, tile_size)
     extent = tuple(b - a + 2 * margin for a, b in box)
     if one_pass is None:
         one_pass = run.device.type == "cuda" and _fits_on_gpu(model, extent, run.device)
@@ -187,7 +190,7 @@ def _run_whole(run: _Run, image, box, pad_value, one_pass, spill_dir, tile_size)
     }
 
 
-def _run_one_pass(run: _Run, source: np.ndarray) -> dict:
+def _run_one_pass(run: EngineRun, source: np.ndarray) -> dict:
     run.begin(1)
     run.check_cancel()
     x = run.tensor(source)
@@ -213,7 +216,7 @@ def _model_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
 
 
-def _run_tiled(run: _Run, image, box, pad_value, budget_gib, tile_size) -> dict:
+def run_tiled(run: EngineRun, image, box, pad_value, budget_gib, tile_size) -> dict:
     """Independent tiles over the box (margin read from real data), as large as the budget allows."""
     size = tuple(b - a for a, b in box)
     plan = make_plan(run.model, size, "tiled", budget_gib, tile_size)
@@ -222,7 +225,7 @@ def _run_tiled(run: _Run, image, box, pad_value, budget_gib, tile_size) -> dict:
     return {"tile_size": plan.input_tile_size, "tiles_run": run.done}
 
 
-def _run_reference(run: _Run, image, box) -> dict:
+def run_reference(run: EngineRun, image, box) -> dict:
     """The authors' ``segment()``: tiles of 47^3 from the box corner, ceil((max - min) / 47) per
     axis (their off-by-one), zero padding, each row of tiles along the last axis one batch."""
     margin = int(run.model.margin)
@@ -239,7 +242,7 @@ def _run_reference(run: _Run, image, box) -> dict:
     return {"tile_size": plan.input_tile_size, "tiles_run": len(plan.tiles)}
 
 
-def _run_tiles(run: _Run, source: np.ndarray, plan: TilePlan, rows: bool) -> None:
+def _run_tiles(run: EngineRun, source: np.ndarray, plan: TilePlan, rows: bool) -> None:
     """Run ``plan``'s tiles over ``source`` (the box with its margin, covering every tile's input)."""
     groups = _rows(plan, run) if rows else [[t] for t in plan.tiles]
     run.begin(len(groups))
@@ -261,7 +264,7 @@ def _run_tiles(run: _Run, source: np.ndarray, plan: TilePlan, rows: bool) -> Non
         run.step_done()
 
 
-def _rows(plan: TilePlan, run: _Run) -> list[list]:
+def _rows(plan: TilePlan, run: EngineRun) -> list[list]:
     """Tiles grouped by row along the last axis, split so one batch fits the memory budget."""
     per_tile = bytes_per_input_voxel(run.model) * int(np.prod(plan.input_tile_size))
     most = max(1, run.budget // max(per_tile, 1))
@@ -277,7 +280,7 @@ def _reference_extent(box) -> tuple[int, int, int]:
     return tuple(math.ceil((b - 1 - a) / REFERENCE_OUTPUT_TILE) * REFERENCE_OUTPUT_TILE for a, b in box)
 
 
-def _reference_cover(box, shape):
+def reference_cover(box, shape):
     """The part of the image the authors' tiles cover (their outputs beyond it are dropped)."""
     covered = _reference_extent(box)
     return tuple((a, max(a, min(a + c, n))) for (a, _), c, n in zip(box, covered, shape, strict=True))

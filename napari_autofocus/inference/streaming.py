@@ -44,7 +44,6 @@ from napari_autofocus.inference.activation_stores import (
 from napari_autofocus.inference.regions import PlaneBoxes
 from napari_autofocus.nets.autofocus import AutofocusConv
 from napari_autofocus.nets.blocks import per_side_shrink
-from napari_autofocus.nets.networks import BasicNet, TrunkNet
 from napari_autofocus.nets.slabs import halo_conv, reach
 
 WORKING_SET_BYTES = 384 * 2**20  # target size of one slab's reads, outputs, window and temporaries
@@ -114,25 +113,25 @@ class Step:
 
 
 def network_steps(model: nn.Module) -> list[Step] | None:
-    """Streaming steps for BASIC, AFN-n and ASPP networks; ``None`` for any other model."""
-    if not isinstance(model, TrunkNet) or model.training:
-        return None
-    head = getattr(model, "head", None)
-    if not isinstance(model, BasicNet) and not hasattr(head, "forward_halo"):
+    """Streaming steps for a network that describes its parts (``model.stream_layout()``, see
+    :class:`~napari_autofocus.nets.networks.StreamLayout`); ``None`` for any other model."""
+    describe = getattr(model, "stream_layout", None)
+    layout = describe() if callable(describe) and not model.training else None
+    if layout is None or (layout.classifier is None) == (layout.head is None):
         return None
     names = {g["module"]: g["name"] for g in model.autofocus_geometry()}
-    steps = _fuse_valid(
-        _conv_step("conv1", "input", model.conv1, model.bn1, names.get("conv1")),
-        _conv_step("conv2", "conv1", model.conv2, model.bn2, names.get("conv2")),
-    )
-    previous = "conv2"
-    for i in (3, 4, 5):
-        name = f"layer{i}"
-        steps.append(_ResidualBlockStep.step(name, previous, getattr(model, name), names))
+    steps, previous = [], "input"
+    for name, conv, norm in layout.stem:
+        steps.append(_conv_step(name, previous, conv, norm, names.get(name)))
         previous = name
-    if isinstance(model, BasicNet):  # the 1^3 classifier reads no neighbours: fused into the last block
-        steps[-1] = _then(steps[-1], model.fc, model.num_classes)
+    steps = _fuse_valid(*steps) if len(steps) == 2 else steps
+    for name, block in layout.blocks:
+        steps.append(_ResidualBlockStep.step(name, previous, block, names))
+        previous = name
+    if layout.classifier is not None:  # a 1^3 classifier reads no neighbours: fused into the last block
+        steps[-1] = _then(steps[-1], layout.classifier, model.num_classes)
     else:
+        head = layout.head
         steps.append(Step("head", (Read(previous, 0, head.reach),), model.num_classes, _head(head)))
     return steps
 

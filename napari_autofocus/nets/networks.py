@@ -10,6 +10,7 @@ inference and visualisation code never hard-codes it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,26 @@ from .deepmedic import DeepMedic
 from .registry import ARCHITECTURES, OPTIONS, NetworkConfigError, canonical_arch, resolve_options
 from .slabs import halo_conv, keep_halo, reach
 
-__all__ = ["ARCHITECTURES", "NetworkConfigError", "SegmentationNet", "build_network", "canonical_arch"]
+__all__ = [
+    "ARCHITECTURES",
+    "NetworkConfigError",
+    "SegmentationNet",
+    "StreamLayout",
+    "build_network",
+    "canonical_arch",
+]
+
+
+@dataclass(frozen=True)
+class StreamLayout:
+    """The parts a network hands the streaming engine (:mod:`napari_autofocus.inference.streaming`),
+    which runs them slab by slab: the engine asks ``model.stream_layout()`` instead of checking the
+    network's class, so a new network streams by describing itself."""
+
+    stem: tuple[tuple[str, nn.Module, nn.Module], ...]  # (name, 3^3 conv, its norm), ReLU after each
+    blocks: tuple[tuple[str, nn.Module], ...]  # residual blocks (their convs and norms), in order
+    classifier: nn.Module | None = None  # a 1^3 conv after the last block (fused into it)
+    head: nn.Module | None = None  # a head that reads neighbours: ``reach`` and ``forward_halo(x, boxed)``
 
 
 class TrunkNet(SegmentationNet):
@@ -67,6 +87,17 @@ class TrunkNet(SegmentationNet):
                 rates = conv.dilations if af else (conv.dilation[0],)
                 self._chain.append(ChainEntry(f"layer{3 + i}.{cname}", 3, rates, per_side_shrink(conv), af))
 
+    def stream_layout(self) -> StreamLayout | None:
+        """What the streaming engine runs slab by slab; None when the output part cannot stream."""
+        return None  # a trunk alone has no output part: BasicNet and ASPPNet say what theirs is
+
+    def _layout(self, **output) -> StreamLayout:
+        return StreamLayout(
+            stem=(("conv1", self.conv1, self.bn1), ("conv2", self.conv2, self.bn2)),
+            blocks=tuple((f"layer{i}", getattr(self, f"layer{i}")) for i in (3, 4, 5)),
+            **output,
+        )
+
     def trunk(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(x)))
         x = F.relu(self.bn2(self.conv2(x)))
@@ -91,6 +122,9 @@ class BasicNet(TrunkNet):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.trunk(x))
+
+    def stream_layout(self) -> StreamLayout:
+        return self._layout(classifier=self.fc)
 
 
 class ASPPConcatHead(nn.Module):
@@ -166,6 +200,9 @@ class ASPPNet(TrunkNet):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.trunk(x))
+
+    def stream_layout(self) -> StreamLayout | None:
+        return self._layout(head=self.head) if hasattr(self.head, "forward_halo") else None
 
 
 # -- build_network ----------------------------------------------------------------------------------
