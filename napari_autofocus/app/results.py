@@ -2,34 +2,41 @@
 
 A result holds the loaded model and the input arrays (so the explorer and counterfactuals never
 re-run or re-load anything); in a layer's ``metadata`` it would be copied with the layer, saved
-with it, or printed. The labels layer carries only the result's key (a short string); widgets ask
-:data:`RESULTS` for the result, and :meth:`ResultStore.watch` drops a result once no layer of a
-viewer refers to it. ``changed`` callbacks say when results come or go (no Qt here).
+with it, or printed. The labels layer carries only the result's id (a short string, stable for the
+result's life); widgets ask :data:`RESULTS` for the result, and :meth:`ResultStore.watch` drops a
+result once no layer of a viewer refers to it.
+
+The hand-off is evented (psygnal, no Qt): ``added(id)`` fires when a widget puts a result into the
+viewer, ``removed(id)`` when its last layer is gone. The explorer subscribes to both.
 """
 
 from __future__ import annotations
 
-import uuid
 import weakref
-from collections.abc import Callable
+
+from psygnal import Signal
 
 from napari_autofocus.app.session import RESULT_KEY, SegmentationResult
 
 
 class ResultStore:
+    """The session's results by id; ``added(id)`` and ``removed(id)`` say when they come and go."""
+
+    added = Signal(str)
+    removed = Signal(str)
+
     def __init__(self) -> None:
         self._results: dict[str, SegmentationResult] = {}
         self._watched: weakref.WeakSet = weakref.WeakSet()  # viewers (a closed one's id may come back)
-        self.changed: list[Callable[[], None]] = []
 
     def __len__(self) -> int:
         return len(self._results)
 
     def add(self, result: SegmentationResult) -> str:
-        """Keep ``result``; returns the key to put in its labels layer's metadata."""
-        key = uuid.uuid4().hex
+        """Keep ``result``; returns its id, to put in its labels layer's metadata."""
+        key = result.id
         self._results[key] = result
-        self._emit()
+        self.added.emit(key)
         return key
 
     def get(self, key: str | None) -> SegmentationResult | None:
@@ -52,13 +59,9 @@ class ResultStore:
             still = any(layer.metadata.get(RESULT_KEY) == key for layer in viewer.layers)
             if key in self._results and not still:
                 del self._results[key]
-                self._emit()
+                self.removed.emit(key)
 
         viewer.layers.events.removed.connect(removed)
-
-    def _emit(self) -> None:
-        for callback in list(self.changed):
-            callback()
 
 
 RESULTS = ResultStore()  # one per process, like napari's viewers

@@ -14,6 +14,7 @@ import contextlib
 import datetime
 import functools
 import threading
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -70,6 +71,7 @@ class SegmentationResult:
     preprocessing: dict = field(default_factory=dict)  # the predictor's report, warnings included
     created: str = field(default_factory=lambda: datetime.datetime.now().isoformat(timespec="seconds"))
     model: object = field(default=None, repr=False)  # the loaded torch module, reused by re-runs
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)  # stable for the result's life (never id())
 
     def __post_init__(self) -> None:
         if self.network_spacing is None:

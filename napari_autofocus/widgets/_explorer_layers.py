@@ -157,6 +157,7 @@ class ExplorerLayers(QObject):
         shown at a time; stepping to another only shows its layers)."""
         self._hidden = set(hidden)
         existing = self.layers()
+        current = getattr(result, "id", None)
         shown, later, gone = [], [], []
         spare: dict[str, list] = {}  # hidden layers by kind, to be renamed and refilled before adding any
         self.changing = True
@@ -165,9 +166,7 @@ class ExplorerLayers(QObject):
                 tag = layer.metadata[TAG]
                 if name in wanted:
                     spec = (tag.get("kind"), tag.get("af"), tag.get("k"))
-                    stale = (
-                        tag.get("result") != id(result) or tag.get("awaiting") or spec != tuple(wanted[name])
-                    )
+                    stale = tag.get("result") != current or tag.get("awaiting") or spec != tuple(wanted[name])
                     if stale and (tag.get("parked") or tag.get("awaiting")):
                         # hidden and not (yet) holding these maps: shown once refilled
                         tag["parked"], tag["awaiting"] = False, True
@@ -198,7 +197,7 @@ class ExplorerLayers(QObject):
                     shown.append(("add", name, spec))
             for layer in (layer for layers in spare.values() for layer in layers):
                 tag = layer.metadata[TAG]
-                if tag.get("result") != id(result) or tag.get("awaiting"):  # hidden, never with stale maps
+                if tag.get("result") != current or tag.get("awaiting"):  # hidden, never with stale maps
                     if fillable(result, tag):
                         later.append(("refill", layer.name, (tag["kind"], tag.get("af"), tag.get("k"))))
                     else:
@@ -324,7 +323,7 @@ class ExplorerLayers(QObject):
     def _metadata(result, kind: str, af: str | None, k: int | None) -> dict:
         rate = int(result.rates[af][k]) if k is not None else None
         tag = {"owner": OWNER, "kind": kind, "af": af, "k": k, "rate": rate, "parked": False}
-        return {TAG: {**tag, "result": id(result), "model": result.request.model_path}}
+        return {TAG: {**tag, "result": result.id, "model": result.request.model_path}}
 
     def _add_layer(self, result, name: str, kind: str, af: str | None, k: int | None, content) -> None:
         data, style = content

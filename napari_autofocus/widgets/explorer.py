@@ -150,6 +150,10 @@ class ExplorerWidget(QWidget):
         self._refresh_timer.setSingleShot(True)
         self._refresh_timer.setInterval(0)
         self._refresh_timer.timeout.connect(self.refresh)
+        # a result comes or goes: RESULTS says so (its added/removed signals); layers renamed,
+        # reordered or a ground truth opened: napari's layer events
+        RESULTS.added.connect(self._results_changed)
+        RESULTS.removed.connect(self._results_changed)
         _common.watch_layers(napari_viewer, self._layers_changed)  # bound methods: napari holds them
         # weakly, so a closed dock stops listening
         # the cursor fires for every voxel it crosses: redraw the chart once it pauses (80 ms)
@@ -208,6 +212,13 @@ class ExplorerWidget(QWidget):
         layer = self.source_layer
         return RESULTS.of(layer) if layer is not None else None
 
+    def _results_changed(self, _id: str) -> None:
+        try:
+            self._refresh_timer.start()
+        except RuntimeError:  # the dock was closed and Qt deleted it: nothing left to refresh
+            RESULTS.added.disconnect(self._results_changed)
+            RESULTS.removed.disconnect(self._results_changed)
+
     def _layers_changed(self, *_) -> None:
         self._refresh_timer.start()
 
@@ -230,12 +241,12 @@ class ExplorerWidget(QWidget):
         if not names:
             self.maps.clear()
             self.structure_chart.message("Run Segment first: the explorer shows its attention.")
-        elif id(self.result) != self._shown_result:  # same name, new result (a re-run)
+        elif self.result.id != self._shown_result:  # same name, new result (a re-run)
             self._on_result()
 
     def _on_result(self, *_) -> None:
         result = self.result
-        self._shown_result = id(result)
+        self._shown_result = result.id if result is not None else None
         self._fill_list(self.layer_list, list(result.attention) if result else [], checked={0})
         rates = sorted({r for rs in (result.rates.values() if result else []) for r in rs})
         self._fill_list(self.rate_list, [str(r) for r in rates], checked=None)
@@ -471,7 +482,7 @@ class ExplorerWidget(QWidget):
             return
         source = self.classes_combo.currentText()
         truth = self.viewer.layers[source] if source in self.viewer.layers else None  # noqa: SIM401
-        key = (id(result), source)  # (not id(truth): a plugin sees layers through new proxies each time)
+        key = (result.id, source)  # (not id(truth): a plugin sees layers through new proxies each time)
         if self._means_key != key:  # the labels read once per result and source (memmap, dask: a copy)
             self._labels = np.asarray(truth.data) if truth is not None else result.labels
         labels = self._labels

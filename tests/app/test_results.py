@@ -33,10 +33,11 @@ class _Viewer:
 def test_a_result_lives_as_long_as_a_layer_refers_to_it():
     store, viewer = ResultStore(), _Viewer()
     changes = []
-    store.changed.append(lambda: changes.append(len(store)))
-    result = object()
+    store.added.connect(lambda key: changes.append(("added", key, len(store))))
+    store.removed.connect(lambda key: changes.append(("removed", key, len(store))))
+    result = SimpleNamespace(id="a" * 32)  # a SegmentationResult's stable id
     key = store.add(result)
-    assert isinstance(key, str) and len(key) == 32  # a short string in the layer, not the result
+    assert key == result.id  # a short string in the layer, not the result
     store.watch(viewer)
     store.watch(viewer)  # watching twice connects once
     labels = SimpleNamespace(metadata={RESULT_KEY: key})
@@ -46,6 +47,7 @@ def test_a_result_lives_as_long_as_a_layer_refers_to_it():
     viewer.layers.remove(labels)
     assert store.of(copy) is result  # the copy still refers to it
     viewer.layers.remove(copy)
-    assert store.of(copy) is None and len(store) == 0 and changes == [1, 0]
+    assert store.of(copy) is None and len(store) == 0
+    assert changes == [("added", key, 1), ("removed", key, 0)]
     assert store.of(SimpleNamespace()) is None and store.of(SimpleNamespace(metadata={RESULT_KEY: 3})) is None
     assert len(viewer.layers.events.removed.callbacks) == 1

@@ -194,7 +194,7 @@ def test_rerunning_segment_with_the_explorer_open_raises_nothing(
     monkeypatch.setattr("sys.excepthook", lambda *exc: errors.append(exc))
     segment = next(w for w in viewer.window.dock_widgets.values() if hasattr(w, "run_button"))
     run_and_wait(qtbot, segment)
-    qtbot.waitUntil(lambda: explorer._shown_result == id(explorer.result) != id(first), timeout=5000)
+    qtbot.waitUntil(lambda: explorer._shown_result == explorer.result.id != first.id, timeout=5000)
     settle(qtbot, explorer)
     assert not errors and not segment.runner.last_error
     assert explorer.result_combo.currentText() == "tiny_afn2 labels"
@@ -209,7 +209,7 @@ def test_rerunning_segment_with_the_explorer_open_raises_nothing(
     new = explorer.result
     assert new is not first
     np.testing.assert_array_equal(viewer.layers["AF2 · r=6"].data, new.attention["AF2"][1])
-    assert viewer.layers["AF1 · blend"].metadata["autofocus"]["result"] == id(new)
+    assert viewer.layers["AF1 · blend"].metadata["autofocus"]["result"] == new.id
     from napari_autofocus.analysis.explorer_maps import derived_map
 
     hidden = viewer.layers["AF1 · entropy"]

@@ -181,3 +181,17 @@ def test_a_rate_in_the_docks_legend_never_wraps_inside():
 
     html = legend_html([2, 6, 10, 14], 2.0)
     assert "&nbsp;r=10&nbsp;(20&nbsp;mm)" in html and " &nbsp; " in html  # breaks only between rates
+
+
+def test_the_explorer_follows_the_result_stores_events(make_napari_viewer, qtbot):
+    from napari_autofocus.app.results import RESULTS
+
+    viewer = make_napari_viewer()
+    _, explorer = viewer.window.add_plugin_dock_widget(PLUGIN, "Attention explorer")
+    qtbot.wait(20)
+    assert not explorer._refresh_timer.isActive()
+    RESULTS.added.emit("0" * 32)  # what Segment's hand-off does, before any layer event
+    assert explorer._refresh_timer.isActive()
+    qtbot.wait(20)
+    RESULTS.removed.emit("0" * 32)
+    assert explorer._refresh_timer.isActive()
