@@ -184,28 +184,24 @@ def predict(
     cancel: threading.Event | None = None,
 ):
     """(prediction, report) through the predictor every caller uses, with the request's options."""
-    from napari_autofocus.inference.predictor import predict_scan
+    from napari_autofocus.inference import predictor
     from napari_autofocus.nets.autofocus import override_attention
 
     layer, value = request.override if request.override is not None else (None, None)
     forced = override_attention(model, layer, value) if layer is not None else contextlib.nullcontext()
+    scan = predictor.Scan(
+        stack_inputs(inputs, card),
+        spacing,
+        channel_names=input_layers,
+        description=scan_description,
+        arrays=inputs,
+        owned=True,  # stack_inputs made a new array: the layers' data is never changed
+    )
+    options = predictor.PredictOptions(
+        device=request.device, probabilities=request.probabilities, attention=True, crop=request.crop
+    )
     with forced:
-        return predict_scan(
-            model,
-            card,
-            stack_inputs(inputs, card),
-            spacing,
-            channel_names=input_layers,
-            scan_description=scan_description,
-            arrays=inputs,
-            own_input=True,  # stack_inputs made a new array: the layers' data is never changed
-            device=request.device,
-            probabilities=request.probabilities,
-            attention=True,
-            crop=request.crop,
-            progress=progress,
-            cancel=cancel,
-        )
+        return predictor.predict(model, card, scan, options, progress=progress, cancel=cancel)
 
 
 def run_model(

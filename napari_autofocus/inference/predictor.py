@@ -303,3 +303,73 @@ def predict_scan(
         warnings=warnings,
     )
     return to_source(prediction, prepared), report
+
+
+# -- the public entry ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """How to predict: every choice the CLI, the plugin and ``evaluate`` make, in one place (the
+    defaults are the engine's)."""
+
+    mode: str = "whole"
+    device: str = "auto"
+    probabilities: bool = False
+    attention: bool = False
+    crop: bool = True
+    nonfinite: str = "error"
+    memory_budget_gib: float | None = None  # None: the engine's default budget
+    precision: str = "fp32"
+
+    def engine(self) -> dict:
+        """The options the engine takes (``predict_volume``'s keywords)."""
+        options = {"mode": self.mode, "device": self.device, "probabilities": self.probabilities,
+                   "attention": self.attention, "precision": self.precision}  # fmt: skip
+        if self.memory_budget_gib is not None:
+            options["memory_budget_gib"] = self.memory_budget_gib
+        return options
+
+
+@dataclass
+class Scan:
+    """A raw (C, D, H, W) scan and what is known about it."""
+
+    image: np.ndarray
+    spacing: Sequence[float]
+    channel_names: Sequence[str] | None = None  # file or layer names: compared with the card's
+    description: str | None = None  # the NIfTI description (marks our phantoms)
+    source: str = "the scan"  # how messages name it
+    arrays: Sequence[np.ndarray] | None = None  # the layers' own arrays, read by the intensity checks
+    strict_names: bool = False  # the names are a dataset's modalities: compared strictly
+    owned: bool = False  # handed over by the caller: normalised in place
+
+
+def predict(
+    model,
+    card: ModelCard,
+    scan: Scan,
+    options: PredictOptions = PredictOptions(),  # noqa: B008 (frozen: shared safely)
+    *,
+    progress=None,
+    cancel=None,
+):
+    """(prediction on the scan's grid, :class:`Report`): the entry the CLI's ``predict`` and
+    ``evaluate`` and the plugin's runs share, so checks, preprocessing and outputs are the same."""
+    return predict_scan(
+        model,
+        card,
+        scan.image,
+        scan.spacing,
+        channel_names=scan.channel_names,
+        scan_description=scan.description,
+        arrays=scan.arrays,
+        strict_names=scan.strict_names,
+        crop=options.crop,
+        nonfinite=options.nonfinite,
+        source=scan.source,
+        own_input=scan.owned,
+        progress=progress,
+        cancel=cancel,
+        **options.engine(),
+    )

@@ -292,7 +292,7 @@ def _predict_and_score(args):
         del truth, labels, expected
 
     def compute(name, raw):
-        pred, report = predict_scan_of(model, card, dataset, raw, args)
+        pred, report = predict_case_of(model, card, dataset, raw, args)
         for warning in report.warnings:
             if warning not in warned:  # the same mismatch on every case is said once
                 print(f"warning: {warning}", flush=True)
@@ -370,14 +370,12 @@ def checked_cases(dataset, cases, keep_going: bool):
     return good, refused
 
 
-def predict_scan_of(model, card, dataset, raw, args):
-    from napari_autofocus.inference.predictor import predict_scan
+def predict_case_of(model, card, dataset, raw, args):
+    from napari_autofocus.inference.predictor import PredictOptions, Scan, predict
 
-    return predict_scan(
-        model, card, raw.image, raw.spacing, channel_names=dataset.modalities, strict_names=True,
-        scan_description=raw.geometry.description, device=args.device, nonfinite=args.nonfinite,
-        own_input=True, source=f"case {raw.name}",
-    )  # fmt: skip
+    scan = Scan(raw.image, raw.spacing, channel_names=dataset.modalities, strict_names=True,
+                description=raw.geometry.description, source=f"case {raw.name}", owned=True)  # fmt: skip
+    return predict(model, card, scan, PredictOptions(device=args.device, nonfinite=args.nonfinite))
 
 
 def write_prediction(pred_dir: Path, raw, labels, args, request: dict, report) -> None:

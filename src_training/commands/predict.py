@@ -312,7 +312,7 @@ def read_case(card, case: str, files: list[Path]):
 
 def predict_case(model, card, case: str, files: list[Path], loaded, args, quiet: bool = False):
     """Predict one read case through the predictor: (prediction, report, geometry)."""
-    from napari_autofocus.inference.predictor import predict_scan
+    from napari_autofocus.inference.predictor import Scan, predict
 
     image, geometry = loaded
 
@@ -320,29 +320,30 @@ def predict_case(model, card, case: str, files: list[Path], loaded, args, quiet:
         if not quiet:
             print(f"  step {done}/{total}", end="\r" if done < total else "\n", flush=True)
 
-    prediction, report = predict_scan(
-        model,
-        card,
+    scan = Scan(
         image,
         geometry.spacing,
         channel_names=channel_names(case, files),
-        scan_description=geometry.description,
-        mode=args.mode,
-        device=args.device,
-        probabilities=args.probabilities,
-        attention=args.attention,
-        crop=args.crop,
-        nonfinite=args.nonfinite,
+        description=geometry.description,
         source=", ".join(str(f) for f in files),
-        own_input=True,  # loaded here for this case alone: normalised in place
-        memory_budget_gib=args.memory_gib,
-        precision=args.precision,
-        progress=progress,
+        owned=True,  # loaded here for this case alone: normalised in place
     )
+    prediction, report = predict(model, card, scan, prediction_options(args), progress=progress)
+    del scan
     del image, loaded  # normalised in place and no longer needed: room for writing the outputs
     for warning in report.warnings:
         print(f"  warning: {case + ': ' if quiet else ''}{warning}", flush=True)
     return prediction, report, geometry
+
+
+def prediction_options(args):
+    """The command line's choices as the predictor's options."""
+    from napari_autofocus.inference.predictor import PredictOptions
+
+    return PredictOptions(
+        mode=args.mode, device=args.device, probabilities=args.probabilities, attention=args.attention,
+        crop=args.crop, nonfinite=args.nonfinite, memory_budget_gib=args.memory_gib, precision=args.precision,
+    )  # fmt: skip
 
 
 def write_case(card, case, files, out, computed, args, request, receptive_field_min) -> list[Path]:

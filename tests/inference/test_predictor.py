@@ -154,3 +154,58 @@ def test_predict_scan_computes_the_foregrounds_box_in_each_plane():
     again = PlaneBoxes.from_record(prepared.foreground_planes.record())
     np.testing.assert_array_equal(again.rows, planes.rows)
     np.testing.assert_array_equal(again.cols, planes.cols)
+
+
+def test_predict_takes_a_scan_and_options_and_gives_what_the_predictor_gives():
+    from napari_autofocus.inference.predictor import PredictOptions, Scan, predict
+
+    model = build_network("AFN1", 2, 3, channels=(4,) * 8).eval()
+    raw = _scan()
+    options = PredictOptions(device="cpu", probabilities=True, attention=True, memory_budget_gib=0.5)
+    assert (
+        options.engine()["memory_budget_gib"] == 0.5 and "memory_budget_gib" not in PredictOptions().engine()
+    )
+    pred, report = predict(model, _card(), Scan(raw.copy(), (1, 1, 1), channel_names=["T1", "T2"]), options)
+    again, _ = predict_scan(model, _card(), raw.copy(), (1, 1, 1), channel_names=["T1", "T2"], device="cpu",
+                            probabilities=True, attention=True, memory_budget_gib=0.5)  # fmt: skip
+    np.testing.assert_array_equal(pred.labels, again.labels)
+    np.testing.assert_array_equal(pred.attention["AF1"], again.attention["AF1"])
+    assert pred.probabilities is not None and report.channels == ["T1", "T2"]
+    with pytest.raises(Exception, match="non-finite policy"):
+        predict(model, _card(), Scan(raw.copy(), (1, 1, 1)), PredictOptions(nonfinite="ignore"))
+
+
+def test_the_cli_evaluate_and_the_plugin_all_predict_through_predict(tmp_path, monkeypatch):
+    """One entry for every caller: checks, preprocessing and options are written once."""
+    import napari_autofocus.inference.predictor as predictor
+    from napari_autofocus.app.placement import Placement
+    from napari_autofocus.app.session import RunRequest, run_model
+    from napari_autofocus.nets import save_model
+
+    calls, original = [], predictor.predict
+    monkeypatch.setattr(predictor, "predict", lambda *a, **k: calls.append(1) or original(*a, **k))
+    path = tmp_path / "m.safetensors"
+    save_model(build_network("AFN1", 2, 3, channels=(4,) * 8), path, modalities=["T1", "T2"])
+    raw = _scan()
+    run_model(RunRequest(str(path), device="cpu"), list(raw), input_layers=["T1", "T2"],
+              placement=Placement(scale=(1, 1, 1), translate=(0, 0, 0)))  # fmt: skip
+    assert calls == [1]
+    import nibabel as nib
+
+    from src_training.cli import main
+
+    case = tmp_path / "case.nii.gz"
+    nib.save(nib.Nifti1Image(np.moveaxis(raw, 0, -1), np.eye(4)), str(case))
+    assert main(["predict", "--model", str(path), "--input", str(case), "--out", str(tmp_path / "o"),
+                 "--device", "cpu"]) == 0  # fmt: skip
+    assert calls == [1, 1]
+    from phantom_configs import PHANTOM_40
+
+    from src_training.phantom_cases import write_dataset
+
+    data = write_dataset(tmp_path / "ds", 1, 0, PHANTOM_40)
+    phantom = tmp_path / "phantom.safetensors"
+    save_model(build_network("AFN1", 2, 3, channels=(4,) * 8), phantom, modalities=["T1-like", "T2-like"])
+    assert main(["evaluate", "--model", str(phantom), "--data", str(data), "--out", str(tmp_path / "ev"),
+                 "--device", "cpu"]) == 0  # fmt: skip
+    assert calls == [1, 1, 1]
