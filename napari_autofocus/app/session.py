@@ -163,8 +163,9 @@ def load(request: RunRequest):
 
 def stack_inputs(inputs: Sequence[np.ndarray], card: ModelCard) -> np.ndarray:
     """The raw layers as one (C, D, H, W) float32 scan, after checking they fit the model."""
-    if len(inputs) != card.in_channels:
-        raise AutofocusError(f"the model expects {card.in_channels} input channel(s), got {len(inputs)}")
+    from napari_autofocus.inference.scan_checks import check_channel_count
+
+    check_channel_count(card, len(inputs))
     shapes = {np.shape(a) for a in inputs}
     if len(shapes) != 1 or len(next(iter(shapes))) != 3:
         raise AutofocusError(f"inputs must be 3D volumes of one shape, got shapes {sorted(shapes)}")

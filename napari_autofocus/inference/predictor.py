@@ -35,6 +35,7 @@ from napari_autofocus.inference.scan_checks import (  # noqa: F401 (the checks a
     NONFINITE_CHOICES,
     SPACING_TOLERANCE,
     Contract,
+    check_channel_count,
     check_channels,
     check_input_dtype,
     check_intensities,
@@ -271,11 +272,7 @@ def predict_scan(
     refused with a message naming ``source``, unless ``nonfinite="background"``. ``own_input``:
     the caller hands ``raw`` over, so it is normalised in place.
     """
-    if raw.shape[0] != card.in_channels:
-        names = ", ".join(card.modalities) or f"{card.in_channels} channels"
-        raise AutofocusError(
-            f"the model expects {card.in_channels} input channel(s) ({names}) but got {raw.shape[0]}"
-        )
+    check_channel_count(card, raw.shape[0])
     contract = Contract.from_card(card)
     check_input_dtype(raw, source)
     growth = check_resampling(

@@ -188,6 +188,16 @@ def check_scan(
 GROWTH_WARNING = 8  # resampling that makes the volume this many times larger is said before it runs
 
 
+def check_channel_count(card: ModelCard, given: int, where: str = "", hint: str = "") -> None:
+    """Refuse a scan whose channel count is not the model's, in one wording for every caller
+    (``where``: what holds the scan, e.g. "case_01: "; ``hint``: how to fix it there)."""
+    if given != card.in_channels:
+        names = ", ".join(card.modalities) or f"{card.in_channels} channels"
+        raise AutofocusError(
+            f"{where}the model expects {card.in_channels} input channel(s) ({names}) but got {given}{hint}"
+        )
+
+
 NONFINITE_CHOICES = ("error", "background")  # what to do with NaN or infinite voxels (see the predictor)
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from napari_autofocus.app.model_library import model_file
 from napari_autofocus.errors import AutofocusError, DatasetError
-from napari_autofocus.inference.scan_checks import NONFINITE_CHOICES
+from napari_autofocus.inference.scan_checks import NONFINITE_CHOICES, check_channel_count
 from src_training.cohort import add_cohort_options
 
 EXAMPLES = """examples:
@@ -262,11 +262,8 @@ def _predict_and_score(args):
     order = {case.name: i for i, case in enumerate(cases)}
     mine = [dataset.case(name) for name in sorted(shard.take(list(order)), key=order.get)]
     mine, refused = checked_cases(dataset, mine, args.keep_going)
-    if len(dataset.modalities) != card.in_channels:
-        raise AutofocusError(
-            f"{args.model} expects {card.in_channels} channel(s) ({card.modalities}); {args.data} has "
-            f"{len(dataset.modalities)} ({dataset.modalities})"
-        )
+    given = ", ".join(dataset.modalities)
+    check_channel_count(card, len(dataset.modalities), f"{args.model}: ", f" in {args.data} ({given})")
     class_names = {int(k): v for k, v in card.class_names.items()} or dataset.class_names
     classes = class_structures(class_names)
     regions = choose_regions(args.regions, card.regions or dataset.regions)

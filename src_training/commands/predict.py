@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 from napari_autofocus.errors import AutofocusError
-from napari_autofocus.inference.scan_checks import NONFINITE_CHOICES
+from napari_autofocus.inference.scan_checks import NONFINITE_CHOICES, check_channel_count
 from napari_autofocus.io.nifti import is_nifti_path, strip_nifti_suffix
 from src_training.cohort import add_cohort_options
 
@@ -301,12 +301,8 @@ def read_case(card, case: str, files: list[Path]):
     from napari_autofocus.io.nifti import load_multichannel
 
     image, geometry = load_multichannel(files)
-    if image.shape[0] != card.in_channels:
-        names = ", ".join(card.modalities) or f"{card.in_channels} channels"
-        raise AutofocusError(
-            f"{case}: the model expects {card.in_channels} input channel(s) ({names}) but got "
-            f"{image.shape[0]}; give one 4D file or one file per modality in that order"
-        )
+    hint = "; give one 4D file or one file per modality in that order"
+    check_channel_count(card, image.shape[0], f"{case}: ", hint)
     return image, geometry
 
 

@@ -209,3 +209,14 @@ def test_the_cli_evaluate_and_the_plugin_all_predict_through_predict(tmp_path, m
     assert main(["evaluate", "--model", str(phantom), "--data", str(data), "--out", str(tmp_path / "ev"),
                  "--device", "cpu"]) == 0  # fmt: skip
     assert calls == [1, 1, 1]
+
+
+def test_every_caller_refuses_a_wrong_channel_count_in_one_wording(tmp_path, capsys):
+    from napari_autofocus.app.session import stack_inputs
+    from napari_autofocus.errors import AutofocusError
+
+    wording = r"the model expects 2 input channel\(s\) \(T1, T2\) but got 1"
+    with pytest.raises(AutofocusError, match=wording):
+        stack_inputs([_scan()[0]], _card())  # the plugin
+    with pytest.raises(AutofocusError, match=wording):
+        predict_scan(build_network("AFN1", 2, 3, channels=(4,) * 8), _card(), _scan()[:1], (1, 1, 1))
