@@ -49,24 +49,17 @@ class RunRequest:
 
 @dataclass
 class SegmentationResult:
-    """A model's output on one volume, aligned with the input layers' grid."""
+    """A model's output on one volume, aligned with the input layers' grid: the engine's
+    :class:`~napari_autofocus.inference.Prediction` (held, not copied) and what the viewer needs
+    around it (the request, the layers it read and where they sit, the loaded model)."""
 
     request: RunRequest
     card: ModelCard
-    labels: np.ndarray
-    probabilities: np.ndarray | None
-    attention: dict[str, np.ndarray]
-    rates: dict[str, tuple[int, ...]]
+    prediction: object = field(repr=False)  # the Prediction on the layers' grid (attention included)
     receptive_field_min: int
     input_layers: list[str]
     inputs: list[np.ndarray]  # the raw layer arrays (references, not copies) for re-runs
     placement: Placement  # where the input layers (and so every output layer) sit
-    device: str
-    seconds: float
-    crop_box: tuple | None = (
-        None  # ((z0, z1), (y0, y1), (x0, x1)) the network computed; NaN attention outside
-    )
-    mode: str = "whole"
     network_spacing: tuple[float, ...] | None = None  # voxel size the network computed on (mm)
     preprocessing: dict = field(default_factory=dict)  # the predictor's report, warnings included
     created: str = field(default_factory=lambda: datetime.datetime.now().isoformat(timespec="seconds"))
@@ -76,6 +69,40 @@ class SegmentationResult:
     def __post_init__(self) -> None:
         if self.network_spacing is None:
             self.network_spacing = tuple(self.placement.spacing)
+
+    # the prediction's parts, as the widgets read them
+    @property
+    def labels(self) -> np.ndarray:
+        return self.prediction.labels
+
+    @property
+    def probabilities(self) -> np.ndarray | None:
+        return self.prediction.probabilities
+
+    @property
+    def attention(self) -> dict[str, np.ndarray]:
+        return self.prediction.attention
+
+    @property
+    def rates(self) -> dict[str, tuple[int, ...]]:
+        return self.prediction.rates
+
+    @property
+    def device(self) -> str:
+        return self.prediction.device
+
+    @property
+    def seconds(self) -> float:
+        return self.prediction.seconds
+
+    @property
+    def crop_box(self) -> tuple | None:
+        """((z0, z1), (y0, y1), (x0, x1)) the network computed; NaN attention outside."""
+        return self.prediction.crop_box
+
+    @property
+    def mode(self) -> str:
+        return self.prediction.mode
 
     # the placement's parts, as the writers and provenance read them
     @property
@@ -235,18 +262,11 @@ def run_model(
     return SegmentationResult(
         request=request,
         card=card,
-        labels=prediction.labels,
-        probabilities=prediction.probabilities,
-        attention=prediction.attention,
-        rates=prediction.rates,
+        prediction=prediction,
         receptive_field_min=int(model.receptive_field_min),
         input_layers=list(input_layers),
         inputs=list(inputs),
         placement=placement,
-        device=prediction.device,
-        seconds=prediction.seconds,
-        crop_box=prediction.crop_box,
-        mode=prediction.mode,
         network_spacing=tuple(report.network_spacing),
         preprocessing=report.to_dict(),
         model=model,
