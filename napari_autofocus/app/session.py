@@ -20,11 +20,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from napari_autofocus import __version__
 from napari_autofocus.app.model_library import is_reference_checkpoint, model_name
 from napari_autofocus.app.placement import Placement
 from napari_autofocus.errors import AutofocusError
-from napari_autofocus.inference.regions import OUTSIDE_COMPUTED
 from napari_autofocus.io.nifti import NiftiGeometry
 from napari_autofocus.nets.card import ModelCard
 
@@ -152,29 +150,24 @@ class SegmentationResult:
         return self.card.class_names.get(str(value), f"class {value}")
 
     def provenance(self) -> dict:
-        """JSON-friendly record of how this result was made."""
+        """JSON-friendly record of how this result was made (the predictor's record, plus the
+        plugin's request and inputs)."""
+        from napari_autofocus.inference.predictor import provenance
+
         return {
             "model": self.request.model_path,
             "model_name": self.name,
             "arch": self.card.arch,
-            "model_card": self.card.to_dict(),
             "options": {
                 "device": self.request.device,
-                "device_used": self.device,
                 "probabilities": self.request.probabilities,
                 "arch_hint": self.request.arch,
                 "attention_override": list(self.request.override) if self.request.override else None,
                 "crop_to_foreground": self.request.crop,
-                "inference_mode": self.mode,
             },
-            "preprocessing": dict(self.preprocessing),
-            "warnings": self.warnings,
-            "computed_box": [list(axis) for axis in self.crop_box] if self.crop_box else None,
-            "outside_computed_box": OUTSIDE_COMPUTED,
+            **provenance(self.prediction, self.preprocessing, self.card),
             "inputs": list(self.input_layers),
-            "seconds": round(self.seconds, 3),
             "created": self.created,
-            "napari_autofocus": __version__,
         }
 
 

@@ -370,3 +370,23 @@ def predict(
         cancel=cancel,
         **options.engine(),
     )
+
+
+def provenance(prediction, report: dict, card: ModelCard) -> dict:
+    """What every prediction record says of the run, the same in ``predict``'s JSON and in the
+    plugin's layers and exports (``report``: :meth:`Report.to_dict`)."""
+    from napari_autofocus import __version__
+    from napari_autofocus.inference.regions import OUTSIDE_COMPUTED
+
+    box = prediction.crop_box
+    return {
+        "model_card": card.to_dict(),
+        "preprocessing": dict(report),
+        "warnings": list(report.get("warnings", [])),
+        "mode": prediction.mode,
+        "device": prediction.device,
+        "computed_box": [list(axis) for axis in box] if box else None,
+        "outside_computed_box": OUTSIDE_COMPUTED,
+        "seconds": round(prediction.seconds, 3),
+        "napari_autofocus_version": __version__,
+    }

@@ -344,8 +344,7 @@ def prediction_options(args):
 
 def write_case(card, case, files, out, computed, args, request, receptive_field_min) -> list[Path]:
     """Write one case's files (see the module docstring); its JSON records the run's ``request``."""
-    from napari_autofocus import __version__
-    from napari_autofocus.inference.regions import OUTSIDE_COMPUTED
+    from napari_autofocus.inference.predictor import provenance
     from napari_autofocus.io.prediction_files import output_files, write_outputs
 
     prediction, report, geometry = computed
@@ -362,19 +361,11 @@ def write_case(card, case, files, out, computed, args, request, receptive_field_
         "case": case,
         "inputs": [f.name for f in files],
         "model": str(args.model),
-        "model_card": card.to_dict(),
         "request": request,
-        "preprocessing": report.to_dict(),
-        "warnings": report.warnings,
-        "mode": prediction.mode,
-        "device": prediction.device,
-        "computed_box": [list(axis) for axis in prediction.crop_box] if prediction.crop_box else None,
-        "outside_computed_box": OUTSIDE_COMPUTED,
+        **provenance(prediction, report.to_dict(), card),
         "network_input_size": list(prediction.tile_size),
         "tiles_run": prediction.tiles_run,
-        "seconds": round(prediction.seconds, 3),
         "peak_memory_gib": round(prediction.peak_memory_gib, 3),
-        "napari_autofocus_version": __version__,
         "torch_version": __import__("torch").__version__,
     }
     written = write_outputs(out, case, outputs, geometry, info, overwrite=args.force or args.resume)

@@ -187,9 +187,11 @@ def test_the_cli_evaluate_and_the_plugin_all_predict_through_predict(tmp_path, m
     path = tmp_path / "m.safetensors"
     save_model(build_network("AFN1", 2, 3, channels=(4,) * 8), path, modalities=["T1", "T2"])
     raw = _scan()
-    run_model(RunRequest(str(path), device="cpu"), list(raw), input_layers=["T1", "T2"],
-              placement=Placement(scale=(1, 1, 1), translate=(0, 0, 0)))  # fmt: skip
+    result = run_model(RunRequest(str(path), device="cpu"), list(raw), input_layers=["T1", "T2"],
+                       placement=Placement(scale=(1, 1, 1), translate=(0, 0, 0)))  # fmt: skip
     assert calls == [1]
+    shared = predictor.provenance(result.prediction, result.preprocessing, result.card)
+    assert {k: result.provenance()[k] for k in shared} == shared  # the record is written once
     import nibabel as nib
 
     from src_training.cli import main
@@ -199,6 +201,10 @@ def test_the_cli_evaluate_and_the_plugin_all_predict_through_predict(tmp_path, m
     assert main(["predict", "--model", str(path), "--input", str(case), "--out", str(tmp_path / "o"),
                  "--device", "cpu"]) == 0  # fmt: skip
     assert calls == [1, 1]
+    import json
+
+    record = json.loads(next((tmp_path / "o").glob("*_prediction.json")).read_text())
+    assert set(shared) <= set(record) and record["mode"] == "whole" and record["device"] == "cpu"
     from phantom_configs import PHANTOM_40
 
     from src_training.phantom_cases import write_dataset

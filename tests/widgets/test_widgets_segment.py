@@ -23,7 +23,7 @@ def test_segment_adds_aligned_labels_with_class_names_and_attention(make_napari_
     assert sorted(result.attention) == ["AF1", "AF2"]
     assert all(a.shape == (4, *source.data.shape) for a in result.attention.values())
     assert labels.metadata["autofocus"]["model"] == model_file
-    assert labels.metadata["autofocus"]["options"]["device_used"] == "cpu"
+    assert labels.metadata["autofocus"]["device"] == "cpu" and labels.metadata["autofocus"]["mode"] == "whole"
     assert "nifti" in labels.metadata
     assert "tiny_afn2 p(large lesion)" in viewer.layers
     assert "Done on cpu" in widget.status.text()
