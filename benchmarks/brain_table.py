@@ -1,7 +1,7 @@
 """Held-out brain-phantom table: Dice per BraTS region, and what the attention does per structure and size.
 
 Every model is run on held-out brain-phantom cases (seeds no training run uses) the way
-``evaluate`` runs it: the card's preprocessing, ``predict_scan`` in its exact whole-volume mode,
+``evaluate`` runs it: the card's preprocessing, ``predict`` in its exact whole-volume mode,
 scores on the source grid. Printed, as Markdown tables (mean ± std over cases):
 
 1. Dice of the whole tumour (labels 1+2+3), the tumour core (1+3) and the enhancing tumour (3), and
@@ -75,7 +75,7 @@ def tumour_masks(truth: np.ndarray, tumours: list[dict], geometry) -> dict[str, 
 def evaluate_model(path: Path, cases: list, dataset_meta: dict, n_channels: int, device: str) -> dict:
     from napari_autofocus.analysis.attention_maths import expected_rate
     from napari_autofocus.analysis.metrics import dice
-    from napari_autofocus.inference.predictor import predict_scan
+    from napari_autofocus.inference.predictor import PredictOptions, Scan, predict
     from napari_autofocus.nets import load_model
     from src_training.data import read_case
 
@@ -93,10 +93,8 @@ def evaluate_model(path: Path, cases: list, dataset_meta: dict, n_channels: int,
     rates_by: dict[str, dict[str, list]] = {}
     for case in cases:
         raw = read_case(case, n_channels)
-        pred, _ = predict_scan(
-            model, card, raw.image, raw.spacing, scan_description=raw.geometry.description, device=device,
-            attention=True,
-        )  # fmt: skip
+        scan = Scan(raw.image, raw.spacing, description=raw.geometry.description)
+        pred, _ = predict(model, card, scan, PredictOptions(device=device, attention=True))
         truth, labels = np.asarray(raw.label), np.asarray(pred.labels)
         scores = {name: dice(np.isin(labels, v), np.isin(truth, v)) for name, v in REGIONS.items()}
         result["cases"].append({"case": case.name, "dice": scores})

@@ -2,7 +2,7 @@
 
 Every model is run on held-out phantom cases (generated here from a seed that no training run
 uses, unless ``--data`` names a labelled dataset) as ``evaluate`` runs it: the card's preprocessing
-(and resampling, for models trained with ``--spacing``), ``predict_volume`` in its default exact (whole) mode,
+(and resampling, for models trained with ``--spacing``), ``predict`` in its default exact (whole) mode,
 Dice on the source grid. Printed:
 
 1. Dice per class and mean Dice, as mean +- standard deviation over cases (like the paper's Table 1);
@@ -84,7 +84,7 @@ def evaluate_model(path: Path, cases: list, n_channels: int, device: str, parts=
     """Dice per structure per case and, for autofocus models, mean expected rates per region."""
     from napari_autofocus.analysis.attention_maths import expected_rate
     from napari_autofocus.analysis.metrics import dice
-    from napari_autofocus.inference.predictor import predict_scan
+    from napari_autofocus.inference.predictor import PredictOptions, Scan, predict
     from napari_autofocus.nets import load_model
     from src_training.data import read_case
 
@@ -96,10 +96,9 @@ def evaluate_model(path: Path, cases: list, n_channels: int, device: str, parts=
     for case in cases:
         raw = read_case(case, n_channels)
         start = time.perf_counter()
-        pred, _ = predict_scan(  # the path every caller takes: outputs on the scan's own grid
-            model, card, raw.image, raw.spacing, scan_description=raw.geometry.description,
-            device=device, attention=True,
-        )  # fmt: skip
+        scan = Scan(raw.image, raw.spacing, description=raw.geometry.description)
+        # the path every caller takes: outputs on the scan's own grid
+        pred, _ = predict(model, card, scan, PredictOptions(device=device, attention=True))
         seconds = time.perf_counter() - start
         truth = np.asarray(raw.label)
         labels = np.asarray(pred.labels)

@@ -1,7 +1,7 @@
 """bf16 against fp32 on the bundled sample scans, every bundled model, side by side in one run.
 
 Each model runs on its own sample (``*_brain`` on the MNI152 brain sample, ``*_phantom`` on the
-phantom) the way Segment runs it: the card's preprocessing and ``predict_scan`` in exact whole mode,
+phantom) the way Segment runs it: the card's preprocessing and ``predict`` in exact whole mode,
 attention captured. Per model, fp32 and bf16 alternate in the same process (a warm-up pass of each,
 then three timed runs each; the fastest counts), printed: wall time of each and their ratio, the
 share of foreground voxels whose label agrees, the Dice of each against the sample's ground truth
@@ -40,7 +40,7 @@ def dice_mean(labels: np.ndarray, truth: np.ndarray) -> float:
 def compare(name: str, device: str) -> dict:
     """fp32 and bf16 predictions of one bundled model on its sample, and how they differ."""
     from napari_autofocus._sample_data import sample_paths
-    from napari_autofocus.inference.predictor import predict_scan
+    from napari_autofocus.inference.predictor import PredictOptions, Scan, predict
     from napari_autofocus.io.nifti import load_nifti
     from napari_autofocus.nets import load_model
 
@@ -52,10 +52,10 @@ def compare(name: str, device: str) -> dict:
     runs, seconds = {}, {"fp32": [], "bf16": []}
     for precision in ("fp32", "bf16") + ("fp32", "bf16") * REPEATS:  # the first of each warms up
         start = time.perf_counter()
-        runs[precision], _ = predict_scan(
-            model, card, image.astype(np.float32), scan.geometry.spacing, device=device,
-            attention=True, precision=precision,
-        )  # fmt: skip
+        options = PredictOptions(device=device, attention=True, precision=precision)
+        runs[precision], _ = predict(
+            model, card, Scan(image.astype(np.float32), scan.geometry.spacing), options
+        )
         seconds[precision].append(time.perf_counter() - start)
     seconds = {k: min(v[1:]) for k, v in seconds.items()}  # the best of the timed repeats
     fp32, bf16 = runs["fp32"], runs["bf16"]

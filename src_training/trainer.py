@@ -295,7 +295,7 @@ class Trainer:
         The predictor's path on the cached preprocessed case (whole volume, cropped to the foreground,
         engine defaults), outputs back on the scan's own grid, Dice against the label there.
         """
-        from napari_autofocus.inference.predictor import run_network, to_source
+        from napari_autofocus.inference.predictor import PredictOptions, run_network, to_source
 
         net = unwrap(self.model)
         net.eval()
@@ -305,7 +305,8 @@ class Trainer:
             case = self.val_cases[i]
             prepared = case.for_predictor()
             pred = to_source(
-                run_network(net, prepared, self.config.normalization, device=self.device), prepared
+                run_network(net, prepared, self.config.normalization, PredictOptions(device=self.device)),
+                prepared,
             )
             labels = np.asarray(pred.labels)
             truth = np.asarray(case.source_label)

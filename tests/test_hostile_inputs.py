@@ -20,7 +20,7 @@ from phantom_configs import PHANTOM_40, tiny_train_argv
 
 from napari_autofocus._reader import read_nifti
 from napari_autofocus.errors import AutofocusError, CheckpointError, DatasetError, NiftiError
-from napari_autofocus.inference.predictor import predict_scan
+from napari_autofocus.inference.predictor import PredictOptions, Scan, predict
 from napari_autofocus.io.nifti import load_nifti
 from napari_autofocus.nets import build_network, load_model, save_model
 from napari_autofocus.nets import checkpoints as checkpoint_module
@@ -298,7 +298,9 @@ def test_complex_rgb_and_bool_arrays_are_refused_with_the_supported_types(dtype)
 
     card = card_for(model, None)
     with pytest.raises(AutofocusError, match="are not supported; expected real-valued intensities"):
-        predict_scan(model, card, np.zeros((2, 8, 8, 8), dtype), (1.0, 1.0, 1.0), device="cpu")
+        predict(
+            model, card, Scan(np.zeros((2, 8, 8, 8), dtype), (1.0, 1.0, 1.0)), PredictOptions(device="cpu")
+        )
 
 
 # -- item 11: what is recorded and said ------------------------------------------------------------
@@ -446,6 +448,6 @@ def test_any_header_and_any_dataset_json_either_reads_or_is_the_projects_error(
     data = volume.data if volume.data.ndim == 4 else volume.data[None]
     event("read")
     with contextlib.suppress(AutofocusError):
-        predict_scan(model, card, data[:1], volume.geometry.spacing, device="cpu", nonfinite="background",
-                     memory_budget_gib=0.5)  # fmt: skip
+        options = PredictOptions(device="cpu", nonfinite="background", memory_budget_gib=0.5)
+        predict(model, card, Scan(data[:1], volume.geometry.spacing), options)
     assert time.perf_counter() - start < 60

@@ -15,29 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from napari_autofocus.io.nifti import geometry_from_layer
-from napari_autofocus.io.prediction_files import (
-    KINDS,
-    OutputFile,
-    existing_outputs,
-    output_files,
-    write_outputs,
-)
+from napari_autofocus.io.prediction_files import KINDS, existing_outputs, write_prediction
 
-__all__ = ["KINDS", "existing_files", "export_result", "files_for"]
-
-
-def files_for(result, kinds: Iterable[str]) -> list[OutputFile]:
-    """The files an export of these kinds writes (named as ``predict`` names them)."""
-    return output_files(
-        result.name,
-        labels=result.labels,
-        probabilities=result.probabilities,
-        attention=result.attention,
-        rates=result.rates,
-        receptive_field_min=result.receptive_field_min,
-        network_spacing=result.network_spacing,
-        kinds=kinds,
-    )
+__all__ = ["KINDS", "existing_files", "export_result"]
 
 
 def existing_files(folder: str | Path, result, kinds: Iterable[str] = KINDS) -> list[Path]:
@@ -67,4 +47,14 @@ def export_result(result, folder: str | Path, kinds: Iterable[str], overwrite: b
         "affine": np.asarray(geometry.source_affine).tolist(),
         "versions": versions(),
     }
-    return write_outputs(folder, result.name, files_for(result, kinds), geometry, info, overwrite=overwrite)
+    return write_prediction(
+        folder,
+        result.name,
+        result.prediction,
+        geometry,
+        info,
+        receptive_field_min=result.receptive_field_min,
+        network_spacing=result.network_spacing,
+        kinds=kinds,
+        overwrite=overwrite,
+    )

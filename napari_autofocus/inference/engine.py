@@ -215,7 +215,7 @@ def predict_volume(
     started = time.perf_counter()
     dev = resolve_device(device)
     shape = tuple(image.shape[1:])
-    if isinstance(roi, PlaneBoxes):  # the foreground's box in each plane (predict_scan's)
+    if isinstance(roi, PlaneBoxes):  # the foreground's box in each plane (the predictor's)
         box = roi.bounding_box() if crop or mode == "reference" else tuple((0, n) for n in shape)
         if regions and crop and mode == "whole" and box is not None:
             planes = roi.within(box)

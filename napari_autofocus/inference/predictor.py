@@ -66,6 +66,22 @@ class Preprocessed:
         return tuple(self.image.shape[1:]) != tuple(self.source_shape)
 
 
+@dataclass(frozen=True)
+class PredictOptions:
+    """How to predict: every choice the CLI, the plugin and ``evaluate`` make, in one place (the
+    defaults are the engine's)."""
+
+    mode: str = "whole"
+    device: str = "auto"
+    probabilities: bool = False
+    attention: bool = False
+    crop: bool = True
+    nonfinite: str = "error"
+    memory_budget_gib: float | None = None  # None: the engine's default budget
+    precision: str = "fp32"
+    regions: bool = True  # compute only the foreground's box in each plane (whole mode)
+
+
 def nearest_indices(n_from: int, n_to: int) -> np.ndarray:
     """For each of ``n_to`` cells, the index of the ``n_from`` cell whose centre is nearest."""
     return np.minimum(((np.arange(n_to) + 0.5) * (n_from / n_to)).astype(np.intp), n_from - 1)
@@ -149,21 +165,39 @@ def preprocess(
     )
 
 
-def run_network(model, prepared: Preprocessed, normalization: dict, *, crop: bool = True, **engine):
+def run_network(
+    model,
+    prepared: Preprocessed,
+    normalization: dict,
+    options: PredictOptions = PredictOptions(),  # noqa: B008 (frozen: shared safely)
+    *,
+    progress=None,
+    cancel=None,
+):
     """The engine on the network grid, computing the foreground (its box in each plane, or its box
-    when resampled) unless ``crop`` is False."""
+    when resampled) unless ``options.crop`` is False."""
     from napari_autofocus.inference.engine import predict_volume
+    from napari_autofocus.inference.strategies import DEFAULT_MEMORY_BUDGET_GIB
 
     roi = prepared.foreground_box
     if prepared.foreground_planes is not None and prepared.foreground_planes.bounding_box() is not None:
         roi = prepared.foreground_planes  # (an all-zero scan keeps its box: the whole volume)
+    budget = options.memory_budget_gib
     return predict_volume(
         model,
         prepared.image,
-        crop=crop,
-        roi=roi if crop else None,
+        mode=options.mode,
+        device=options.device,
+        probabilities=options.probabilities,
+        attention=options.attention,
+        crop=options.crop,
+        roi=roi if options.crop else None,
+        regions=options.regions,
         pad_value=padding_value(normalization),
-        **engine,
+        memory_budget_gib=DEFAULT_MEMORY_BUDGET_GIB if budget is None else budget,
+        precision=options.precision,
+        progress=progress,
+        cancel=cancel,
     )
 
 
@@ -249,83 +283,7 @@ class Report:
         }
 
 
-def predict_scan(
-    model,
-    card: ModelCard,
-    raw: np.ndarray,
-    spacing: Sequence[float],
-    *,
-    channel_names: Sequence[str] | None = None,
-    scan_description: str | None = None,
-    arrays: Sequence[np.ndarray] | None = None,
-    strict_names: bool = False,
-    crop: bool = True,
-    nonfinite: str = "error",
-    source: str = "the scan",
-    own_input: bool = False,
-    **engine,
-):
-    """(prediction on the scan's grid, :class:`Report`) for a raw (C, D, H, W) scan.
-
-    ``engine`` options go to :func:`~napari_autofocus.inference.predict_volume` (mode, device,
-    probabilities, attention, memory budget, progress, cancel...). NaN or infinite voxels are
-    refused with a message naming ``source``, unless ``nonfinite="background"``. ``own_input``:
-    the caller hands ``raw`` over, so it is normalised in place.
-    """
-    check_channel_count(card, raw.shape[0])
-    contract = Contract.from_card(card)
-    check_input_dtype(raw, source)
-    growth = check_resampling(
-        raw.shape[1:], raw.shape[0], spacing, contract.target_spacing, engine.get("memory_budget_gib")
-    )
-    given = raw
-    raw, replaced = replace_nonfinite(np.asarray(raw, dtype=np.float32), nonfinite, source)
-    own_input = own_input or raw is not given
-    warnings = check_scan(raw, spacing, contract, channel_names, scan_description, arrays, strict_names)
-    warnings += growth
-    if replaced:
-        warnings.insert(
-            0, f"{replaced} NaN or infinite voxel(s) were set to the background value (0), as asked"
-        )
-    prepared = preprocess(raw, spacing, contract.normalization, contract.target_spacing, in_place=own_input)
-    del raw, given  # normalised in place when owned: the prepared image is the scan now
-    prepared.roi = None  # only training samples from it: room for the network
-    prediction = run_network(model, prepared, contract.normalization, crop=crop, **engine)
-    report = Report(
-        channels=list(channel_names or contract.modalities),
-        normalization=contract.normalization,
-        source_spacing=prepared.source_spacing,
-        network_spacing=prepared.spacing,
-        resampled=prepared.resampled,
-        warnings=warnings,
-    )
-    return to_source(prediction, prepared), report
-
-
 # -- the public entry ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PredictOptions:
-    """How to predict: every choice the CLI, the plugin and ``evaluate`` make, in one place (the
-    defaults are the engine's)."""
-
-    mode: str = "whole"
-    device: str = "auto"
-    probabilities: bool = False
-    attention: bool = False
-    crop: bool = True
-    nonfinite: str = "error"
-    memory_budget_gib: float | None = None  # None: the engine's default budget
-    precision: str = "fp32"
-
-    def engine(self) -> dict:
-        """The options the engine takes (``predict_volume``'s keywords)."""
-        options = {"mode": self.mode, "device": self.device, "probabilities": self.probabilities,
-                   "attention": self.attention, "precision": self.precision}  # fmt: skip
-        if self.memory_budget_gib is not None:
-            options["memory_budget_gib"] = self.memory_budget_gib
-        return options
 
 
 @dataclass
@@ -352,24 +310,50 @@ def predict(
     cancel=None,
 ):
     """(prediction on the scan's grid, :class:`Report`): the entry the CLI's ``predict`` and
-    ``evaluate`` and the plugin's runs share, so checks, preprocessing and outputs are the same."""
-    return predict_scan(
-        model,
-        card,
-        scan.image,
+    ``evaluate``, the benchmarks and the plugin's runs share, so checks, preprocessing and outputs
+    are the same.
+
+    NaN or infinite voxels are refused with a message naming ``scan.source``, unless
+    ``options.nonfinite`` is "background". ``progress(done, total)`` and ``cancel`` (an event or a
+    callable) go to the engine.
+    """
+    check_channel_count(card, scan.image.shape[0])
+    contract = Contract.from_card(card)
+    check_input_dtype(scan.image, scan.source)
+    growth = check_resampling(
+        scan.image.shape[1:],
+        scan.image.shape[0],
         scan.spacing,
-        channel_names=scan.channel_names,
-        scan_description=scan.description,
-        arrays=scan.arrays,
-        strict_names=scan.strict_names,
-        crop=options.crop,
-        nonfinite=options.nonfinite,
-        source=scan.source,
-        own_input=scan.owned,
-        progress=progress,
-        cancel=cancel,
-        **options.engine(),
+        contract.target_spacing,
+        options.memory_budget_gib,
     )
+    raw, replaced = replace_nonfinite(
+        np.asarray(scan.image, dtype=np.float32), options.nonfinite, scan.source
+    )
+    owned = scan.owned or raw is not scan.image
+    warnings = check_scan(
+        raw, scan.spacing, contract, scan.channel_names, scan.description, scan.arrays, scan.strict_names
+    )
+    warnings += growth
+    if replaced:
+        warnings.insert(
+            0, f"{replaced} NaN or infinite voxel(s) were set to the background value (0), as asked"
+        )
+    prepared = preprocess(raw, scan.spacing, contract.normalization, contract.target_spacing, in_place=owned)
+    del raw  # normalised in place when owned: the prepared image is the scan now
+    prepared.roi = None  # only training samples from it: room for the network
+    prediction = run_network(
+        model, prepared, contract.normalization, options, progress=progress, cancel=cancel
+    )
+    report = Report(
+        channels=list(scan.channel_names or contract.modalities),
+        normalization=contract.normalization,
+        source_spacing=prepared.source_spacing,
+        network_spacing=prepared.spacing,
+        resampled=prepared.resampled,
+        warnings=warnings,
+    )
+    return to_source(prediction, prepared), report
 
 
 def provenance(prediction, report: dict, card: ModelCard) -> dict:

@@ -239,6 +239,33 @@ def output_files(
     return files
 
 
+def write_prediction(
+    folder: str | Path,
+    stem: str,
+    prediction,
+    geometry,
+    info: dict,
+    *,
+    receptive_field_min: int,
+    network_spacing: Sequence[float],
+    kinds: Iterable[str] = KINDS,
+    overwrite: bool = False,
+) -> list[Path]:
+    """Save a prediction (labels, probabilities, attention and rates, on the scan's grid) as the
+    files of these kinds plus ``<stem>_prediction.json``: what ``predict`` and Export both write."""
+    files = output_files(
+        stem,
+        labels=prediction.labels,
+        probabilities=prediction.probabilities,
+        attention=prediction.attention,
+        rates=prediction.rates,
+        receptive_field_min=receptive_field_min,
+        network_spacing=network_spacing,
+        kinds=kinds,
+    )
+    return write_outputs(folder, stem, files, geometry, info, overwrite=overwrite)
+
+
 def derived_files(stem: str, name: str, weights: np.ndarray, rates: tuple[int, ...]) -> list[OutputFile]:
     """One autofocus layer's arg-max rate, expected rate and normalised entropy maps."""
 

@@ -345,18 +345,9 @@ def prediction_options(args):
 def write_case(card, case, files, out, computed, args, request, receptive_field_min) -> list[Path]:
     """Write one case's files (see the module docstring); its JSON records the run's ``request``."""
     from napari_autofocus.inference.predictor import provenance
-    from napari_autofocus.io.prediction_files import output_files, write_outputs
+    from napari_autofocus.io.prediction_files import write_prediction
 
     prediction, report, geometry = computed
-    outputs = output_files(
-        case,
-        labels=prediction.labels,
-        probabilities=prediction.probabilities,
-        attention=prediction.attention,
-        rates=prediction.rates,
-        receptive_field_min=receptive_field_min,
-        network_spacing=report.network_spacing,
-    )
     info = {
         "case": case,
         "inputs": [f.name for f in files],
@@ -368,7 +359,10 @@ def write_case(card, case, files, out, computed, args, request, receptive_field_
         "peak_memory_gib": round(prediction.peak_memory_gib, 3),
         "torch_version": __import__("torch").__version__,
     }
-    written = write_outputs(out, case, outputs, geometry, info, overwrite=args.force or args.resume)
+    written = write_prediction(
+        out, case, prediction, geometry, info, receptive_field_min=receptive_field_min,
+        network_spacing=report.network_spacing, overwrite=args.force or args.resume,
+    )  # fmt: skip
     steps = ", ".join(report.steps())
     print(
         f"  {case}: {describe_run(prediction)} ({steps}) in {prediction.seconds:.1f} s on "

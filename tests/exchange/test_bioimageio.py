@@ -138,7 +138,7 @@ def test_packaged_network_is_the_network_over_the_whole_scan():
     packaged = PackagedNetwork(card.arch, card.in_channels, card.num_classes, card.options).eval()
     packaged.outputs.net.load_state_dict(net.state_dict())
     image = _normalised_sample(card)[:, 20:70, 30:90, 20:70]
-    engine = predict_scan_no_crop(net, card, image)
+    engine = engine_without_crop(net, card, image)
     x = torch.full((1, 4, 60, 70, 56), OUTSIDE)
     x[:, :, 4:54, 6:66, 3:53] = torch.from_numpy(image)
     with torch.inference_mode():
@@ -150,7 +150,7 @@ def test_packaged_network_is_the_network_over_the_whole_scan():
     )
 
 
-def predict_scan_no_crop(net, card, image):
+def engine_without_crop(net, card, image):
     """Our engine's whole-mode outputs over the whole normalised scan (``predict --no-crop``)."""
     from napari_autofocus.inference.engine import predict_volume
     from napari_autofocus.inference.normalization import padding_value
@@ -183,7 +183,7 @@ def test_bioimageio_tiling_gives_the_whole_scan_labels(packages, tmp_path):
     BASIC_brain on the brain sample, and an autofocus network whose dilated layers zero-pad."""
     net, card = load_model(MODELS / "BASIC_brain.safetensors")
     image = _normalised_sample(card)
-    whole = predict_scan_no_crop(net, card, image)
+    whole = engine_without_crop(net, card, image)
     tiled = _tiled(packages["BASIC_brain"], image, block=29 + 16 * 2)
     assert np.array_equal(tiled["labels"][0, 0], whole.labels)
 
@@ -200,7 +200,7 @@ def test_bioimageio_tiling_gives_the_whole_scan_labels(packages, tmp_path):
     save_model(small, path, card.replace(arch="AFN2", options=small.options, dilations=[1, 3], metrics={}))
     package = export_bioimageio(path, tmp_path)
     small, small_card = load_model(path)
-    whole = predict_scan_no_crop(small, small_card, image)
+    whole = engine_without_crop(small, small_card, image)
     tiled = _tiled(package, image, block=33 + 16 * 2)  # 65^3 blocks keep 33^3 each: 36 blocks
     assert np.array_equal(tiled["labels"][0, 0], whole.labels)
     assert len(np.unique(whole.labels)) == 3
@@ -223,7 +223,7 @@ def test_package_loads_back_with_the_same_labels(packages, tmp_path):
     assert model_name(path) == "DM_brain"
     image = _normalised_sample(card)[:, 20:80, 30:90, 20:80]
     assert np.array_equal(
-        predict_scan_no_crop(imported, card, image).labels, predict_scan_no_crop(original, card, image).labels
+        engine_without_crop(imported, card, image).labels, engine_without_crop(original, card, image).labels
     )
 
 

@@ -15,7 +15,7 @@ import pytest
 from napari_autofocus.errors import AutofocusError
 from napari_autofocus.exchange.exchange_input import read_scan, sample_for
 from napari_autofocus.exchange.monai_bundle import FILES, export_monai_bundle
-from napari_autofocus.inference.predictor import predict_scan
+from napari_autofocus.inference.predictor import Scan, predict
 from napari_autofocus.io.nifti import load_nifti
 from napari_autofocus.nets.checkpoints import load_model
 
@@ -100,7 +100,7 @@ def test_bundle_run_gives_predict_labels(bundle, tmp_path):
     written = out / scan.name.replace(".nii.gz", "_seg.nii.gz")
     net, card = load_model(MODELS / "AFN6_brain.safetensors")
     raw, spacing = read_scan(scan)
-    ours = predict_scan(net, card, raw, spacing)[0].labels
+    ours = predict(net, card, Scan(raw, spacing))[0].labels
     theirs = load_nifti(written)
     assert theirs.data.shape == ours.shape
     assert np.array_equal(theirs.data, ours)

@@ -6,11 +6,13 @@ import pytest
 
 from napari_autofocus.inference.predictor import (
     Contract,
+    PredictOptions,
+    Scan,
     check_channels,
     check_intensities,
     check_phantom,
     check_spacing,
-    predict_scan,
+    predict,
     preprocess,
     resample_nearest,
     to_source,
@@ -61,7 +63,9 @@ def test_a_spacing_model_predicts_on_its_grid_and_answers_on_the_scans():
     model = build_network("AFN1", 2, 3, channels=(4,) * 8)
     card = _card(spacing=[2.0, 2.0, 2.0], target_spacing=[2.0, 2.0, 2.0])
     raw = _scan()
-    prediction, report = predict_scan(model, card, raw, (1, 1, 1), attention=True, device="cpu")
+    prediction, report = predict(
+        model, card, Scan(raw, (1, 1, 1)), PredictOptions(device="cpu", attention=True)
+    )
     assert prediction.labels.shape == (20, 24, 28) and prediction.attention["AF1"].shape == (4, 20, 24, 28)
     assert report.resampled and report.network_spacing == (2.0, 2.0, 2.0)
     assert any("resampled to the model's grid" in w for w in report.warnings)
@@ -69,7 +73,7 @@ def test_a_spacing_model_predicts_on_its_grid_and_answers_on_the_scans():
     from napari_autofocus.inference.predictor import run_network
 
     prepared = preprocess(raw, (1, 1, 1), card.normalization, (2, 2, 2))
-    by_hand = to_source(run_network(model, prepared, {}, device="cpu"), prepared)
+    by_hand = to_source(run_network(model, prepared, {}, PredictOptions(device="cpu")), prepared)
     np.testing.assert_array_equal(prediction.labels, by_hand.labels)
     # computed box on the scan's grid covers the foreground
     (z0, z1), (y0, y1), (x0, x1) = prediction.crop_box
@@ -126,13 +130,13 @@ def test_intensity_and_phantom_warnings():
 
 
 @pytest.mark.parametrize("bad", ["T1 only"])
-def test_predict_scan_refuses_the_wrong_number_of_channels(bad):
+def test_predict_refuses_the_wrong_number_of_channels(bad):
     model = build_network("AFN1", 2, 3, channels=(4,) * 8)
     with pytest.raises(Exception, match=r"expects 2 input channel\(s\) \(T1, T2\) but got 1"):
-        predict_scan(model, _card(), _scan()[:1], (1, 1, 1), device="cpu")
+        predict(model, _card(), Scan(_scan()[:1], (1, 1, 1)), PredictOptions(device="cpu"))
 
 
-def test_predict_scan_computes_the_foregrounds_box_in_each_plane():
+def test_predict_computes_the_foregrounds_box_in_each_plane():
     """A ball of tissue in air: what the CLI and the plugin compute is the ball's box plane by plane
     (the same as the whole box there), background elsewhere; the training cache keeps those boxes."""
     from napari_autofocus.inference.regions import PlaneBoxes
@@ -142,12 +146,14 @@ def test_predict_scan_computes_the_foregrounds_box_in_each_plane():
     ball = radius <= 9
     raw = np.where(ball, np.random.default_rng(5).normal(100, 20, size=(2, *shape)), 0).astype(np.float32)
     model = build_network("BASIC", 2, 3, channels=(4,) * 8).eval()
-    pred, _ = predict_scan(model, _card(arch="BASIC"), raw.copy(), (1.0, 1.0, 1.0))
+    pred, _ = predict(model, _card(arch="BASIC"), Scan(raw.copy(), (1.0, 1.0, 1.0)))
     planes = PlaneBoxes.of_mask(ball)
     hull = planes.mask((0, 0, 0), shape)
     np.testing.assert_array_equal(pred.computed, hull)
     assert hull.sum() < ball.sum() * 1.6 and not hull[0].any()  # the ball's planes, not its 3D box
-    box, _ = predict_scan(model, _card(arch="BASIC"), raw.copy(), (1.0, 1.0, 1.0), regions=False)
+    box, _ = predict(
+        model, _card(arch="BASIC"), Scan(raw.copy(), (1.0, 1.0, 1.0)), PredictOptions(regions=False)
+    )
     np.testing.assert_array_equal(pred.labels[hull], box.labels[hull])
     assert (pred.labels[~hull] == 0).all()
     prepared = preprocess(raw.copy(), (1.0, 1.0, 1.0))
@@ -156,21 +162,21 @@ def test_predict_scan_computes_the_foregrounds_box_in_each_plane():
     np.testing.assert_array_equal(again.cols, planes.cols)
 
 
-def test_predict_takes_a_scan_and_options_and_gives_what_the_predictor_gives():
-    from napari_autofocus.inference.predictor import PredictOptions, Scan, predict
-
+def test_predict_takes_every_choice_from_its_options():
+    """The options reach the engine: whole mode is exact whatever the budget, tiled runs tiles, the
+    outputs asked for are there and the others are not, and a bad policy is refused."""
     model = build_network("AFN1", 2, 3, channels=(4,) * 8).eval()
     raw = _scan()
+    scan = Scan(raw, (1, 1, 1), channel_names=["T1", "T2"])
     options = PredictOptions(device="cpu", probabilities=True, attention=True, memory_budget_gib=0.5)
-    assert (
-        options.engine()["memory_budget_gib"] == 0.5 and "memory_budget_gib" not in PredictOptions().engine()
-    )
-    pred, report = predict(model, _card(), Scan(raw.copy(), (1, 1, 1), channel_names=["T1", "T2"]), options)
-    again, _ = predict_scan(model, _card(), raw.copy(), (1, 1, 1), channel_names=["T1", "T2"], device="cpu",
-                            probabilities=True, attention=True, memory_budget_gib=0.5)  # fmt: skip
-    np.testing.assert_array_equal(pred.labels, again.labels)
-    np.testing.assert_array_equal(pred.attention["AF1"], again.attention["AF1"])
-    assert pred.probabilities is not None and report.channels == ["T1", "T2"]
+    pred, report = predict(model, _card(), scan, options)
+    default, _ = predict(model, _card(), scan, PredictOptions(device="cpu", attention=True))
+    np.testing.assert_array_equal(pred.labels, default.labels)
+    np.testing.assert_array_equal(pred.attention["AF1"], default.attention["AF1"])
+    assert pred.probabilities is not None and default.probabilities is None and pred.mode == "whole"
+    assert report.channels == ["T1", "T2"] and np.array_equal(scan.image, raw)  # not owned: untouched
+    tiled, _ = predict(model, _card(), scan, PredictOptions(device="cpu", mode="tiled"))
+    assert tiled.mode == "tiled" and tiled.attention == {} and tiled.tiles_run >= 1
     with pytest.raises(Exception, match="non-finite policy"):
         predict(model, _card(), Scan(raw.copy(), (1, 1, 1)), PredictOptions(nonfinite="ignore"))
 
@@ -225,4 +231,4 @@ def test_every_caller_refuses_a_wrong_channel_count_in_one_wording(tmp_path, cap
     with pytest.raises(AutofocusError, match=wording):
         stack_inputs([_scan()[0]], _card())  # the plugin
     with pytest.raises(AutofocusError, match=wording):
-        predict_scan(build_network("AFN1", 2, 3, channels=(4,) * 8), _card(), _scan()[:1], (1, 1, 1))
+        predict(build_network("AFN1", 2, 3, channels=(4,) * 8), _card(), Scan(_scan()[:1], (1, 1, 1)))
