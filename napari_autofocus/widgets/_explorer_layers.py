@@ -34,7 +34,7 @@ from napari_autofocus.analysis.explorer_maps import (
     zoom_mm_map,
 )
 from napari_autofocus.widgets import _common, _garbage_collection
-from napari_autofocus.widgets._outputs import TAG, placement
+from napari_autofocus.widgets._result_layers import TAG, placement
 
 OWNER = "explorer"
 

@@ -21,7 +21,7 @@ from napari_autofocus.app.comparison import plan_comparison, run_comparison
 from napari_autofocus.app.model_library import available_models, model_name
 from napari_autofocus.app.placement import Placement
 from napari_autofocus.errors import AutofocusError
-from napari_autofocus.widgets import _charts, _common, _outputs, _table, _tips
+from napari_autofocus.widgets import _charts, _common, _result_layers, _table, _tips
 from napari_autofocus.widgets._run_controls import RunControls
 from napari_autofocus.widgets.model_picker import FILE_FILTER
 
@@ -43,7 +43,7 @@ def grid_cells(viewer) -> dict[tuple[int, int], list[str]]:
     grid, layers = grid_of(viewer), list(viewer.layers)
     cells: dict[tuple[int, int], list[str]] = {}
     for index, layer in enumerate(layers):
-        if (layer.metadata.get(_outputs.TAG) or {}).get("kind") == BACKDROP:
+        if (layer.metadata.get(_result_layers.TAG) or {}).get("kind") == BACKDROP:
             continue
         try:
             row, column = grid.position(index, layers)
@@ -209,7 +209,7 @@ class CompareWidget(QWidget):
         """One grid cell per model (and one for the disagreement): the scan, that model's labels on
         it, the model's name as the cell's title, a gap around each cell, the view fitted. The
         other layers are hidden while the grid is on; "Back to one view" shows them again."""
-        _outputs.remove_outputs(self.viewer, OWNER)
+        _result_layers.remove_outputs(self.viewer, OWNER)
         scan = self._scan_layer(results[0])
         self._hidden = self._hidden or [x for x in self.viewer.layers if x.visible]
         for layer in self._hidden:
@@ -219,16 +219,18 @@ class CompareWidget(QWidget):
         layer = self.viewer.add_labels(
             disagree,
             name=DISAGREEMENT,
-            metadata=_outputs.base_metadata(results[0], OWNER, "disagreement"),
+            metadata=_result_layers.base_metadata(results[0], OWNER, "disagreement"),
             colormap=disagreement_colormap(len(results)),
             opacity=0.9,
-            **_outputs.placement(results[0]),
+            **_result_layers.placement(results[0]),
         )
-        layer.metadata[_outputs.TAG]["model"] = None
+        layer.metadata[_result_layers.TAG]["model"] = None
         titled = [layer]
         for result in reversed(results):  # so that the first model's cell comes first
             self._add_backdrop(scan, result, result.name)
-            titled.append(_outputs.add_labels(self.viewer, result, OWNER, name=f"{result.name} (compare)"))
+            titled.append(
+                _result_layers.add_labels(self.viewer, result, OWNER, name=f"{result.name} (compare)")
+            )
         for layer in titled:
             layer.name_overlay.visible = True
         grid = grid_of(self.viewer)
@@ -247,22 +249,22 @@ class CompareWidget(QWidget):
         """A view of the scan (the same array, no copy) for one cell, in the scan's own contrast."""
         if scan is None:
             return
-        metadata = _outputs.base_metadata(result, OWNER, BACKDROP)
-        metadata[_outputs.TAG]["model"] = None
+        metadata = _result_layers.base_metadata(result, OWNER, BACKDROP)
+        metadata[_result_layers.TAG]["model"] = None
         self.viewer.add_image(
             scan.data,
             name=f"{title} scan (compare)",
             metadata=metadata,
             colormap="gray",
             contrast_limits=tuple(scan.contrast_limits),
-            **_outputs.placement(result),
+            **_result_layers.placement(result),
         )
 
     def leave_grid(self) -> None:
         """One view again: the grid off, the comparison's layers hidden, the others back."""
         grid_of(self.viewer).enabled = False
         for layer in self.viewer.layers:
-            if (layer.metadata.get(_outputs.TAG) or {}).get("owner") == OWNER:
+            if (layer.metadata.get(_result_layers.TAG) or {}).get("owner") == OWNER:
                 layer.visible = False
         for layer in self._hidden:
             if layer in self.viewer.layers:

@@ -13,7 +13,7 @@ from napari_autofocus._reader import prefer_this_reader
 from napari_autofocus.analysis.forced_attention import compare_to_reference, override_choices
 from napari_autofocus.app.results import RESULTS
 from napari_autofocus.app.session import run_model
-from napari_autofocus.widgets import _common, _outputs, _table, _tips
+from napari_autofocus.widgets import _common, _result_layers, _table, _tips
 from napari_autofocus.widgets._run_controls import RunControls
 
 OWNER = "counterfactual"
@@ -74,7 +74,7 @@ class CounterfactualWidget(QWidget):
         results = [
             layer.name
             for layer in _common.result_layers(self.viewer)
-            if (layer.metadata.get(_outputs.TAG) or {}).get("owner") != OWNER
+            if (layer.metadata.get(_result_layers.TAG) or {}).get("owner") != OWNER
         ]
         _common.set_items(self.result_combo, results, default=results[-1] if results else None)
         refs = [_common.NONE] + [layer.name for layer in _common.truth_layers(self.viewer)]
@@ -137,21 +137,21 @@ class CounterfactualWidget(QWidget):
         modified, report = outcome
         self.report = report
         model = modified.request.model_path
-        _outputs.remove_outputs(self.viewer, OWNER, model)
-        counterfactual = _outputs.add_labels(
+        _result_layers.remove_outputs(self.viewer, OWNER, model)
+        counterfactual = _result_layers.add_labels(
             self.viewer, modified, OWNER, name=f"{modified.name} counterfactual labels"
         )
         counterfactual.contour = 1
         source = self._source_layer()
-        mark = _outputs.distinct_colour(source or counterfactual, modified.card.num_classes)
+        mark = _result_layers.distinct_colour(source or counterfactual, modified.card.num_classes)
         self.viewer.add_labels(
             report.changed,
             name=f"{modified.name} changed voxels",
-            metadata=_outputs.base_metadata(modified, OWNER, "changed voxels"),
+            metadata=_result_layers.base_metadata(modified, OWNER, "changed voxels"),
             features={"index": [0, 1], "change": ["unchanged", "changed"]},
             colormap=DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: mark}),
             opacity=0.9,
-            **_outputs.placement(modified),
+            **_result_layers.placement(modified),
         )
         self.reference_label.setText(f"Dice against the {report.reference}:")
         _table.fill(

@@ -38,7 +38,7 @@ from napari_autofocus.analysis.explorer_maps import (
 from napari_autofocus.app.results import RESULTS
 from napari_autofocus.widgets import _charts, _common, _stacked_bars
 from napari_autofocus.widgets._explorer_layers import ExplorerLayers, background_pool
-from napari_autofocus.widgets._outputs import TAG, result_notes
+from napari_autofocus.widgets._result_layers import TAG, result_notes
 
 MAPS = ("blend", "weights", "arg-max rate", "expected rate", "entropy", "zoom")
 DEFAULT_MAPS = ("blend",)  # one layer per autofocus layer to start with; the other maps on demand

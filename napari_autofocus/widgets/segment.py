@@ -20,7 +20,7 @@ from napari_autofocus.app.model_library import is_reference_checkpoint, remember
 from napari_autofocus.app.placement import Placement
 from napari_autofocus.app.results import RESULTS
 from napari_autofocus.app.session import RESULT_KEY, RunRequest, run_model
-from napari_autofocus.widgets import _common, _outputs, _tips
+from napari_autofocus.widgets import _common, _result_layers, _tips
 from napari_autofocus.widgets._run_controls import RunControls
 from napari_autofocus.widgets.model_picker import ModelPicker
 
@@ -207,18 +207,18 @@ class SegmentWidget(QWidget):
         return RESULTS.get(self._result_key)
 
     def _on_result(self, result) -> None:
-        _outputs.remove_outputs(self.viewer, OWNER, result.request.model_path)
-        layer = _outputs.add_labels(self.viewer, result, OWNER)
+        _result_layers.remove_outputs(self.viewer, OWNER, result.request.model_path)
+        layer = _result_layers.add_labels(self.viewer, result, OWNER)
         self._result_key = layer.metadata[RESULT_KEY]
-        _outputs.add_probabilities(self.viewer, result, OWNER)
+        _result_layers.add_probabilities(self.viewer, result, OWNER)
         self.viewer.layers.selection.active = layer
         self.status.setText(
             f"Done on {result.device} in {result.seconds:.1f} s: '{layer.name}' with "
             f"{len(result.attention)} autofocus layer(s) of attention for the explorer."
             + _computed_region_note(result)
-            + (f" Note: {_outputs.EMPTY_RESULT}." if result.empty else "")
+            + (f" Note: {_result_layers.EMPTY_RESULT}." if result.empty else "")
         )
-        self.legend.setText(f"Labels: {_outputs.legend(result)}")
+        self.legend.setText(f"Labels: {_result_layers.legend(result)}")
         self.mismatch.setText(mismatch_note(result))
         self.mismatch.setVisible(bool(result.warnings))
 
