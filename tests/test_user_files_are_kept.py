@@ -111,6 +111,33 @@ def test_a_staging_folder_without_our_marker_or_of_another_stem_is_left_alone(tm
     assert all(after[path] == digest for path, digest in before.items())
 
 
+def test_a_write_killed_before_its_marker_is_cleaned_up_by_the_next_write_of_its_stem(tmp_path, model_file):
+    """Killed between creating the staging folder and publishing its marker: the folder's name
+    says which stem it is for, and it holds nothing or only the marker's temporary file."""
+    out = tmp_path / "pred"
+    tag = files.stem_tag("case")
+    empty = out / f"{files.STAGING_PREFIX}{'a' * 16}{tag}"
+    empty.mkdir(parents=True)
+    half = out / f"{files.STAGING_PREFIX}{'b' * 16}{tag}"
+    half.mkdir()
+    (half / f".{files.STAGING_MARKER}.x1y2z3.tmp").write_text('{"written_by"')
+    kept = out / f"{files.STAGING_PREFIX}{'c' * 16}{tag}"  # this stem's name, but a file that is not ours
+    kept.mkdir()
+    (kept / "case.nii.gz").write_bytes(b"user data")
+    other = out / f"{files.STAGING_PREFIX}{'d' * 16}{files.stem_tag('case-2')}"  # another stem's
+    other.mkdir()
+    assert len(files.new_staging_name("case")) == len(empty.name)
+    assert files.new_staging_name("case").endswith(tag) and files.unmarked_staging_folders(out, "case") == [
+        empty,
+        half,
+    ]
+    before = hashes(out)
+    assert _predict(model_file, [_scan(tmp_path / "case.nii.gz")], out) == 0
+    assert not empty.exists() and not half.exists() and kept.is_dir() and other.is_dir()
+    after = hashes(out)
+    assert all(after[path] == digest for path, digest in before.items() if "x1y2z3" not in path)
+
+
 def test_a_forged_prediction_json_cannot_make_force_delete_other_files(tmp_path, model_file):
     out = tmp_path / "pred"
     out.mkdir()

@@ -8,17 +8,20 @@ and ``<stem>_prediction.json`` (how the prediction was made). Every volume is wr
 source scan's geometry.
 
 Nothing here deletes or replaces a file it cannot prove this tool wrote. A stem's files are
-written into a staging folder with an unguessable name (``.napari-autofocus-staging-<32 hex>``)
-holding a marker that names the stem and the files, then moved into place with the JSON last: the
-JSON marks the stem complete, and it carries ``"written_by": "napari-autofocus"`` and the list of
-its outputs. A killed write leaves its staging folder behind; the next write of that stem (or
-``evaluate --pred``) reads the marker, matches the stem exactly, and removes only the files the
-marker says were already moved out. Overwriting replaces only the files the old JSON lists and
-refuses when a file of the same name was not written by this tool.
+written into a staging folder with an unguessable name (``.napari-autofocus-staging-<32 hex>``: 16
+random, then 16 of the stem's SHA-256) holding a marker that names the stem and the files, then
+moved into place with the JSON last: the JSON marks the stem complete, and it carries
+``"written_by": "napari-autofocus"`` and the list of its outputs. A killed write leaves its staging
+folder behind; the next write of that stem (or ``evaluate --pred``) reads the marker, matches the
+stem exactly, and removes only the files the marker says were already moved out. A folder killed
+before its marker was in place is removed when its name is this stem's and it holds nothing but the
+marker's temporary file. Overwriting replaces only the files the old JSON lists and refuses when a
+file of the same name was not written by this tool.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -82,6 +85,20 @@ WRITTEN_BY = "napari-autofocus"
 STAGING_PREFIX = ".napari-autofocus-staging-"
 STAGING_MARKER = "napari-autofocus-staging.json"
 _STAGING_NAME = re.compile(rf"^{re.escape(STAGING_PREFIX)}[0-9a-f]{{32}}$")
+# the marker's temporary file while it is written (io.atomic's name for it)
+_MARKER_IN_PROGRESS = re.compile(rf"^\.{re.escape(STAGING_MARKER)}\.[A-Za-z0-9_]+\.tmp$")
+
+
+def stem_tag(stem: str) -> str:
+    """16 hex digits of the stem's SHA-256: the second half of its staging folders' names, so a
+    folder killed before its marker was written is still known to be this stem's."""
+    return hashlib.sha256(stem.encode()).hexdigest()[:16]
+
+
+def new_staging_name(stem: str) -> str:
+    return f"{STAGING_PREFIX}{secrets.token_hex(8)}{stem_tag(stem)}"
+
+
 _MAX_JSON_BYTES = 16 * 2**20  # far above any prediction JSON; a bigger file is not ours
 
 
@@ -142,6 +159,23 @@ def staging_folders(folder: str | Path, stem: str) -> list[tuple[Path, dict]]:
     return found
 
 
+def unmarked_staging_folders(folder: str | Path, stem: str) -> list[Path]:
+    """Staging folders of ``stem`` killed before their marker was in place: named for this stem
+    (:func:`stem_tag`) and holding nothing, or only the marker's temporary file."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in sorted(folder.iterdir()):
+        if not _STAGING_NAME.match(path.name) or not path.name.endswith(stem_tag(stem)):
+            continue
+        if path.is_symlink() or not path.is_dir() or (path / STAGING_MARKER).exists():
+            continue
+        if all(_MARKER_IN_PROGRESS.match(p.name) and p.is_file() for p in path.iterdir()):
+            found.append(path)
+    return found
+
+
 def interrupted(folder: str | Path, stem: str) -> bool:
     """True when a write of ``stem`` was killed: its staging folder is there and its JSON is not."""
     return bool(staging_folders(folder, stem)) and own_outputs(folder, stem) is None
@@ -167,6 +201,11 @@ def remove_interrupted(folder: str | Path, stem: str) -> list[Path]:
         path.unlink(missing_ok=True)
     for staging, _ in staging_folders(folder, stem):
         shutil.rmtree(staging, ignore_errors=True)
+        removed.append(staging)
+    for staging in unmarked_staging_folders(folder, stem):  # killed between mkdir and the marker
+        for path in staging.iterdir():
+            path.unlink(missing_ok=True)
+        staging.rmdir()
         removed.append(staging)
     return removed
 
@@ -325,7 +364,7 @@ def write_outputs(
     refuse_foreign(folder, stem, names)
     replaced = own_outputs(folder, stem) or []
     folder.mkdir(parents=True, exist_ok=True)
-    staging = folder / f"{STAGING_PREFIX}{secrets.token_hex(16)}"
+    staging = folder / new_staging_name(stem)
     staging.mkdir()
     marker = {"written_by": WRITTEN_BY, "stem": stem, "outputs": names, "moving": False}
     try:
